@@ -1,0 +1,1 @@
+"""llama.cpp backend (llama-cpp-python, low-level API)."""

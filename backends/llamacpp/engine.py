@@ -1,0 +1,375 @@
+"""The llama.cpp engine: one context, several sequences, one decode per step.
+
+Each step builds a single batch holding the next token of every request that
+is decoding plus a chunk of prompt for requests still prefilling, so new
+requests join between steps and long prompts never stall running streams.
+Sessions keep their sequence (and so their KV) between turns; a turn
+evaluates only the tokens after the longest prefix already in the sequence.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from edged.backends.base import (
+    Capabilities,
+    Chunk,
+    Done,
+    Event,
+    Failed,
+    Job,
+    LoadSpec,
+    ModelDescription,
+    Stats,
+)
+from edged.backends.chat_template import ChatTemplate
+from edged.backends.llamacpp.native import (
+    NativeContext,
+    NativeModel,
+    NativeSampler,
+    piece_buffer,
+)
+from edged.backends.textstream import TextStream
+from edged.daemon.errors import ContextOverflow, EdgedError, InvalidArgument
+
+log = logging.getLogger(__name__)
+
+PREFILL_CHUNK = 512
+
+
+@dataclass
+class Slot:
+    seq: int
+    tokens: list[int] = field(default_factory=list)  # what this sequence's KV holds
+    session_id: str | None = None
+    busy: bool = False
+    last_used: float = 0.0
+
+
+@dataclass
+class Request:
+    job: Job
+    slot: Slot
+    prompt: list[int]
+    next_prefill: int
+    sampler: NativeSampler
+    stream: TextStream
+    cached: int
+    kv_source: str
+    t_start: float
+    pending: int | None = None  # sampled, not yet evaluated
+    completion: int = 0
+    unsent_tokens: int = 0
+    t_first: float = 0.0
+    t_prefilled: float = 0.0
+    cancelled: bool = False
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class LlamaEngine:
+    def __init__(self, spec: LoadSpec) -> None:
+        gpu_layers = 0 if spec.device == "cpu" else 999
+        self._model = NativeModel.load(spec.model_path, gpu_layers=gpu_layers)
+        train_ctx = self._model.n_ctx_train() or spec.context_length
+        self._n_ctx_seq = min(spec.context_length, train_ctx)
+        n_seq = max(1, spec.max_sequences)
+        self._ctx = NativeContext(
+            self._model,
+            n_ctx=self._n_ctx_seq * n_seq,
+            n_seq=n_seq,
+            n_batch=PREFILL_CHUNK,
+            threads=spec.threads,
+        )
+        bos = self._model.token_text(self._model.bos()) if self._model.add_bos() else ""
+        self._template = ChatTemplate(
+            self._model.meta("tokenizer.chat_template"),
+            bos_token=self._model.token_text(self._model.bos()),
+            eos_token=self._model.token_text(self._model.eos()),
+        )
+        self._bos_text = bos
+        self._has_template = bool(self._model.meta("tokenizer.chat_template"))
+        self._spec = spec
+        self._slots = [Slot(seq=i) for i in range(n_seq)]
+        self._waiting: deque[Job] = deque()
+        self._cancelled_waiting: list[Job] = []
+        self._active: list[Request] = []
+        self._piece = piece_buffer()
+        self._caps = Capabilities(
+            backend="llama.cpp",
+            device=spec.device,
+            formats=("gguf",),
+            context_length=self._n_ctx_seq,
+            max_sequences=n_seq,
+            batching=True,
+            session_kv=True,
+        )
+
+    # ------------------------------------------------------------ interface
+
+    def describe(self) -> ModelDescription:
+        return ModelDescription(
+            capabilities=self._caps,
+            chat_template=self._template.source if self._has_template else "",
+            metadata=self._model.metadata(),
+        )
+
+    def submit(self, job: Job) -> None:
+        self._waiting.append(job)
+
+    def cancel(self, request_id: int) -> None:
+        for r in self._active:
+            if r.job.request_id == request_id:
+                r.cancelled = True
+        for job in list(self._waiting):
+            if job.request_id == request_id:
+                self._waiting.remove(job)
+                self._cancelled_waiting.append(job)
+
+    def drop_session(self, session_id: str) -> None:
+        for slot in self._slots:
+            if slot.session_id == session_id and not slot.busy:
+                self._release(slot, keep=False)
+
+    def has_work(self) -> bool:
+        return bool(self._active or self._waiting or self._cancelled_waiting)
+
+    def step(self) -> list[Event]:
+        events: list[Event] = []
+        for job in self._cancelled_waiting:
+            events.append(Done(job.request_id, Stats(finish_reason="cancelled")))
+        self._cancelled_waiting.clear()
+        for r in [r for r in self._active if r.cancelled]:
+            self._finish(r, "cancelled", events)
+        self._admit(events)
+        if self._active:
+            self._decode_step(events)
+        return events
+
+    def close(self) -> None:
+        for r in self._active:
+            r.sampler.free()
+        self._active.clear()
+        self._ctx.free()
+        self._model.free()
+
+    # ------------------------------------------------------------ admission
+
+    def _admit(self, events: list[Event]) -> None:
+        deferred: deque[Job] = deque()
+        while self._waiting:
+            job = self._waiting.popleft()
+            if job.deadline is not None and time.time() > job.deadline:
+                events.append(
+                    Failed(job.request_id, "DeadlineExceeded", "the deadline passed while queued")
+                )
+                continue
+            try:
+                prompt = self._tokenize_job(job)
+            except EdgedError as exc:
+                events.append(Failed(job.request_id, type(exc).__name__, str(exc)))
+                continue
+            slot = self._pick_slot(job, prompt)
+            if slot is None:
+                deferred.append(job)
+                continue
+            self._start(job, slot, prompt)
+        self._waiting = deferred
+
+    def _tokenize_job(self, job: Job) -> list[int]:
+        if job.prompt is not None:
+            if not job.prompt.strip():
+                raise InvalidArgument("the prompt is empty")
+            tokens = self._model.tokenize(job.prompt, add_special=True, parse_special=True)
+        else:
+            text = self._template.render(job.messages, add_generation_prompt=True)
+            add_bos = not (self._bos_text and text.startswith(self._bos_text))
+            tokens = self._model.tokenize(text, add_special=add_bos, parse_special=True)
+        if not tokens:
+            raise InvalidArgument("the prompt is empty")
+        if len(tokens) >= self._n_ctx_seq:
+            raise ContextOverflow(
+                f"the prompt is {len(tokens)} tokens but the context holds {self._n_ctx_seq}; "
+                "shorten it (or start a new session), or raise EDGED_CONTEXT"
+            )
+        return tokens
+
+    def _pick_slot(self, job: Job, prompt: list[int]) -> Slot | None:
+        if job.session_id is not None:
+            for slot in self._slots:
+                if slot.session_id == job.session_id:
+                    return None if slot.busy else slot
+        free = [s for s in self._slots if not s.busy and s.session_id is None]
+        if free:
+            return max(free, key=lambda s: (common_prefix(s.tokens, prompt), -s.last_used))
+        idle = [s for s in self._slots if not s.busy]
+        if idle:
+            victim = min(idle, key=lambda s: s.last_used)
+            log.info("evicting session %s from sequence %d", victim.session_id, victim.seq)
+            self._release(victim, keep=False)
+            return victim
+        return None
+
+    def _start(self, job: Job, slot: Slot, prompt: list[int]) -> None:
+        resident = job.session_id is not None and slot.session_id == job.session_id
+        cached = common_prefix(slot.tokens, prompt)
+        if cached == len(prompt):
+            cached -= 1  # re-evaluate the last token to get fresh logits
+        self._ctx.seq_rm(slot.seq, cached, -1)
+        del slot.tokens[cached:]
+        if job.session_id is None:
+            kv_source = "none"
+        elif resident and cached > 0:
+            kv_source = "resident"
+        elif any(m.role == "assistant" for m in job.messages):
+            kv_source = "rebuilt"
+        else:
+            kv_source = "none"
+        slot.busy = True
+        slot.session_id = job.session_id
+        seed = job.sampling.seed
+        if seed is None:
+            seed = int.from_bytes(os.urandom(4), "little") % 0xFFFFFFFE
+        self._active.append(
+            Request(
+                job=job,
+                slot=slot,
+                prompt=prompt,
+                next_prefill=cached,
+                sampler=NativeSampler(self._model, job.sampling, seed),
+                stream=TextStream(job.sampling.stop),
+                cached=cached,
+                kv_source=kv_source,
+                t_start=time.perf_counter(),
+            )
+        )
+
+    # ------------------------------------------------------------ decoding
+
+    def _decode_step(self, events: list[Event]) -> None:
+        entries: list[tuple[int, int, int, bool]] = []
+        outputs: list[tuple[Request, int]] = []
+        full: list[Request] = []
+        appended: list[tuple[Slot, list[int]]] = []
+        for r in self._active:
+            if r.pending is None:
+                continue
+            if len(r.slot.tokens) >= self._n_ctx_seq:
+                full.append(r)
+                continue
+            outputs.append((r, len(entries)))
+            entries.append((r.pending, len(r.slot.tokens), r.slot.seq, True))
+            appended.append((r.slot, [r.pending]))
+        budget = self._ctx.n_batch - len(entries)
+        for r in self._active:
+            if r.pending is not None or budget <= 0:
+                continue
+            start = r.next_prefill
+            take = min(budget, len(r.prompt) - start)
+            base = len(r.slot.tokens)
+            for k in range(take):
+                last = start + k == len(r.prompt) - 1
+                entries.append((r.prompt[start + k], base + k, r.slot.seq, last))
+            appended.append((r.slot, r.prompt[start : start + take]))
+            r.next_prefill += take
+            budget -= take
+            if r.next_prefill == len(r.prompt):
+                outputs.append((r, len(entries) - 1))
+        for r in full:
+            self._finish(r, "context_full", events)
+        if not entries:
+            return
+        try:
+            self._ctx.decode(entries)
+        except EdgedError as exc:
+            for r in list(self._active):
+                events.append(Failed(r.job.request_id, type(exc).__name__, str(exc)))
+                self._drop(r)
+            return
+        for slot, toks in appended:
+            slot.tokens.extend(toks)
+        now = time.perf_counter()
+        for r, index in outputs:
+            if r.pending is None:
+                r.t_prefilled = now
+            token = r.sampler.sample(self._ctx, index)
+            self._on_token(r, token, now, events)
+
+    def _on_token(self, r: Request, token: int, now: float, events: list[Event]) -> None:
+        if r.completion == 0:
+            r.t_first = now
+        if self._model.is_eog(token):
+            r.pending = None
+            self._finish(r, "stop", events)
+            return
+        r.completion += 1
+        r.unsent_tokens += 1
+        text = r.stream.feed(self._model.piece(token, self._piece))
+        if r.stream.matched is not None:
+            r.pending = None
+            if text:
+                events.append(Chunk(r.job.request_id, text, r.unsent_tokens))
+                r.unsent_tokens = 0
+            self._finish(r, "stop_sequence", events)
+            return
+        if text:
+            events.append(Chunk(r.job.request_id, text, r.unsent_tokens))
+            r.unsent_tokens = 0
+        max_tokens = r.job.sampling.max_tokens
+        if max_tokens and r.completion >= max_tokens:
+            r.pending = None
+            self._finish(r, "length", events)
+            return
+        r.pending = token
+
+    def _finish(self, r: Request, reason: str, events: list[Event]) -> None:
+        tail = r.stream.finish() if reason != "stop_sequence" else ""
+        if tail:
+            events.append(Chunk(r.job.request_id, tail, r.unsent_tokens))
+        now = time.perf_counter()
+        first = r.t_first or now
+        decode_s = now - first
+        prefill_s = (r.t_prefilled or now) - r.t_start
+        evaluated = len(r.prompt) - r.cached
+        stats = Stats(
+            prompt_tokens=len(r.prompt),
+            cached_prompt_tokens=r.cached,
+            completion_tokens=r.completion,
+            time_to_first_token_ms=((first - r.t_start) * 1000.0) if r.completion else 0.0,
+            decode_tokens_per_second=(r.completion - 1) / decode_s
+            if r.completion > 1 and decode_s > 0
+            else 0.0,
+            prefill_tokens_per_second=evaluated / prefill_s if prefill_s > 0 else 0.0,
+            total_ms=(now - r.t_start) * 1000.0,
+            finish_reason=reason,
+            kv_source=r.kv_source,
+            stop_sequence=r.stream.matched or "",
+        )
+        self._drop(r)
+        events.append(Done(r.job.request_id, stats))
+
+    def _drop(self, r: Request) -> None:
+        r.sampler.free()
+        self._active.remove(r)
+        slot = r.slot
+        slot.busy = False
+        slot.last_used = time.monotonic()
+        if r.job.session_id is None:
+            slot.session_id = None
+
+    def _release(self, slot: Slot, *, keep: bool) -> None:
+        slot.session_id = None
+        if not keep:
+            self._ctx.seq_rm(slot.seq, 0, -1)
+            slot.tokens.clear()

@@ -1,0 +1,224 @@
+"""Thin, typed wrappers over llama-cpp-python's low-level (ctypes) API.
+
+Only this module and :mod:`edged.backends.llamacpp.engine` touch ``llama_cpp``;
+no llama.cpp type leaves the backend package.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import llama_cpp as lc
+
+from edged.backends.base import Sampling
+from edged.daemon.errors import ContextOverflow, FailedPrecondition, Internal, InvalidModelFile
+
+_BACKEND_READY = False
+
+
+def _log_callback_silence() -> None:
+    """Keep llama.cpp's chatter off the worker's stderr unless asked for."""
+    if os.environ.get("EDGED_LLAMA_VERBOSE") == "1":
+        return
+
+    @lc.llama_log_callback  # type: ignore[untyped-decorator]
+    def _quiet(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        return None
+
+    global _QUIET
+    _QUIET = _quiet
+    lc.llama_log_set(_quiet, ctypes.c_void_p(0))
+
+
+_QUIET: Any = None
+
+
+def backend_init() -> None:
+    global _BACKEND_READY
+    if not _BACKEND_READY:
+        _log_callback_silence()
+        lc.llama_backend_init()
+        _BACKEND_READY = True
+
+
+@dataclass
+class NativeModel:
+    model: Any
+    vocab: Any
+
+    @classmethod
+    def load(cls, path: str, *, gpu_layers: int) -> NativeModel:
+        backend_init()
+        params = lc.llama_model_default_params()
+        params.n_gpu_layers = gpu_layers
+        params.use_mmap = True
+        model = lc.llama_model_load_from_file(path.encode(), params)
+        if not model:
+            raise InvalidModelFile(
+                "llama.cpp could not load this model file (corrupt, truncated or unsupported)"
+            )
+        vocab = lc.llama_model_get_vocab(model)
+        return cls(model=model, vocab=vocab)
+
+    def meta(self, key: str) -> str:
+        buf = ctypes.create_string_buffer(1 << 16)
+        n = lc.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        if n < 0:
+            return ""
+        if n >= len(buf):  # very long value (a chat template): retry with the exact size
+            buf = ctypes.create_string_buffer(n + 1)
+            lc.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace")
+
+    def metadata(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for i in range(lc.llama_model_meta_count(self.model)):
+            kbuf = ctypes.create_string_buffer(256)
+            if lc.llama_model_meta_key_by_index(self.model, i, kbuf, len(kbuf)) < 0:
+                continue
+            key = kbuf.value.decode("utf-8", errors="replace")
+            if key.startswith("tokenizer.ggml.") or key == "tokenizer.chat_template":
+                continue
+            vbuf = ctypes.create_string_buffer(1024)
+            if lc.llama_model_meta_val_str_by_index(self.model, i, vbuf, len(vbuf)) >= 0:
+                out[key] = vbuf.value.decode("utf-8", errors="replace")
+        return out
+
+    def n_ctx_train(self) -> int:
+        return int(lc.llama_model_n_ctx_train(self.model))
+
+    def token_text(self, token: int) -> str:
+        raw = lc.llama_vocab_get_text(self.vocab, token)
+        return raw.decode("utf-8", errors="replace") if raw else ""
+
+    def bos(self) -> int:
+        return int(lc.llama_vocab_bos(self.vocab))
+
+    def eos(self) -> int:
+        return int(lc.llama_vocab_eos(self.vocab))
+
+    def add_bos(self) -> bool:
+        return bool(lc.llama_vocab_get_add_bos(self.vocab))
+
+    def is_eog(self, token: int) -> bool:
+        return bool(lc.llama_vocab_is_eog(self.vocab, token))
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (lc.llama_token * cap)()
+        n = lc.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        if n < 0:
+            cap = -n
+            buf = (lc.llama_token * cap)()
+            n = lc.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+            if n < 0:
+                raise Internal("tokenization failed")
+        return list(buf[:n])
+
+    def piece(self, token: int, buf: Any) -> bytes:
+        n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            big = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(self.vocab, token, big, len(big), 0, False)
+            return big.raw[:n]
+        return bytes(buf.raw[:n])
+
+    def free(self) -> None:
+        if self.model:
+            lc.llama_model_free(self.model)
+            self.model = None
+
+
+class NativeContext:
+    """One llama.cpp context with ``n_seq`` sequences sharing a unified KV cache."""
+
+    def __init__(
+        self, model: NativeModel, *, n_ctx: int, n_seq: int, n_batch: int, threads: int
+    ) -> None:
+        params = lc.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_seq_max = n_seq
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.kv_unified = True
+        params.no_perf = True
+        self.ctx = lc.llama_init_from_model(model.model, params)
+        if not self.ctx:
+            raise FailedPrecondition(
+                f"llama.cpp could not create a context of {n_ctx} tokens (not enough memory?)"
+            )
+        self.mem = lc.llama_get_memory(self.ctx)
+        self.n_batch = n_batch
+        self.batch = lc.llama_batch_init(n_batch, 0, 1)
+        self.n_ctx = int(lc.llama_n_ctx(self.ctx))
+
+    def seq_rm(self, seq: int, p0: int, p1: int = -1) -> None:
+        if not lc.llama_memory_seq_rm(self.mem, seq, p0, p1):
+            raise Internal("llama.cpp refused to trim a sequence")
+
+    def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
+        lc.llama_memory_seq_cp(self.mem, src, dst, p0, p1)
+
+    def decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
+        """Decode ``(token, pos, seq, want_logits)`` entries as one batch."""
+        b = self.batch
+        tok, pos, nseq, seqs, logits = b.token, b.pos, b.n_seq_id, b.seq_id, b.logits
+        for i, (t, p, s, want) in enumerate(entries):
+            tok[i] = t
+            pos[i] = p
+            nseq[i] = 1
+            seqs[i][0] = s
+            logits[i] = want
+        b.n_tokens = len(entries)
+        rc = lc.llama_decode(self.ctx, b)
+        if rc == 1:
+            raise ContextOverflow("the KV cache is full: too many tokens in flight at once")
+        if rc != 0:
+            raise Internal(f"llama.cpp decode failed (code {rc})")
+
+    def free(self) -> None:
+        if self.ctx:
+            lc.llama_batch_free(self.batch)
+            lc.llama_free(self.ctx)
+            self.ctx = None
+
+
+class NativeSampler:
+    """llama.cpp's own sampler chain (no per-token Python work beyond one call)."""
+
+    def __init__(self, model: NativeModel, s: Sampling, seed: int) -> None:
+        params = lc.llama_sampler_chain_default_params()
+        params.no_perf = True
+        chain = lc.llama_sampler_chain_init(params)
+        add = lc.llama_sampler_chain_add
+        if s.repeat_penalty != 1.0:
+            add(chain, lc.llama_sampler_init_penalties(64, s.repeat_penalty, 0.0, 0.0))
+        if s.temperature <= 0.0:
+            add(chain, lc.llama_sampler_init_greedy())
+        else:
+            if s.top_k > 0:
+                add(chain, lc.llama_sampler_init_top_k(s.top_k))
+            add(chain, lc.llama_sampler_init_top_p(s.top_p, 1))
+            if s.min_p > 0.0:
+                add(chain, lc.llama_sampler_init_min_p(s.min_p, 1))
+            add(chain, lc.llama_sampler_init_temp(s.temperature))
+            add(chain, lc.llama_sampler_init_dist(seed))
+        self.chain = chain
+
+    def sample(self, ctx: NativeContext, index: int) -> int:
+        return int(lc.llama_sampler_sample(self.chain, ctx.ctx, index))
+
+    def free(self) -> None:
+        if self.chain:
+            lc.llama_sampler_free(self.chain)
+            self.chain = None
+
+
+def piece_buffer() -> Any:
+    return ctypes.create_string_buffer(256)

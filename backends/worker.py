@@ -1,0 +1,69 @@
+"""The worker process: hosts one loaded model and runs its step loop.
+
+A native crash here (a segfault in a backend library, an out-of-memory kill)
+ends this process only; the daemon sees the pipe close and fails the streams
+that were running on it with UNAVAILABLE.
+
+Protocol over a ``multiprocessing`` pipe (pickled tuples):
+daemon -> worker: ("submit", Job) | ("cancel", id) | ("drop_session", sid) | ("stop",)
+worker -> daemon: ("ready", ModelDescription) | ("load_failed", error, message)
+                  | ("events", [Event, ...])
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from multiprocessing.connection import Connection
+
+from edged.backends.base import Engine, Failed, Job, LoadSpec
+from edged.backends.registry import create_engine
+from edged.daemon.errors import EdgedError
+
+log = logging.getLogger("edged.worker")
+
+
+def worker_main(conn: Connection, backend: str, spec: LoadSpec) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker[%(process)d] %(message)s")
+    try:
+        engine = create_engine(backend, spec)
+    except EdgedError as exc:
+        conn.send(("load_failed", type(exc).__name__, str(exc)))
+        return
+    except Exception as exc:  # a library failure we did not anticipate
+        log.exception("loading the model failed")
+        conn.send(("load_failed", "Internal", f"the {backend} backend failed to load: {exc}"))
+        return
+    conn.send(("ready", engine.describe()))
+    try:
+        _loop(conn, engine)
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        pass  # the daemon went away: nothing left to serve
+    finally:
+        engine.close()
+
+
+def _loop(conn: Connection, eng: Engine) -> None:
+    while True:
+        timeout: float | None = 0.0 if eng.has_work() else None
+        while conn.poll(timeout):
+            msg = conn.recv()
+            timeout = 0.0
+            kind = msg[0]
+            if kind == "submit":
+                job: Job = msg[1]
+                eng.submit(job)
+            elif kind == "cancel":
+                eng.cancel(msg[1])
+            elif kind == "drop_session":
+                eng.drop_session(msg[1])
+            elif kind == "stop":
+                return
+        try:
+            events = eng.step()
+        except EdgedError as exc:
+            log.exception("engine step failed")
+            events = [Failed(-1, type(exc).__name__, str(exc))]
+        if events:
+            conn.send(("events", list(events)))

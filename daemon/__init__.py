@@ -1,0 +1,1 @@
+"""edged daemon: transports, services, scheduler, sessions and configuration."""

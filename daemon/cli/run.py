@@ -1,0 +1,295 @@
+"""``edged run``: one-shot generation, or an interactive chat session."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Callable
+from typing import TextIO
+
+import grpc
+
+from edged.daemon import errors
+from edged.daemon.cli import render
+from edged.daemon.cli.context import Context
+from edged.daemon.client import Client, ResponseStream
+from edged.v1 import edged_pb2 as pb
+
+REPL_HELP = '''Available commands:
+  /clear        start a new session (forget the conversation)
+  /bye          exit
+  /?, /help     show this help
+
+Use """ to begin and end a multi-line message.
+Ctrl-C stops a reply; Ctrl-D, or Ctrl-C at the prompt, exits.'''
+
+_SAMPLING: tuple[tuple[str, str, type, str], ...] = (
+    ("--temperature", "temperature", float, "0 = greedy (daemon default 0.8)"),
+    ("--top-p", "top_p", float, "nucleus sampling, (0, 1] (default 0.95)"),
+    ("--top-k", "top_k", int, "0 = disabled (default 40)"),
+    ("--min-p", "min_p", float, "[0, 1] (default 0.05)"),
+    ("--repeat-penalty", "repeat_penalty", float, "(0, 10] (default 1.0, off)"),
+    ("--seed", "seed", int, "random seed (default: random per request)"),
+    ("--max-tokens", "max_tokens", int, "0 = up to the end of the context (default 512)"),
+)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "run",
+        help="generate a reply, or chat interactively",
+        description=(
+            "With a PROMPT (or a prompt piped on stdin), stream one reply and exit. "
+            "Without one, on a terminal, start an interactive chat session: the "
+            "daemon keeps the conversation, type /? for commands."
+        ),
+    )
+    p.add_argument("model", metavar="MODEL", help="model name or name:tag")
+    p.add_argument("prompt", metavar="PROMPT", nargs="*", help="the prompt (words are joined)")
+    p.add_argument("--system", metavar="TEXT", help="system message")
+    group = p.add_argument_group("sampling")
+    for flag, dest, kind, text in _SAMPLING:
+        group.add_argument(
+            flag, dest=dest, type=kind, metavar="N" if kind is int else "X", help=text
+        )
+    group.add_argument(
+        "--stop",
+        metavar="TEXT",
+        action="append",
+        default=[],
+        help="stop string (repeatable, up to 16)",
+    )
+    p.add_argument(
+        "--verbose", action="store_true", help="print generation stats to stderr after each reply"
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="one-shot only: print one JSON object {text, stats} instead of streaming",
+    )
+    p.set_defaults(func=cmd_run)
+
+
+def sampling_params(args: argparse.Namespace) -> pb.SamplingParams:
+    params = pb.SamplingParams(stop=args.stop)
+    for _, dest, _, _ in _SAMPLING:
+        value = getattr(args, dest)
+        if value is not None:
+            setattr(params, dest, value)
+    return params
+
+
+def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
+    if args.seed is not None and args.seed < 0:
+        raise errors.InvalidArgument("--seed must not be negative")
+    for flag in ("max_tokens", "top_k"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 0:
+            raise errors.InvalidArgument(f"--{flag.replace('_', '-')} must not be negative")
+    sampling = sampling_params(args)
+    prompt = " ".join(args.prompt)
+    if not prompt and ctx.stdin is not None and not ctx.stdin.isatty():
+        prompt = ctx.stdin.read()
+        if not prompt.strip():
+            raise errors.InvalidArgument("the prompt read from stdin is empty")
+    if prompt:
+        return one_shot(
+            ctx.client(),
+            args.model,
+            prompt,
+            system=args.system,
+            sampling=sampling,
+            out=ctx.stdout,
+            err=ctx.stderr,
+            verbose=args.verbose,
+            as_json=args.json,
+        )
+    if args.json:
+        raise errors.InvalidArgument("--json needs a PROMPT (it does not apply to a chat)")
+    client = ctx.client()
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401  (line editing and history for input())
+    return repl(
+        client,
+        args.model,
+        system=args.system or "",
+        sampling=sampling,
+        read_line=input,
+        out=ctx.stdout,
+        err=ctx.stderr,
+        verbose=args.verbose,
+    )
+
+
+def stream_reply(
+    call: ResponseStream[pb.GenerateChunk], out: TextIO | None
+) -> tuple[str, pb.GenerationStats | None]:
+    """Iterate a reply, writing each chunk to ``out`` as it arrives."""
+    parts: list[str] = []
+    stats: pb.GenerationStats | None = None
+    for chunk in call:
+        if chunk.text:
+            parts.append(chunk.text)
+            if out is not None:
+                out.write(chunk.text)
+                out.flush()
+        if chunk.HasField("stats"):
+            stats = chunk.stats
+    return "".join(parts), stats
+
+
+def _print_stats(err: TextIO, stats: pb.GenerationStats | None) -> None:
+    if stats is not None:
+        err.write("\n".join(render.stats_lines(stats)) + "\n")
+        err.flush()
+
+
+def one_shot(
+    client: Client,
+    model: str,
+    prompt: str,
+    *,
+    system: str | None,
+    sampling: pb.SamplingParams,
+    out: TextIO,
+    err: TextIO,
+    verbose: bool = False,
+    as_json: bool = False,
+) -> int:
+    messages = [pb.ChatMessage(role="system", content=system)] if system else []
+    messages.append(pb.ChatMessage(role="user", content=prompt))
+    request = pb.GenerateRequest(
+        model=model, chat=pb.ChatMessages(messages=messages), sampling=sampling
+    )
+    call = client.inference.Generate(request)
+    try:
+        text, stats = stream_reply(call, None if as_json else out)
+    except KeyboardInterrupt:
+        call.cancel()
+        if not as_json:
+            out.write("\n")
+            out.flush()
+        return 130
+    if as_json:
+        render.print_json(
+            {"text": text, "stats": render.to_dict(stats or pb.GenerationStats())}, out
+        )
+    else:
+        out.write("\n")
+    out.flush()
+    if verbose:
+        _print_stats(err, stats)
+    return 0
+
+
+# ---------------------------------------------------------------- interactive
+
+
+def _read_message(read_line: Callable[[str], str], out: TextIO) -> str | None:
+    """One user message; ``\"\"\"`` starts and ends a multi-line one.
+
+    Returns None when a multi-line message is abandoned with Ctrl-C.
+    Raises EOFError / KeyboardInterrupt from the first prompt (meaning: exit).
+    """
+    line = read_line(">>> ")
+    head = line.lstrip()
+    if not head.startswith('"""'):
+        return line
+    body = head[3:]
+    if body.rstrip().endswith('"""'):
+        return body.rstrip()[:-3]
+    lines = [body]
+    while True:
+        try:
+            more = read_line("... ")
+        except KeyboardInterrupt:
+            out.write("\n")
+            return None
+        if more.rstrip().endswith('"""'):
+            lines.append(more.rstrip()[:-3])
+            return "\n".join(lines).strip("\n")
+        lines.append(more)
+
+
+def _send(
+    client: Client,
+    session_id: str,
+    content: str,
+    *,
+    sampling: pb.SamplingParams,
+    out: TextIO,
+    err: TextIO,
+    verbose: bool,
+) -> None:
+    call = client.sessions.Send(
+        pb.SendRequest(session_id=session_id, content=content, sampling=sampling)
+    )
+    try:
+        text, stats = stream_reply(call, out)
+    except KeyboardInterrupt:
+        call.cancel()
+        out.write("\n\n")
+        out.flush()
+        return
+    except grpc.RpcError as exc:
+        out.write("\n")
+        out.flush()
+        err.write(f"edged: {render.rpc_message(exc)}\n")
+        err.flush()
+        return
+    out.write("\n" if text.endswith("\n") else "\n\n")
+    out.flush()
+    if verbose:
+        _print_stats(err, stats)
+
+
+def _delete_quietly(client: Client, session_id: str) -> None:
+    with contextlib.suppress(grpc.RpcError):
+        client.sessions.Delete(pb.SessionRef(session_id=session_id), timeout=5)
+
+
+def repl(
+    client: Client,
+    model: str,
+    *,
+    system: str,
+    sampling: pb.SamplingParams,
+    read_line: Callable[[str], str],
+    out: TextIO,
+    err: TextIO,
+    verbose: bool = False,
+) -> int:
+    """The interactive loop. The session is deleted on every way out."""
+    create = pb.CreateSessionRequest(model=model, system_prompt=system)
+    session_id = client.sessions.Create(create).id
+    try:
+        while True:
+            try:
+                message = _read_message(read_line, out)
+            except (EOFError, KeyboardInterrupt):
+                out.write("\n")
+                return 0
+            if message is None or not message.strip():
+                continue
+            command = message.strip().split()[0]
+            if command in ("/bye", "/exit"):
+                return 0
+            if command == "/clear":
+                _delete_quietly(client, session_id)
+                session_id = client.sessions.Create(create).id
+                out.write("Cleared session context.\n")
+            elif command in ("/?", "/help"):
+                out.write(REPL_HELP + "\n")
+            elif command.startswith("/"):
+                out.write(f"Unknown command '{command}'. Type /? for help\n")
+            else:
+                _send(
+                    client,
+                    session_id,
+                    message,
+                    sampling=sampling,
+                    out=out,
+                    err=err,
+                    verbose=verbose,
+                )
+    finally:
+        _delete_quietly(client, session_id)

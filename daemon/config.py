@@ -1,0 +1,132 @@
+"""Typed configuration. Environment variables are read here and only here.
+
+Every path comes from platformdirs and can be overridden by one environment
+variable (and, for ``edged serve``, one flag of the same name):
+
+=====================  ==========================================  ===============
+variable               meaning                                     default
+=====================  ==========================================  ===============
+EDGED_DATA_DIR         registry (blobs, manifests) and sessions    user data dir
+EDGED_CACHE_DIR        caches (session KV on disk, downloads)      user cache dir
+EDGED_LOG_DIR          daemon log files                            user log dir
+EDGED_RUNTIME_DIR      the unix socket's directory (made 0700)     user runtime dir
+EDGED_SOCKET           the unix socket path                        RUNTIME/edged.sock
+EDGED_TCP              also listen on loopback ``HOST:PORT``       off
+EDGED_TOKEN_FILE       bearer token for TCP (0600)                 config dir/token
+EDGED_THREADS          decode threads per worker                   physical cores
+EDGED_CONTEXT          context length (tokens) per loaded model    4096
+EDGED_KEEP_ALIVE       seconds an idle model stays loaded          300
+EDGED_QUEUE_SIZE       waiting requests per model before refusing  64
+=====================  ==========================================  ===============
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import platformdirs
+
+APP = "edged"
+
+
+@dataclass(frozen=True)
+class Paths:
+    data_dir: Path
+    cache_dir: Path
+    log_dir: Path
+    runtime_dir: Path
+    socket: Path
+    token_file: Path
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def sessions_dir(self) -> Path:
+        return self.data_dir / "sessions"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    threads: int
+    context_length: int = 4096
+    keep_alive_s: float = 300.0
+    queue_size: int = 64
+    max_sequences: int = 4
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    paths: Paths
+    engine: EngineConfig
+    tcp: str | None = None  # "127.0.0.1:PORT" when enabled
+    grace_s: float = 10.0
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+def _default_runtime_dir() -> Path:
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset and falls back to
+        # /tmp/runtime-UID; we accept that and enforce 0700/ownership ourselves.
+        warnings.simplefilter("ignore")
+        return Path(platformdirs.user_runtime_dir(APP))
+
+
+def _physical_cores() -> int:
+    import psutil
+
+    return max(1, psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def load_paths(env: Mapping[str, str] | None = None) -> Paths:
+    env = os.environ if env is None else env
+
+    def pick(name: str, default: Path) -> Path:
+        raw = env.get(name)
+        return Path(raw).expanduser().absolute() if raw else default
+
+    runtime = pick("EDGED_RUNTIME_DIR", _default_runtime_dir())
+    return Paths(
+        data_dir=pick("EDGED_DATA_DIR", Path(platformdirs.user_data_dir(APP))),
+        cache_dir=pick("EDGED_CACHE_DIR", Path(platformdirs.user_cache_dir(APP))),
+        log_dir=pick("EDGED_LOG_DIR", Path(platformdirs.user_log_dir(APP))),
+        runtime_dir=runtime,
+        socket=pick("EDGED_SOCKET", runtime / "edged.sock"),
+        token_file=pick("EDGED_TOKEN_FILE", Path(platformdirs.user_config_dir(APP)) / "token"),
+    )
+
+
+def load_engine(env: Mapping[str, str] | None = None) -> EngineConfig:
+    env = os.environ if env is None else env
+    return EngineConfig(
+        threads=_int(env, "EDGED_THREADS", _physical_cores(), 1, 512),
+        context_length=_int(env, "EDGED_CONTEXT", 4096, 256, 1 << 20),
+        keep_alive_s=float(_int(env, "EDGED_KEEP_ALIVE", 300, 0, 7 * 24 * 3600)),
+        queue_size=_int(env, "EDGED_QUEUE_SIZE", 64, 1, 100_000),
+    )
+
+
+def load_server(env: Mapping[str, str] | None = None, **overrides: object) -> ServerConfig:
+    env = os.environ if env is None else env
+    cfg = ServerConfig(
+        paths=load_paths(env), engine=load_engine(env), tcp=env.get("EDGED_TCP") or None
+    )
+    return replace(cfg, **overrides)  # type: ignore[arg-type]

@@ -1,0 +1,175 @@
+"""``edged serve``: the gRPC server process.
+
+Listens on a unix socket (0600, in a 0700 directory) and, optionally, on a
+loopback TCP port that requires a bearer token. Serves edged.v1, grpc.health.v1
+and server reflection. SIGTERM/SIGINT: health goes NOT_SERVING, new calls are
+refused, running streams get ``grace_s`` to finish, then workers stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import logging.handlers
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from edged.daemon.app import App
+from edged.daemon.auth import BearerTokenInterceptor
+from edged.daemon.config import ServerConfig
+from edged.daemon.errors import EdgedError, FailedPrecondition
+from edged.daemon.hardware import llama_cuda_built, probe
+from edged.daemon.scheduler import Scheduler
+from edged.daemon.security import ensure_private_dir, load_or_create_token, parse_loopback
+from edged.daemon.services.inference import InferenceService
+from edged.daemon.services.models import ModelsService
+from edged.daemon.services.sessions import SessionsService
+from edged.daemon.services.system import SystemService, edged_version
+from edged.daemon.sessions import SessionStore
+from edged.daemon.workers import WorkerHandle
+from edged.models_registry.store import Store
+from edged.v1 import edged_pb2 as pb
+from edged.v1 import edged_pb2_grpc as pbg
+
+log = logging.getLogger("edged")
+
+SERVICE_NAMES = tuple(
+    pb.DESCRIPTOR.services_by_name[n].full_name
+    for n in ("Inference", "Sessions", "Models", "System")
+)
+
+
+def setup_logging(log_dir: Path) -> None:
+    ensure_private_dir(log_dir)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.handlers.RotatingFileHandler(
+        log_dir / "edged.log", maxBytes=10 << 20, backupCount=3
+    )
+    handler.setFormatter(fmt)
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    root.addHandler(handler)
+    if sys.stderr.isatty():
+        stream = logging.StreamHandler()
+        stream.setFormatter(fmt)
+        root.addHandler(stream)
+
+
+def _socket_in_use(path: Path) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(1.0)
+        s.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        s.close()
+    return True
+
+
+def _prepare_socket(path: Path) -> None:
+    ensure_private_dir(path.parent)
+    if path.exists() or path.is_symlink():
+        if _socket_in_use(path):
+            raise FailedPrecondition(f"another edged is already listening on {path}")
+        path.unlink()  # stale socket from a daemon that died
+
+
+def build_app(cfg: ServerConfig) -> App:
+    hw = probe()
+    scheduler = Scheduler(cfg.engine, hw, WorkerHandle, llama_cuda=llama_cuda_built())
+    ensure_private_dir(cfg.paths.data_dir)
+    return App(
+        config=cfg,
+        store=Store(cfg.paths.registry_dir),
+        scheduler=scheduler,
+        sessions=SessionStore(cfg.paths.sessions_dir),
+        hardware=hw,
+    )
+
+
+def _add_services(server: grpc.aio.Server, app: App, health_servicer: object) -> None:
+    pbg.add_InferenceServicer_to_server(InferenceService(app), server)
+    pbg.add_SessionsServicer_to_server(SessionsService(app), server)
+    pbg.add_ModelsServicer_to_server(ModelsService(app), server)
+    pbg.add_SystemServicer_to_server(SystemService(app), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            *SERVICE_NAMES,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+
+
+async def serve(cfg: ServerConfig, *, ready: asyncio.Event | None = None) -> None:
+    # validate everything that can be wrong before listening anywhere
+    tcp_addr = parse_loopback(cfg.tcp) if cfg.tcp else None
+    token = load_or_create_token(cfg.paths.token_file) if tcp_addr else ""
+    app = build_app(cfg)
+    health_servicer = health.aio.HealthServicer()
+    servers: list[grpc.aio.Server] = []
+    options = [("grpc.max_receive_message_length", 64 << 20)]
+
+    unix = grpc.aio.server(options=options)
+    _add_services(unix, app, health_servicer)
+    _prepare_socket(cfg.paths.socket)
+    old = os.umask(0o177)  # the socket is born 0600: no window where it is looser
+    try:
+        unix.add_insecure_port(f"unix:{cfg.paths.socket}")
+        await unix.start()
+    finally:
+        os.umask(old)
+    os.chmod(cfg.paths.socket, 0o600)
+    servers.append(unix)
+    log.info("edged %s listening on unix:%s", edged_version(), cfg.paths.socket)
+
+    if tcp_addr:
+        host, port = tcp_addr
+        tcp = grpc.aio.server(options=options, interceptors=[BearerTokenInterceptor(token)])
+        _add_services(tcp, app, health_servicer)
+        bound = tcp.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        await tcp.start()
+        servers.append(tcp)
+        log.info("also listening on %s:%d (bearer token required)", host, bound)
+
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    app.scheduler.start_reaper()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down: health NOT_SERVING, draining streams (%.0fs grace)", cfg.grace_s)
+        await health_servicer.enter_graceful_shutdown()
+        await asyncio.gather(*(s.stop(cfg.grace_s) for s in servers))
+        await app.scheduler.close()
+        with contextlib.suppress(FileNotFoundError):
+            cfg.paths.socket.unlink()
+        log.info("stopped")
+
+
+def run_server(cfg: ServerConfig) -> int:
+    try:
+        setup_logging(cfg.paths.log_dir)
+        asyncio.run(serve(cfg))
+    except EdgedError as exc:
+        print(f"edged: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,50 @@
+"""edged.v1.Inference: one-shot streaming generation."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from edged.backends.base import Job
+from edged.backends.chat_template import validate_messages
+from edged.daemon.app import App
+from edged.daemon.convert import check_text, messages_from, sampling_from
+from edged.daemon.errors import InvalidArgument
+from edged.daemon.services import _errors
+from edged.daemon.services.generation import deadline_of, stream_generation
+from edged.daemon.workers import next_request_id
+from edged.v1 import edged_pb2 as pb
+from edged.v1 import edged_pb2_grpc as pbg
+
+
+class InferenceService(pbg.InferenceServicer):  # type: ignore[misc]
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    @_errors.stream
+    async def Generate(
+        self, request: pb.GenerateRequest, context: Any
+    ) -> AsyncIterator[pb.GenerateChunk]:
+        if not request.model:
+            raise InvalidArgument("model is required (for example: smollm2)")
+        sampling = sampling_from(request.sampling)
+        which = request.WhichOneof("input")
+        if which == "prompt":
+            prompt = check_text("the prompt", request.prompt)
+            if not prompt.strip():
+                raise InvalidArgument("the prompt is empty")
+            job = Job(next_request_id(), sampling, prompt=prompt, deadline=deadline_of(context))
+        elif which == "chat":
+            messages = messages_from(request.chat)
+            validate_messages(messages)
+            job = Job(
+                next_request_id(),
+                sampling,
+                messages=messages,
+                deadline=deadline_of(context),
+            )
+        else:
+            raise InvalidArgument("set either prompt or chat")
+        model = self.app.resolve(request.model)
+        async for chunk in stream_generation(self.app, model, job):
+            yield chunk

@@ -1,0 +1,100 @@
+"""edged.v1.Sessions: conversations kept by the daemon."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from edged.backends.base import Job
+from edged.daemon.app import App
+from edged.daemon.convert import check_text, sampling_from
+from edged.daemon.errors import InvalidArgument
+from edged.daemon.services import _errors
+from edged.daemon.services.generation import Outcome, deadline_of, stream_generation
+from edged.daemon.sessions import SessionRecord
+from edged.daemon.workers import next_request_id
+from edged.v1 import edged_pb2 as pb
+from edged.v1 import edged_pb2_grpc as pbg
+
+
+def session_to(rec: SessionRecord, *, resident: bool) -> pb.Session:
+    return pb.Session(
+        id=rec.id,
+        model=rec.model,
+        model_digest=rec.model_digest,
+        system_prompt=rec.system_prompt,
+        created_unix_ms=rec.created_unix_ms,
+        updated_unix_ms=rec.updated_unix_ms,
+        turns=rec.turns,
+        token_count=rec.token_count,
+        kv_location="worker" if resident else "none",
+    )
+
+
+class SessionsService(pbg.SessionsServicer):  # type: ignore[misc]
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def _resident(self, rec: SessionRecord) -> bool:
+        return self.app.scheduler.worker_of(rec.model_digest) is not None and rec.turns > 0
+
+    @_errors.unary
+    async def Create(self, request: pb.CreateSessionRequest, context: Any) -> pb.Session:
+        if not request.model:
+            raise InvalidArgument("model is required (for example: smollm2)")
+        model = self.app.resolve(request.model)
+        system = check_text("the system prompt", request.system_prompt)
+        rec = self.app.sessions.create(model.name, model.digest, system)
+        return session_to(rec, resident=False)
+
+    @_errors.stream
+    async def Send(self, request: pb.SendRequest, context: Any) -> AsyncIterator[pb.GenerateChunk]:
+        content = check_text("the message", request.content)
+        if not content.strip():
+            raise InvalidArgument("the message is empty")
+        sampling = sampling_from(request.sampling)
+        rec = self.app.sessions.get(request.session_id)
+        async with self.app.sessions.lock(rec.id):
+            model = self.app.resolve(rec.model)
+            if model.digest != rec.model_digest:
+                # the name now points at other weights: the old KV is meaningless
+                self.app.scheduler.drop_session(rec.model_digest, rec.id)
+                rec.model_digest = model.digest
+            job = Job(
+                next_request_id(),
+                sampling,
+                messages=rec.messages(content),
+                session_id=rec.id,
+                deadline=deadline_of(context),
+            )
+            outcome = Outcome()
+            async for chunk in stream_generation(self.app, model, job, outcome):
+                yield chunk
+            done = outcome.done
+            if done is not None and done.stats.finish_reason != "cancelled":
+                self.app.sessions.append_turn(
+                    rec,
+                    content,
+                    "".join(outcome.text),
+                    done.stats.prompt_tokens + done.stats.completion_tokens,
+                )
+
+    @_errors.unary
+    async def List(self, request: pb.ListSessionsRequest, context: Any) -> pb.ListSessionsResponse:
+        return pb.ListSessionsResponse(
+            sessions=[session_to(r, resident=self._resident(r)) for r in self.app.sessions.list()]
+        )
+
+    @_errors.unary
+    async def Get(self, request: pb.SessionRef, context: Any) -> pb.GetSessionResponse:
+        rec = self.app.sessions.get(request.session_id)
+        return pb.GetSessionResponse(
+            session=session_to(rec, resident=self._resident(rec)),
+            history=[pb.ChatMessage(role=m.role, content=m.content) for m in rec.history],
+        )
+
+    @_errors.unary
+    async def Delete(self, request: pb.SessionRef, context: Any) -> pb.DeleteSessionResponse:
+        rec = self.app.sessions.delete(request.session_id)
+        self.app.scheduler.drop_session(rec.model_digest, rec.id)
+        return pb.DeleteSessionResponse()

@@ -1,0 +1,214 @@
+"""Worker processes as seen from the daemon's event loop.
+
+One :class:`WorkerHandle` per loaded model. Requests are multiplexed over the
+worker's pipe by request id; events are routed to per-request asyncio queues.
+When the worker dies for any reason, every request still running on it gets
+:class:`~edged.daemon.errors.WorkerCrashed`, and the handle reports itself dead
+so the scheduler starts a fresh worker for the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import multiprocessing
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from edged.backends.base import Chunk, Done, Event, Failed, Job, LoadSpec, ModelDescription
+from edged.backends.worker import worker_main
+from edged.daemon import errors
+
+log = logging.getLogger(__name__)
+
+_ids = itertools.count(1)
+
+
+def next_request_id() -> int:
+    return next(_ids)
+
+
+def error_from(name: str, message: str) -> errors.EdgedError:
+    cls = getattr(errors, name, None)
+    if isinstance(cls, type) and issubclass(cls, errors.EdgedError):
+        return cls(message)
+    return errors.Internal(message)
+
+
+@dataclass
+class _Pending:
+    queue: asyncio.Queue[Event | errors.EdgedError]
+
+
+class WorkerHandle:
+    def __init__(self, backend: str, spec: LoadSpec, label: str) -> None:
+        self.backend = backend
+        self.spec = spec
+        self.label = label
+        self.description: ModelDescription | None = None
+        self.loaded_at = time.time()
+        self.last_used = time.monotonic()
+        self._requests: dict[int, _Pending] = {}
+        self._proc: Any = None
+        self._conn: Connection | None = None
+        self._dead = False
+        self._ready: asyncio.Future[ModelDescription] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return int(self._proc.pid) if self._proc is not None else None
+
+    @property
+    def alive(self) -> bool:
+        return not self._dead
+
+    @property
+    def active(self) -> int:
+        return len(self._requests)
+
+    async def start(self, timeout_s: float = 300.0) -> ModelDescription:
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe(duplex=True)
+        self._proc = ctx.Process(
+            target=worker_main,
+            args=(child, self.backend, self.spec),
+            name=f"edged-worker {self.label}",
+            daemon=True,
+        )
+        loop = asyncio.get_running_loop()
+        self._ready = loop.create_future()
+        await loop.run_in_executor(None, self._proc.start)
+        child.close()
+        self._conn = parent
+        loop.add_reader(parent.fileno(), self._on_readable)
+        try:
+            desc = await asyncio.wait_for(asyncio.shield(self._ready), timeout_s)
+        except asyncio.TimeoutError:
+            await self.stop()
+            raise errors.Unavailable(f"loading {self.label} timed out") from None
+        except BaseException:
+            await self.stop()
+            raise
+        self.description = desc
+        return desc
+
+    def _on_readable(self) -> None:
+        assert self._conn is not None
+        try:
+            msg = self._conn.recv()
+        except (EOFError, OSError):
+            self._on_dead()
+            return
+        kind = msg[0]
+        if kind == "events":
+            for ev in msg[1]:
+                self._route(ev)
+        elif kind == "ready" and self._ready and not self._ready.done():
+            self._ready.set_result(msg[1])
+        elif kind == "load_failed" and self._ready and not self._ready.done():
+            self._ready.set_exception(error_from(msg[1], msg[2]))
+
+    def _route(self, ev: Event) -> None:
+        if isinstance(ev, Failed) and ev.request_id < 0:
+            for each in self._requests.values():
+                each.queue.put_nowait(error_from(ev.error, ev.message))
+            return
+        target = self._requests.get(ev.request_id)
+        if target is not None:
+            target.queue.put_nowait(ev)
+
+    def _on_dead(self) -> None:
+        if self._dead:
+            return
+        self._dead = True
+        if self._conn is not None:
+            with contextlib.suppress(RuntimeError, ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self._conn.fileno())
+        code = self._proc.exitcode if self._proc is not None else None
+        if self._proc is not None:
+            self._proc.join(timeout=0.5)
+            code = self._proc.exitcode
+        how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        log.error("worker for %s (pid %s) ended: %s", self.label, self.pid, how)
+        if self._ready and not self._ready.done():
+            self._ready.set_exception(
+                errors.Unavailable(f"the worker loading {self.label} crashed ({how})")
+            )
+        crash = errors.WorkerCrashed(
+            f"the inference worker for {self.label} crashed ({how}); "
+            "the request was stopped. Retry: the next request starts a new worker"
+        )
+        for pending in self._requests.values():
+            pending.queue.put_nowait(crash)
+
+    def _send(self, msg: tuple[Any, ...]) -> None:
+        if self._dead or self._conn is None:
+            raise errors.WorkerCrashed(f"the inference worker for {self.label} is not running")
+        try:
+            self._conn.send(msg)
+        except (BrokenPipeError, OSError) as exc:
+            self._on_dead()
+            raise errors.WorkerCrashed(f"the inference worker for {self.label} stopped") from exc
+
+    async def run(self, job: Job) -> AsyncIterator[Chunk | Done]:
+        """Submit a job and yield its chunks and final Done; raises on failure."""
+        pending = _Pending(asyncio.Queue())
+        self._requests[job.request_id] = pending
+        self.last_used = time.monotonic()
+        finished = False
+        try:
+            self._send(("submit", job))
+            while True:
+                item = await pending.queue.get()
+                if isinstance(item, errors.EdgedError):
+                    finished = True
+                    raise item
+                if isinstance(item, Failed):
+                    finished = True
+                    raise error_from(item.error, item.message)
+                if isinstance(item, Done):
+                    finished = True
+                    yield item
+                    return
+                yield item
+        finally:
+            self._requests.pop(job.request_id, None)
+            self.last_used = time.monotonic()
+            if not finished and not self._dead:
+                # the consumer went away (client cancelled): stop the generation
+                with contextlib.suppress(errors.WorkerCrashed):
+                    self._send(("cancel", job.request_id))
+
+    def drop_session(self, session_id: str) -> None:
+        if not self._dead:
+            with contextlib.suppress(errors.WorkerCrashed):
+                self._send(("drop_session", session_id))
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        if self._proc is None:
+            return
+        if not self._dead and self._conn is not None:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                self._conn.send(("stop",))
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._proc.join, timeout_s)
+        if self._proc.is_alive():
+            self._proc.kill()
+            await loop.run_in_executor(None, self._proc.join, 2.0)
+        self._on_dead_quietly()
+
+    def _on_dead_quietly(self) -> None:
+        if self._conn is not None and not self._dead:
+            with contextlib.suppress(RuntimeError, ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self._conn.fileno())
+        self._dead = True
+        for pending in self._requests.values():
+            pending.queue.put_nowait(errors.Unavailable(f"{self.label} was unloaded"))
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

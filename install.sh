@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install edged into a virtual environment (./.venv, or $EDGED_VENV).
+#
+#   ./install.sh          edged and its runtime dependencies
+#   ./install.sh --dev    plus the test and lint tools
+#
+# llama-cpp-python is compiled for THIS machine first (installer/llama_build.py:
+# instruction sets from /proc/cpuinfo, never AMX, own wheel cache keyed by the
+# flags), so pip never builds or reuses a default -march=native wheel.
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV="${EDGED_VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+extras=""
+[ "${1:-}" = "--dev" ] && extras="[dev]"
+
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet --upgrade pip
+"$VENV/bin/python" installer/llama_build.py
+"$VENV/bin/python" -m pip install --quiet ".$extras"
+"$VENV/bin/edged" --help > /dev/null
+echo "edged installed in $VENV (run: $VENV/bin/edged --help)"

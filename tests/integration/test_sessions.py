@@ -1,0 +1,78 @@
+"""Sessions over several turns, with the history kept by the daemon."""
+
+from __future__ import annotations
+
+import pytest
+
+from edged.v1 import edged_pb2 as pb
+from tests.conftest import Daemon, start_daemon
+from tests.integration.helpers import collect
+
+pytestmark = pytest.mark.model
+
+
+def send(d: Daemon, sid: str, text: str, max_tokens: int = 48) -> tuple[str, pb.GenerationStats]:
+    req = pb.SendRequest(
+        session_id=sid,
+        content=text,
+        sampling=pb.SamplingParams(temperature=0.0, max_tokens=max_tokens),
+    )
+    text_out, stats, _ = collect(d.sessions.Send(req, timeout=120))
+    return text_out, stats
+
+
+def test_multi_turn_session_recalls_and_reuses_kv(daemon: Daemon) -> None:
+    s = daemon.sessions.Create(pb.CreateSessionRequest(model="smollm2"), timeout=30)
+    assert s.id.startswith("s_") and s.model == "smollm2:135m-q4_1"
+    _, st1 = send(daemon, s.id, "The secret word is elephant.", max_tokens=16)
+    assert st1.cached_prompt_tokens == 0
+    reply, st2 = send(daemon, s.id, "What is the secret word?")
+    assert "elephant" in reply.lower()
+    # the second turn only sent the new message, yet the prompt covered the history
+    assert st2.prompt_tokens > st1.prompt_tokens + st1.completion_tokens
+    assert st2.cached_prompt_tokens >= st1.prompt_tokens, "the history's KV was reused"
+    assert st2.kv_source == "resident"
+    got = daemon.sessions.Get(pb.SessionRef(session_id=s.id), timeout=10)
+    assert [m.role for m in got.history] == ["user", "assistant", "user", "assistant"]
+    assert got.history[3].content == reply
+    assert got.session.turns == 2 and got.session.token_count > 0
+    ids = [x.id for x in daemon.sessions.List(pb.ListSessionsRequest(), timeout=10).sessions]
+    assert s.id in ids
+    daemon.sessions.Delete(pb.SessionRef(session_id=s.id), timeout=10)
+    ids = [x.id for x in daemon.sessions.List(pb.ListSessionsRequest(), timeout=10).sessions]
+    assert s.id not in ids
+
+
+def test_sessions_do_not_leak_into_each_other(daemon: Daemon) -> None:
+    """Interleave sessions with distinct facts; each recalls its own, never another's."""
+    import concurrent.futures
+
+    words = ["elephant", "volcano", "saxophone", "pineapple"]
+    sids = {
+        w: daemon.sessions.Create(pb.CreateSessionRequest(model="smollm2"), timeout=30).id
+        for w in words
+    }
+    with concurrent.futures.ThreadPoolExecutor(len(words)) as pool:
+        list(pool.map(lambda w: send(daemon, sids[w], f"The secret word is {w}.", 16), words))
+        answers = pool.map(lambda w: send(daemon, sids[w], "What is the secret word?", 24), words)
+        replies = {w: a[0] for w, a in zip(words, answers, strict=True)}
+    for word, reply in replies.items():
+        assert word in reply.lower(), (word, reply)
+        assert not any(o in reply.lower() for o in words if o != word), (word, reply)
+
+
+def test_sessions_survive_a_restart_rebuilt_from_history(tmp_path, smollm2_store) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import clone_store
+
+    clone_store(smollm2_store, tmp_path / "data")
+    d = start_daemon(tmp_path)
+    s = d.sessions.Create(pb.CreateSessionRequest(model="smollm2"), timeout=30)
+    send(d, s.id, "The secret word is volcano.", max_tokens=16)
+    assert d.stop() == 0
+    d2 = start_daemon(tmp_path)
+    try:
+        reply, stats = send(d2, s.id, "What is the secret word?")
+        assert "volcano" in reply.lower()
+        assert stats.kv_source == "rebuilt" and stats.cached_prompt_tokens == 0
+    finally:
+        d2.stop()
