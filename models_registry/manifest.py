@@ -61,6 +61,11 @@ class Manifest:
     parameters: int = 0
     context_length: int = 0
     has_chat_template: bool = False
+    # Defaults a request may override (like an Ollama Modelfile's SYSTEM and
+    # PARAMETER): the system prompt used when a chat has none, and sampling
+    # values keyed by edged.v1.SamplingParams field names.
+    system_prompt: str = ""
+    sampling: tuple[tuple[str, float], ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -97,6 +102,8 @@ class Manifest:
             "parameters": self.parameters,
             "context_length": self.context_length,
             "has_chat_template": self.has_chat_template,
+            "system_prompt": self.system_prompt,
+            "sampling": dict(self.sampling),
         }
 
     def to_json(self) -> str:
@@ -144,6 +151,8 @@ class Manifest:
             parameters=_get_int(d, "parameters", 0),
             context_length=_get_int(d, "context_length", 0),
             has_chat_template=_get_bool(d, "has_chat_template", False),
+            system_prompt=_get_str(d, "system_prompt", ""),
+            sampling=_sampling(d.get("sampling", {})),
         )
         manifest.primary  # noqa: B018 - validates that a model file is present
         return manifest
@@ -181,3 +190,20 @@ def _present(d: dict[str, Any], key: str, default: object) -> object:
     if value is None:
         raise CorruptManifest(f"corrupt manifest: '{key}' is missing")
     return value
+
+
+SAMPLING_KEYS = frozenset(
+    {"max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty"}
+)
+
+
+def _sampling(raw: object) -> tuple[tuple[str, float], ...]:
+    d = _mapping(raw, "'sampling'")
+    out: list[tuple[str, float]] = []
+    for key, value in sorted(d.items()):
+        if key not in SAMPLING_KEYS:
+            raise CorruptManifest(f"corrupt manifest: unknown sampling default {key!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise CorruptManifest(f"corrupt manifest: sampling default {key!r} is not a number")
+        out.append((key, float(value)))
+    return tuple(out)

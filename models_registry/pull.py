@@ -37,6 +37,8 @@ class _Plan:
     source: str  # recorded in the manifest
     filename: str  # display only: never used as a path
     fetch: Callable[[], str]  # puts the blob into the store, returns its digest
+    system_prompt: str = ""
+    sampling: tuple[tuple[str, float], ...] = ()
 
 
 def pull(
@@ -94,6 +96,8 @@ def _manifest(plan: _Plan, blob: str, size: int, info: GGUFInfo) -> Manifest:
         parameters=info.parameters,
         context_length=info.context_length,
         has_chat_template=bool(info.chat_template),
+        system_prompt=plan.system_prompt,
+        sampling=plan.sampling,
     )
 
 
@@ -181,6 +185,8 @@ def _catalog_plan(
         source=entry.source,
         filename=entry.filename,
         fetch=lambda: catalog.fetch(store, entry, progress=progress, cancel=cancel),
+        system_prompt=entry.system_prompt,
+        sampling=entry.sampling,
     )
 
 

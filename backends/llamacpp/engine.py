@@ -184,7 +184,12 @@ class LlamaEngine:
             if slot is None:
                 deferred.append(job)
                 continue
-            self._start(job, slot, prompt)
+            try:
+                self._start(job, slot, prompt)
+            except Exception as exc:  # one bad request must not take the worker down
+                log.exception("starting request %d failed", job.request_id)
+                slot.busy = False
+                events.append(Failed(job.request_id, "Internal", f"could not start: {exc}"))
         self._waiting = deferred
 
     def _tokenize_job(self, job: Job) -> list[int]:

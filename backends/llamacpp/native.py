@@ -198,7 +198,8 @@ class NativeSampler:
         chain = lc.llama_sampler_chain_init(params)
         add = lc.llama_sampler_chain_add
         if s.repeat_penalty != 1.0:
-            add(chain, lc.llama_sampler_init_penalties(64, s.repeat_penalty, 0.0, 0.0))
+            n_vocab = lc.llama_vocab_n_tokens(model.vocab)
+            add(chain, lc.llama_sampler_init_penalties(n_vocab, 64, s.repeat_penalty, 0.0, 0.0))
         if s.temperature <= 0.0:
             add(chain, lc.llama_sampler_init_greedy())
         else:

@@ -152,7 +152,13 @@ def _show_text(reply: pb.ShowModelResponse) -> str:
         ("modified", render.ago(m.modified_unix_ms)),
         ("chat template", "yes" if m.has_chat_template else "no"),
     ]
-    return "  Model\n" + "\n".join(f"    {key:<18}{value}" for key, value in rows)
+    text = "  Model\n" + "\n".join(f"    {key:<18}{value}" for key, value in rows)
+    defaults = [(k, f"{reply.sampling_defaults[k]:g}") for k in sorted(reply.sampling_defaults)]
+    if reply.system_prompt:
+        defaults.insert(0, ("system prompt", reply.system_prompt))
+    if defaults:
+        text += "\n\n  Defaults\n" + "\n".join(f"    {k:<18}{v}" for k, v in defaults)
+    return text
 
 
 def cmd_show(ctx: Context, args: argparse.Namespace) -> int:

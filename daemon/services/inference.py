@@ -8,7 +8,7 @@ from typing import Any
 from edged.backends.base import Job
 from edged.backends.chat_template import validate_messages
 from edged.daemon.app import App
-from edged.daemon.convert import check_text, messages_from, sampling_from
+from edged.daemon.convert import check_text, messages_from, sampling_from, with_system_prompt
 from edged.daemon.errors import InvalidArgument
 from edged.daemon.services import _errors
 from edged.daemon.services.generation import deadline_of, stream_generation
@@ -27,7 +27,8 @@ class InferenceService(pbg.InferenceServicer):  # type: ignore[misc]
     ) -> AsyncIterator[pb.GenerateChunk]:
         if not request.model:
             raise InvalidArgument("model is required (for example: smollm2)")
-        sampling = sampling_from(request.sampling)
+        model = self.app.resolve(request.model)
+        sampling = sampling_from(request.sampling, model.sampling_defaults)
         which = request.WhichOneof("input")
         if which == "prompt":
             prompt = check_text("the prompt", request.prompt)
@@ -37,6 +38,7 @@ class InferenceService(pbg.InferenceServicer):  # type: ignore[misc]
         elif which == "chat":
             messages = messages_from(request.chat)
             validate_messages(messages)
+            messages = with_system_prompt(messages, model.system_prompt)
             job = Job(
                 next_request_id(),
                 sampling,
@@ -45,6 +47,5 @@ class InferenceService(pbg.InferenceServicer):  # type: ignore[misc]
             )
         else:
             raise InvalidArgument("set either prompt or chat")
-        model = self.app.resolve(request.model)
         async for chunk in stream_generation(self.app, model, job):
             yield chunk

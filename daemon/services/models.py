@@ -103,6 +103,8 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
             model=model_info(ref.name, ref.tag, manifest),
             chat_template=info.chat_template,
             metadata=info.metadata,
+            system_prompt=manifest.system_prompt,
+            sampling_defaults=dict(manifest.sampling),
         )
 
     @_errors.unary

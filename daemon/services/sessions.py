@@ -43,7 +43,7 @@ class SessionsService(pbg.SessionsServicer):  # type: ignore[misc]
         if not request.model:
             raise InvalidArgument("model is required (for example: smollm2)")
         model = self.app.resolve(request.model)
-        system = check_text("the system prompt", request.system_prompt)
+        system = check_text("the system prompt", request.system_prompt) or model.system_prompt
         rec = self.app.sessions.create(model.name, model.digest, system)
         return session_to(rec, resident=False)
 
@@ -52,10 +52,10 @@ class SessionsService(pbg.SessionsServicer):  # type: ignore[misc]
         content = check_text("the message", request.content)
         if not content.strip():
             raise InvalidArgument("the message is empty")
-        sampling = sampling_from(request.sampling)
         rec = self.app.sessions.get(request.session_id)
         async with self.app.sessions.lock(rec.id):
             model = self.app.resolve(rec.model)
+            sampling = sampling_from(request.sampling, model.sampling_defaults)
             if model.digest != rec.model_digest:
                 # the name now points at other weights: the old KV is meaningless
                 self.app.scheduler.drop_session(rec.model_digest, rec.id)

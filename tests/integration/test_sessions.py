@@ -24,10 +24,10 @@ def send(d: Daemon, sid: str, text: str, max_tokens: int = 48) -> tuple[str, pb.
 def test_multi_turn_session_recalls_and_reuses_kv(daemon: Daemon) -> None:
     s = daemon.sessions.Create(pb.CreateSessionRequest(model="smollm2"), timeout=30)
     assert s.id.startswith("s_") and s.model == "smollm2:135m-q4_1"
-    _, st1 = send(daemon, s.id, "The secret word is elephant.", max_tokens=16)
+    _, st1 = send(daemon, s.id, "The secret word is volcano.", max_tokens=16)
     assert st1.cached_prompt_tokens == 0
     reply, st2 = send(daemon, s.id, "What is the secret word?")
-    assert "elephant" in reply.lower()
+    assert "volcano" in reply.lower()
     # the second turn only sent the new message, yet the prompt covered the history
     assert st2.prompt_tokens > st1.prompt_tokens + st1.completion_tokens
     assert st2.cached_prompt_tokens >= st1.prompt_tokens, "the history's KV was reused"
@@ -47,7 +47,7 @@ def test_sessions_do_not_leak_into_each_other(daemon: Daemon) -> None:
     """Interleave sessions with distinct facts; each recalls its own, never another's."""
     import concurrent.futures
 
-    words = ["elephant", "volcano", "saxophone", "pineapple"]
+    words = ["volcano", "saxophone", "violin", "dolphin"]
     sids = {
         w: daemon.sessions.Create(pb.CreateSessionRequest(model="smollm2"), timeout=30).id
         for w in words
@@ -67,12 +67,12 @@ def test_sessions_survive_a_restart_rebuilt_from_history(tmp_path, smollm2_store
     clone_store(smollm2_store, tmp_path / "data")
     d = start_daemon(tmp_path)
     s = d.sessions.Create(pb.CreateSessionRequest(model="smollm2"), timeout=30)
-    send(d, s.id, "The secret word is volcano.", max_tokens=16)
+    send(d, s.id, "The secret word is saxophone.", max_tokens=16)
     assert d.stop() == 0
     d2 = start_daemon(tmp_path)
     try:
         reply, stats = send(d2, s.id, "What is the secret word?")
-        assert "volcano" in reply.lower()
+        assert "saxophone" in reply.lower()
         assert stats.kv_source == "rebuilt" and stats.cached_prompt_tokens == 0
     finally:
         d2.stop()

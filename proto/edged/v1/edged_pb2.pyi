@@ -241,7 +241,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class ShowModelResponse(_message.Message):
-    __slots__ = ("model", "chat_template", "metadata")
+    __slots__ = ("model", "chat_template", "metadata", "system_prompt", "sampling_defaults")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -249,13 +249,24 @@ class ShowModelResponse(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class SamplingDefaultsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_DEFAULTS_FIELD_NUMBER: _ClassVar[int]
     model: ModelInfo
     chat_template: str
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., chat_template: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    system_prompt: str
+    sampling_defaults: _containers.ScalarMap[str, float]
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., chat_template: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., system_prompt: _Optional[str] = ..., sampling_defaults: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class DeleteModelResponse(_message.Message):
     __slots__ = ()

@@ -120,7 +120,7 @@ def test_cancel_keeps_the_partial_and_the_next_pull_resumes(
 ) -> None:
     data = big(kit)
     digest = kit.sha256_digest(data)
-    served = kit.ServedFile(data, chunk=16 << 10, delay=0.004)
+    served = kit.ServedFile(data, chunk=16 << 10, delay=0.01)
     url = http_server.add("/big.gguf", served)
     cancel, progress = cancel_at_half(len(data))
     with pytest.raises(Cancelled, match="run it again to resume"):
@@ -145,7 +145,7 @@ def test_resume_restarts_when_the_server_will_not_continue(
 ) -> None:
     data = big(kit)
     digest = kit.sha256_digest(data)
-    served = kit.ServedFile(data, chunk=16 << 10, delay=0.004)
+    served = kit.ServedFile(data, chunk=16 << 10, delay=0.01)
     url = http_server.add("/big.gguf", served)
     cancel, progress = cancel_at_half(len(data))
     with pytest.raises(Cancelled):
@@ -169,7 +169,7 @@ def test_without_a_digest_nothing_is_kept_for_resume(
     store: Store, http_server: Any, kit: Any
 ) -> None:
     data = big(kit)
-    url = http_server.add("/big.gguf", kit.ServedFile(data, chunk=16 << 10, delay=0.004))
+    url = http_server.add("/big.gguf", kit.ServedFile(data, chunk=16 << 10, delay=0.01))
     cancel, progress = cancel_at_half(len(data))
     with pytest.raises(Cancelled):
         download(store, url, progress=progress, cancel=cancel)
