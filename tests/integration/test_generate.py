@@ -26,7 +26,7 @@ def test_streams_a_sensible_answer_with_plausible_stats(daemon: Daemon) -> None:
     assert 10 < stats.prompt_tokens < 100
     assert 0 < stats.completion_tokens <= 48
     assert 0 < stats.time_to_first_token_ms < 60_000
-    assert stats.decode_tokens_per_second > 1
+    assert stats.decode_tokens_per_second > 0
     assert stats.backend == "llama.cpp" and stats.device == "cpu"
 
 

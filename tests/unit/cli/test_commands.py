@@ -16,7 +16,7 @@ from edged.daemon.cli.main import main
 from edged.daemon.client import connect
 from edged.v1 import edged_pb2 as pb
 
-from .conftest import FakeDaemon
+from .conftest import MODEL, FakeDaemon
 
 
 def test_one_shot_streams_the_reply(fake: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
@@ -168,7 +168,12 @@ def test_pull_makes_relative_paths_absolute(
     assert request.source == str((tmp_path / "model.gguf").resolve())
 
 
-def test_list(fake: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
+def test_list(
+    fake: FakeDaemon, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the fake model was "modified" 120 s before the fixture module loaded
+    now = MODEL.modified_unix_ms / 1000 + 150
+    monkeypatch.setattr("edged.daemon.cli.render.time.time", lambda: now)
     assert main(["list"]) == 0
     header, row = capsys.readouterr().out.splitlines()
     assert header.split() == ["NAME", "DIGEST", "SIZE", "FORMAT", "QUANT", "MODIFIED"]
