@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import io
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
