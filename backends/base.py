@@ -45,6 +45,9 @@ class LoadSpec:
     threads: int
     max_sequences: int = 4
     device: str = "cpu"
+    kv_dir: str | None = None  # disk tier for saved session KV (None: RAM only)
+    kv_ram_budget: int = 512 << 20  # bytes of saved session KV kept in RAM
+    kv_disk_budget: int = 2 << 30  # bytes of saved session KV kept on disk
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,15 @@ class Engine(Protocol):
 
     def drop_session(self, session_id: str) -> None:
         """Forget any KV held for a session."""
+
+    def fork_session(self, source_id: str, new_id: str) -> str:
+        """Give ``new_id`` a copy of ``source_id``'s KV without re-evaluating it.
+
+        Returns where the copy lives ("resident", "ram", "disk") or "none".
+        """
+
+    def kv_locations(self) -> dict[str, str]:
+        """Where each known session's KV is: "resident", "ram" or "disk"."""
 
     def has_work(self) -> bool: ...
 

@@ -6,8 +6,9 @@ that were running on it with UNAVAILABLE.
 
 Protocol over a ``multiprocessing`` pipe (pickled tuples):
 daemon -> worker: ("submit", Job) | ("cancel", id) | ("drop_session", sid) | ("stop",)
+                  | ("call", call_id, method, args)   method in CALLABLE
 worker -> daemon: ("ready", ModelDescription) | ("load_failed", error, message)
-                  | ("events", [Event, ...])
+                  | ("events", [Event, ...]) | ("reply", call_id, ok, value)
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from edged.backends.registry import create_engine
 from edged.daemon.errors import EdgedError
 
 log = logging.getLogger("edged.worker")
+
+CALLABLE = frozenset({"fork_session", "kv_locations"})
 
 
 def worker_main(conn: Connection, backend: str, spec: LoadSpec) -> None:
@@ -58,6 +61,8 @@ def _loop(conn: Connection, eng: Engine) -> None:
                 eng.cancel(msg[1])
             elif kind == "drop_session":
                 eng.drop_session(msg[1])
+            elif kind == "call":
+                conn.send(_call(eng, msg[1], msg[2], msg[3]))
             elif kind == "stop":
                 return
         try:
@@ -67,3 +72,12 @@ def _loop(conn: Connection, eng: Engine) -> None:
             events = [Failed(-1, type(exc).__name__, str(exc))]
         if events:
             conn.send(("events", list(events)))
+
+
+def _call(eng: Engine, call_id: int, method: str, args: tuple[object, ...]) -> tuple[object, ...]:
+    if method not in CALLABLE:
+        return ("reply", call_id, False, ("Internal", f"unknown worker call {method!r}"))
+    try:
+        return ("reply", call_id, True, getattr(eng, method)(*args))
+    except EdgedError as exc:
+        return ("reply", call_id, False, (type(exc).__name__, str(exc)))

@@ -17,6 +17,10 @@ EDGED_THREADS          decode threads per worker                   physical core
 EDGED_CONTEXT          context length (tokens) per loaded model    4096
 EDGED_KEEP_ALIVE       seconds an idle model stays loaded          300
 EDGED_QUEUE_SIZE       waiting requests per model before refusing  64
+EDGED_PARALLEL         sequences per model (sessions resident,     4
+                       streams decoded together)
+EDGED_KV_RAM_MB        saved session KV kept in RAM (MiB)          10% of free RAM, <= 2048
+EDGED_KV_DISK_MB       saved session KV kept on disk (MiB)         10% of free disk, <= 8192
 =====================  ==========================================  ===============
 """
 
@@ -58,6 +62,9 @@ class EngineConfig:
     keep_alive_s: float = 300.0
     queue_size: int = 64
     max_sequences: int = 4
+    kv_dir: Path | None = None  # disk tier for saved session KV
+    kv_ram_budget: int = 512 << 20
+    kv_disk_budget: int = 2 << 30
 
 
 @dataclass(frozen=True)
@@ -114,13 +121,38 @@ def load_paths(env: Mapping[str, str] | None = None) -> Paths:
     )
 
 
-def load_engine(env: Mapping[str, str] | None = None) -> EngineConfig:
+def _default_budgets(cache_dir: Path) -> tuple[int, int]:
+    """Saved-KV budgets from what is free now: 10% of RAM and of disk, capped."""
+    import shutil
+
+    import psutil
+
+    ram = min(2048 << 20, psutil.virtual_memory().available // 10)
+    probe = cache_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        disk = min(8192 << 20, shutil.disk_usage(probe).free // 10)
+    except OSError:
+        disk = 0
+    return max(ram, 0), max(disk, 0)
+
+
+def load_engine(
+    env: Mapping[str, str] | None = None, cache_dir: Path | None = None
+) -> EngineConfig:
     env = os.environ if env is None else env
+    cache = cache_dir if cache_dir is not None else load_paths(env).cache_dir
+    ram, disk = _default_budgets(cache)
     return EngineConfig(
         threads=_int(env, "EDGED_THREADS", _physical_cores(), 1, 512),
         context_length=_int(env, "EDGED_CONTEXT", 4096, 256, 1 << 20),
         keep_alive_s=float(_int(env, "EDGED_KEEP_ALIVE", 300, 0, 7 * 24 * 3600)),
         queue_size=_int(env, "EDGED_QUEUE_SIZE", 64, 1, 100_000),
+        max_sequences=_int(env, "EDGED_PARALLEL", 4, 1, 256),
+        kv_dir=cache / "kv",
+        kv_ram_budget=_int(env, "EDGED_KV_RAM_MB", ram >> 20, 0, 1 << 24) << 20,
+        kv_disk_budget=_int(env, "EDGED_KV_DISK_MB", disk >> 20, 0, 1 << 28) << 20,
     )
 
 

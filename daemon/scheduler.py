@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from edged.backends.base import Chunk, Done, Job, LoadSpec, ModelDescription
 from edged.backends.registry import BACKENDS, is_installed
@@ -42,6 +42,7 @@ class Worker(Protocol):
     async def start(self) -> ModelDescription: ...
     def run(self, job: Job) -> AsyncIterator[Chunk | Done]: ...
     def drop_session(self, session_id: str) -> None: ...
+    async def call(self, method: str, *args: object) -> Any: ...
     async def stop(self) -> None: ...
 
 
@@ -122,6 +123,9 @@ class Scheduler:
                 threads=self._cfg.threads,
                 max_sequences=self._cfg.max_sequences,
                 device=device,
+                kv_dir=str(self._cfg.kv_dir) if self._cfg.kv_dir else None,
+                kv_ram_budget=self._cfg.kv_ram_budget,
+                kv_disk_budget=self._cfg.kv_disk_budget,
             )
             worker = self._factory(backend, spec, model.name)
             log.info("loading %s on %s/%s", model.name, backend, device)

@@ -142,6 +142,29 @@ class SessionStore:
         rec.updated_unix_ms = _now_ms()
         self._write(rec)
 
+    def fork(self, parent: SessionRecord) -> SessionRecord:
+        child = self.create(parent.model, parent.model_digest, parent.system_prompt)
+        child.history = list(parent.history)
+        child.token_count = parent.token_count
+        self._write(child)
+        return child
+
+    def rewind(self, rec: SessionRecord, turns: int) -> None:
+        if turns > rec.turns:
+            raise InvalidArgument(f"the session has {rec.turns} turns; cannot keep {turns}")
+        kept: list[Message] = []
+        done = 0
+        for m in rec.history:
+            if done == turns:
+                break
+            kept.append(m)
+            if m.role == "assistant":
+                done += 1
+        rec.history = kept
+        rec.token_count = 0  # unknown until the next turn measures it
+        rec.updated_unix_ms = _now_ms()
+        self._write(rec)
+
     def delete(self, session_id: str) -> SessionRecord:
         rec = self.get(session_id)
         self._path(session_id).unlink(missing_ok=True)

@@ -58,6 +58,7 @@ class WorkerHandle:
         self._conn: Connection | None = None
         self._dead = False
         self._ready: asyncio.Future[ModelDescription] | None = None
+        self._calls: dict[int, asyncio.Future[Any]] = {}
 
     @property
     def pid(self) -> int | None:
@@ -108,6 +109,13 @@ class WorkerHandle:
         if kind == "events":
             for ev in msg[1]:
                 self._route(ev)
+        elif kind == "reply":
+            fut = self._calls.pop(msg[1], None)
+            if fut is not None and not fut.done():
+                if msg[2]:
+                    fut.set_result(msg[3])
+                else:
+                    fut.set_exception(error_from(*msg[3]))
         elif kind == "ready" and self._ready and not self._ready.done():
             self._ready.set_result(msg[1])
         elif kind == "load_failed" and self._ready and not self._ready.done():
@@ -145,6 +153,10 @@ class WorkerHandle:
         )
         for pending in self._requests.values():
             pending.queue.put_nowait(crash)
+        for fut in self._calls.values():
+            if not fut.done():
+                fut.set_exception(crash)
+        self._calls.clear()
 
     def _send(self, msg: tuple[Any, ...]) -> None:
         if self._dead or self._conn is None:
@@ -184,12 +196,23 @@ class WorkerHandle:
                 with contextlib.suppress(errors.WorkerCrashed):
                     self._send(("cancel", job.request_id))
 
+    async def call(self, method: str, *args: object, timeout_s: float = 60.0) -> Any:
+        """Run one of the engine's CALLABLE methods in the worker and return its value."""
+        call_id = next_request_id()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._calls[call_id] = fut
+        try:
+            self._send(("call", call_id, method, args))
+            return await asyncio.wait_for(fut, timeout_s)
+        finally:
+            self._calls.pop(call_id, None)
+
     def drop_session(self, session_id: str) -> None:
         if not self._dead:
             with contextlib.suppress(errors.WorkerCrashed):
                 self._send(("drop_session", session_id))
 
-    async def stop(self, timeout_s: float = 5.0) -> None:
+    async def stop(self, timeout_s: float = 30.0) -> None:
         if self._proc is None:
             return
         if not self._dead and self._conn is not None:

@@ -9,12 +9,14 @@ evaluates only the tokens after the longest prefix already in the sequence.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from edged.backends.base import (
     Capabilities,
@@ -28,6 +30,7 @@ from edged.backends.base import (
     Stats,
 )
 from edged.backends.chat_template import ChatTemplate
+from edged.backends.kvstore import KVTiers, SavedState
 from edged.backends.llamacpp.native import (
     NativeContext,
     NativeModel,
@@ -40,6 +43,7 @@ from edged.daemon.errors import ContextOverflow, EdgedError, InvalidArgument
 log = logging.getLogger(__name__)
 
 PREFILL_CHUNK = 512
+MIN_SHARED_PREFIX = 16  # tokens; shorter common prefixes are cheaper to prefill
 
 
 @dataclass
@@ -101,6 +105,12 @@ class LlamaEngine:
         self._bos_text = bos
         self._has_template = bool(self._model.meta("tokenizer.chat_template"))
         self._spec = spec
+        self._tiers = KVTiers(
+            self._state_key(),
+            Path(spec.kv_dir) if spec.kv_dir else None,
+            ram_budget=spec.kv_ram_budget,
+            disk_budget=spec.kv_disk_budget,
+        )
         self._slots = [Slot(seq=i) for i in range(n_seq)]
         self._waiting: deque[Job] = deque()
         self._cancelled_waiting: list[Job] = []
@@ -134,13 +144,37 @@ class LlamaEngine:
                 r.cancelled = True
         for job in list(self._waiting):
             if job.request_id == request_id:
+                log.info("request %d cancelled while queued: never started", request_id)
                 self._waiting.remove(job)
                 self._cancelled_waiting.append(job)
 
     def drop_session(self, session_id: str) -> None:
         for slot in self._slots:
             if slot.session_id == session_id and not slot.busy:
-                self._release(slot, keep=False)
+                self._clear(slot)
+        self._tiers.drop(session_id)
+
+    def fork_session(self, source_id: str, new_id: str) -> str:
+        self.drop_session(new_id)
+        src = next((s for s in self._slots if s.session_id == source_id), None)
+        if src is not None and not src.busy:
+            target = self._free_slot(exclude=src)
+            if target is not None:
+                self._ctx.seq_cp(src.seq, target.seq, -1, -1)
+                target.tokens = list(src.tokens)
+                target.session_id = new_id
+                target.last_used = time.monotonic()
+                return "resident"
+            state = SavedState(tuple(src.tokens), self._ctx.seq_state(src.seq))
+            return self._tiers.put(new_id, state).replace("dropped", "none")
+        if self._tiers.copy(source_id, new_id):
+            return self._tiers.location(new_id) or "none"
+        return "none"
+
+    def kv_locations(self) -> dict[str, str]:
+        out = self._tiers.entries()
+        out.update({s.session_id: "resident" for s in self._slots if s.session_id})
+        return out
 
     def has_work(self) -> bool:
         return bool(self._active or self._waiting or self._cancelled_waiting)
@@ -161,6 +195,10 @@ class LlamaEngine:
         for r in self._active:
             r.sampler.free()
         self._active.clear()
+        for slot in self._slots:  # keep resident sessions across a restart
+            if slot.session_id and slot.tokens:
+                state = SavedState(tuple(slot.tokens), self._ctx.seq_state(slot.seq))
+                self._tiers.put_disk(slot.session_id, state)
         self._ctx.free()
         self._model.free()
 
@@ -171,6 +209,9 @@ class LlamaEngine:
         while self._waiting:
             job = self._waiting.popleft()
             if job.deadline is not None and time.time() > job.deadline:
+                log.info(
+                    "request %d passed its deadline while queued: never started", job.request_id
+                )
                 events.append(
                     Failed(job.request_id, "DeadlineExceeded", "the deadline passed while queued")
                 )
@@ -218,29 +259,79 @@ class LlamaEngine:
         free = [s for s in self._slots if not s.busy and s.session_id is None]
         if free:
             return max(free, key=lambda s: (common_prefix(s.tokens, prompt), -s.last_used))
-        idle = [s for s in self._slots if not s.busy]
-        if idle:
-            victim = min(idle, key=lambda s: s.last_used)
-            log.info("evicting session %s from sequence %d", victim.session_id, victim.seq)
-            self._release(victim, keep=False)
-            return victim
-        return None
+        return self._free_slot(exclude=None)
+
+    def _free_slot(self, exclude: Slot | None) -> Slot | None:
+        """An unowned idle slot, else the least recently used idle session's (saved)."""
+        idle = [s for s in self._slots if not s.busy and s is not exclude]
+        if not idle:
+            return None
+        unowned = [s for s in idle if s.session_id is None]
+        if unowned:
+            slot = min(unowned, key=lambda s: s.last_used)
+        else:
+            slot = min(idle, key=lambda s: s.last_used)
+            self._evict(slot)
+        self._clear(slot)
+        return slot
+
+    def _evict(self, slot: Slot) -> None:
+        """Save a session's sequence to the RAM/disk tiers and free the slot."""
+        sid = slot.session_id
+        if sid is not None and slot.tokens:
+            state = SavedState(tuple(slot.tokens), self._ctx.seq_state(slot.seq))
+            where = self._tiers.put(sid, state)
+            log.info("evicted session %s (%d tokens) to %s", sid, len(slot.tokens), where)
+        self._clear(slot)
+
+    def _restore(self, job: Job, slot: Slot) -> str:
+        """Load the session's saved state into ``slot``; returns the tier or ""."""
+        if job.session_id is None:
+            return ""
+        saved = self._tiers.take(job.session_id)
+        if saved is None:
+            return ""
+        state, tier = saved
+        self._clear(slot)
+        if not self._ctx.set_seq_state(slot.seq, state.data):
+            log.warning("llama.cpp refused a saved state; rebuilding %s", job.session_id)
+            self._clear(slot)
+            return ""
+        slot.tokens = list(state.tokens)
+        return tier
+
+    def _share_prefix(self, target: Slot, prompt: list[int]) -> None:
+        """Copy the longest matching prompt prefix held by another sequence."""
+        best: Slot | None = None
+        best_n = max(common_prefix(target.tokens, prompt), MIN_SHARED_PREFIX - 1)
+        for s in self._slots:
+            if s is not target:
+                n = common_prefix(s.tokens, prompt)
+                if n > best_n:
+                    best, best_n = s, n
+        if best is None:
+            return
+        self._clear(target)
+        self._ctx.seq_cp(best.seq, target.seq, 0, best_n)
+        target.tokens = list(prompt[:best_n])
 
     def _start(self, job: Job, slot: Slot, prompt: list[int]) -> None:
         resident = job.session_id is not None and slot.session_id == job.session_id
+        kv_source = "resident" if resident else self._restore(job, slot)
+        if not kv_source:
+            if slot.session_id is not None:
+                self._clear(slot)
+            self._share_prefix(slot, prompt)
         cached = common_prefix(slot.tokens, prompt)
         if cached == len(prompt):
             cached -= 1  # re-evaluate the last token to get fresh logits
         self._ctx.seq_rm(slot.seq, cached, -1)
         del slot.tokens[cached:]
-        if job.session_id is None:
-            kv_source = "none"
-        elif resident and cached > 0:
-            kv_source = "resident"
-        elif any(m.role == "assistant" for m in job.messages):
-            kv_source = "rebuilt"
-        else:
-            kv_source = "none"
+        if not kv_source:
+            if job.session_id is not None and any(m.role == "assistant" for m in job.messages):
+                kv_source = "rebuilt"
+            else:
+                kv_source = "prefix" if cached > 0 else "none"
         slot.busy = True
         slot.session_id = job.session_id
         seed = job.sampling.seed
@@ -373,8 +464,20 @@ class LlamaEngine:
         if r.job.session_id is None:
             slot.session_id = None
 
-    def _release(self, slot: Slot, *, keep: bool) -> None:
+    def _clear(self, slot: Slot) -> None:
         slot.session_id = None
-        if not keep:
+        if slot.tokens:
             self._ctx.seq_rm(slot.seq, 0, -1)
             slot.tokens.clear()
+
+    def _state_key(self) -> str:
+        """Saved states are only ever restored into the same model and settings."""
+        material = "|".join(
+            [
+                "edged-kv-1",
+                self._spec.model_digest,
+                f"ctx={self._n_ctx_seq}",
+                hashlib.sha256(self._template.source.encode()).hexdigest(),
+            ]
+        )
+        return hashlib.sha256(material.encode()).hexdigest()[:32]

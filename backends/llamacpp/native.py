@@ -165,6 +165,20 @@ class NativeContext:
     def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
         lc.llama_memory_seq_cp(self.mem, src, dst, p0, p1)
 
+    def seq_state(self, seq: int) -> bytes:
+        """A copy of one sequence's KV state (llama_state_seq_get_data)."""
+        size = int(lc.llama_state_seq_get_size(self.ctx, seq))
+        buf = (ctypes.c_uint8 * size)()
+        n = int(lc.llama_state_seq_get_data(self.ctx, buf, size, seq))
+        if n == 0 and size:
+            raise Internal("llama.cpp could not save a sequence state")
+        return bytes(memoryview(buf)[:n])
+
+    def set_seq_state(self, seq: int, data: bytes) -> bool:
+        """Load a saved state into ``seq``; False when llama.cpp refuses it."""
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        return int(lc.llama_state_seq_set_data(self.ctx, buf, len(data), seq)) > 0
+
     def decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
         """Decode ``(token, pos, seq, want_logits)`` entries as one batch."""
         b = self.batch

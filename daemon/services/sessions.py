@@ -8,7 +8,7 @@ from typing import Any
 from edged.backends.base import Job
 from edged.daemon.app import App
 from edged.daemon.convert import check_text, sampling_from
-from edged.daemon.errors import InvalidArgument
+from edged.daemon.errors import EdgedError, InvalidArgument
 from edged.daemon.services import _errors
 from edged.daemon.services.generation import Outcome, deadline_of, stream_generation
 from edged.daemon.sessions import SessionRecord
@@ -17,7 +17,7 @@ from edged.v1 import edged_pb2 as pb
 from edged.v1 import edged_pb2_grpc as pbg
 
 
-def session_to(rec: SessionRecord, *, resident: bool) -> pb.Session:
+def session_to(rec: SessionRecord, *, kv: str = "none") -> pb.Session:
     return pb.Session(
         id=rec.id,
         model=rec.model,
@@ -27,7 +27,7 @@ def session_to(rec: SessionRecord, *, resident: bool) -> pb.Session:
         updated_unix_ms=rec.updated_unix_ms,
         turns=rec.turns,
         token_count=rec.token_count,
-        kv_location="worker" if resident else "none",
+        kv_location=kv,
     )
 
 
@@ -35,8 +35,17 @@ class SessionsService(pbg.SessionsServicer):  # type: ignore[misc]
     def __init__(self, app: App) -> None:
         self.app = app
 
-    def _resident(self, rec: SessionRecord) -> bool:
-        return self.app.scheduler.worker_of(rec.model_digest) is not None and rec.turns > 0
+    async def _kv(self, records: list[SessionRecord]) -> dict[str, str]:
+        """Ask each loaded worker where its sessions' KV lives."""
+        out: dict[str, str] = {}
+        for digest in {r.model_digest for r in records}:
+            worker = self.app.scheduler.worker_of(digest)
+            if worker is not None:
+                try:
+                    out.update(await worker.call("kv_locations"))
+                except EdgedError:
+                    continue
+        return out
 
     @_errors.unary
     async def Create(self, request: pb.CreateSessionRequest, context: Any) -> pb.Session:
@@ -45,7 +54,7 @@ class SessionsService(pbg.SessionsServicer):  # type: ignore[misc]
         model = self.app.resolve(request.model)
         system = check_text("the system prompt", request.system_prompt) or model.system_prompt
         rec = self.app.sessions.create(model.name, model.digest, system)
-        return session_to(rec, resident=False)
+        return session_to(rec)
 
     @_errors.stream
     async def Send(self, request: pb.SendRequest, context: Any) -> AsyncIterator[pb.GenerateChunk]:
@@ -81,15 +90,18 @@ class SessionsService(pbg.SessionsServicer):  # type: ignore[misc]
 
     @_errors.unary
     async def List(self, request: pb.ListSessionsRequest, context: Any) -> pb.ListSessionsResponse:
+        records = self.app.sessions.list()
+        kv = await self._kv(records)
         return pb.ListSessionsResponse(
-            sessions=[session_to(r, resident=self._resident(r)) for r in self.app.sessions.list()]
+            sessions=[session_to(r, kv=kv.get(r.id, "none")) for r in records]
         )
 
     @_errors.unary
     async def Get(self, request: pb.SessionRef, context: Any) -> pb.GetSessionResponse:
         rec = self.app.sessions.get(request.session_id)
+        kv = await self._kv([rec])
         return pb.GetSessionResponse(
-            session=session_to(rec, resident=self._resident(rec)),
+            session=session_to(rec, kv=kv.get(rec.id, "none")),
             history=[pb.ChatMessage(role=m.role, content=m.content) for m in rec.history],
         )
 
@@ -98,3 +110,22 @@ class SessionsService(pbg.SessionsServicer):  # type: ignore[misc]
         rec = self.app.sessions.delete(request.session_id)
         self.app.scheduler.drop_session(rec.model_digest, rec.id)
         return pb.DeleteSessionResponse()
+
+    @_errors.unary
+    async def Fork(self, request: pb.SessionRef, context: Any) -> pb.Session:
+        parent = self.app.sessions.get(request.session_id)
+        async with self.app.sessions.lock(parent.id):
+            child = self.app.sessions.fork(parent)
+            where = "none"
+            worker = self.app.scheduler.worker_of(parent.model_digest)
+            if worker is not None:
+                where = await worker.call("fork_session", parent.id, child.id)
+            return session_to(child, kv=where)
+
+    @_errors.unary
+    async def Rewind(self, request: pb.RewindRequest, context: Any) -> pb.Session:
+        rec = self.app.sessions.get(request.session_id)
+        async with self.app.sessions.lock(rec.id):
+            self.app.sessions.rewind(rec, request.turns)
+            kv = await self._kv([rec])
+            return session_to(rec, kv=kv.get(rec.id, "none"))

@@ -174,6 +174,14 @@ class DeleteSessionResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class RewindRequest(_message.Message):
+    __slots__ = ("session_id", "turns")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TURNS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    turns: int
+    def __init__(self, session_id: _Optional[str] = ..., turns: _Optional[int] = ...) -> None: ...
+
 class ModelInfo(_message.Message):
     __slots__ = ("name", "tag", "digest", "size_bytes", "format", "architecture", "quantization", "parameters", "context_length", "modified_unix_ms", "source", "has_chat_template")
     NAME_FIELD_NUMBER: _ClassVar[int]

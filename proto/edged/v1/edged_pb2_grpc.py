@@ -132,6 +132,16 @@ class SessionsStub:
                 request_serializer=edged_dot_v1_dot_edged__pb2.SessionRef.SerializeToString,
                 response_deserializer=edged_dot_v1_dot_edged__pb2.DeleteSessionResponse.FromString,
                 _registered_method=True)
+        self.Fork = channel.unary_unary(
+                '/edged.v1.Sessions/Fork',
+                request_serializer=edged_dot_v1_dot_edged__pb2.SessionRef.SerializeToString,
+                response_deserializer=edged_dot_v1_dot_edged__pb2.Session.FromString,
+                _registered_method=True)
+        self.Rewind = channel.unary_unary(
+                '/edged.v1.Sessions/Rewind',
+                request_serializer=edged_dot_v1_dot_edged__pb2.RewindRequest.SerializeToString,
+                response_deserializer=edged_dot_v1_dot_edged__pb2.Session.FromString,
+                _registered_method=True)
 
 
 class SessionsServicer:
@@ -169,6 +179,22 @@ class SessionsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Fork(self, request, context):
+        """A new session with the same history; its KV is a copy of the parent's
+        (no re-evaluation) when the parent's KV is resident or saved.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rewind(self, request, context):
+        """Drops the turns after the first `turns`; the KV after that point is
+        trimmed at the next turn (the kept prefix is reused as is).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SessionsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -196,6 +222,16 @@ def add_SessionsServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=edged_dot_v1_dot_edged__pb2.SessionRef.FromString,
                     response_serializer=edged_dot_v1_dot_edged__pb2.DeleteSessionResponse.SerializeToString,
+            ),
+            'Fork': grpc.unary_unary_rpc_method_handler(
+                    servicer.Fork,
+                    request_deserializer=edged_dot_v1_dot_edged__pb2.SessionRef.FromString,
+                    response_serializer=edged_dot_v1_dot_edged__pb2.Session.SerializeToString,
+            ),
+            'Rewind': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rewind,
+                    request_deserializer=edged_dot_v1_dot_edged__pb2.RewindRequest.FromString,
+                    response_serializer=edged_dot_v1_dot_edged__pb2.Session.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -333,6 +369,60 @@ class Sessions:
             '/edged.v1.Sessions/Delete',
             edged_dot_v1_dot_edged__pb2.SessionRef.SerializeToString,
             edged_dot_v1_dot_edged__pb2.DeleteSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Fork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edged.v1.Sessions/Fork',
+            edged_dot_v1_dot_edged__pb2.SessionRef.SerializeToString,
+            edged_dot_v1_dot_edged__pb2.Session.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rewind(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edged.v1.Sessions/Rewind',
+            edged_dot_v1_dot_edged__pb2.RewindRequest.SerializeToString,
+            edged_dot_v1_dot_edged__pb2.Session.FromString,
             options,
             channel_credentials,
             insecure,
