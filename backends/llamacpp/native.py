@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import llama_cpp as lc
+import numpy as np
 
 from edged.backends.base import Sampling
 from edged.daemon.errors import ContextOverflow, FailedPrecondition, Internal, InvalidModelFile
@@ -207,6 +208,14 @@ class NativeSampler:
     """llama.cpp's own sampler chain (no per-token Python work beyond one call)."""
 
     def __init__(self, model: NativeModel, s: Sampling, seed: int) -> None:
+        # Plain greedy decoding is an argmax over the logits: done with numpy
+        # it skips building llama.cpp's 49k-entry candidate array every token
+        # (~0.2 ms here, 2% of a decode step). Same result: the first maximum.
+        self._argmax_vocab = (
+            int(lc.llama_vocab_n_tokens(model.vocab))
+            if s.temperature <= 0.0 and s.repeat_penalty == 1.0
+            else 0
+        )
         params = lc.llama_sampler_chain_default_params()
         params.no_perf = True
         chain = lc.llama_sampler_chain_init(params)
@@ -227,6 +236,10 @@ class NativeSampler:
         self.chain = chain
 
     def sample(self, ctx: NativeContext, index: int) -> int:
+        if self._argmax_vocab:
+            ptr = lc.llama_get_logits_ith(ctx.ctx, index)
+            logits = np.ctypeslib.as_array(ptr, shape=(self._argmax_vocab,))
+            return int(logits.argmax())
         return int(lc.llama_sampler_sample(self.chain, ctx.ctx, index))
 
     def free(self) -> None:

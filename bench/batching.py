@@ -1,0 +1,306 @@
+"""Continuous batching: aggregate tokens/s with 1, 4 and 8 concurrent streams,
+against llama.cpp's own llama-server (same slots, threads, context, model), plus
+single-stream decode against llama-bench tg128 and llama-batched-bench.
+
+    .venv/bin/python -m bench.batching [--threads 2] [--streams 1,4,8] [--tokens 128]
+        [--llama-bin DIR]   # llama-server / llama-bench / llama-batched-bench
+
+The llama.cpp binaries are not part of edged and are not built by CI: build them
+from the sources the llama-cpp-python sdist carries (bench/README.md says how)
+and point --llama-bin (or EDGED_LLAMA_BIN) at the folder. Without them the
+comparisons are reported as skipped. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bench._common import private_daemon, timed
+from edged.v1 import edged_pb2 as pb
+
+PLACES = [
+    "a small village",
+    "a distant planet",
+    "an old castle",
+    "a busy harbour",
+    "a quiet forest",
+    "a desert town",
+    "a mountain pass",
+    "a frozen lake",
+]
+
+
+def prompt(i: int) -> str:
+    return f"Once upon a time, in {PLACES[i % len(PLACES)]}, there lived"
+
+
+def edged_aggregate(d: Any, n: int, tokens: int) -> dict[str, float]:
+    def one(i: int) -> Any:
+        req = pb.GenerateRequest(
+            model="smollm2",
+            prompt=prompt(i),
+            sampling=pb.SamplingParams(max_tokens=tokens, temperature=0.0),
+        )
+        return timed(d.inference.Generate(req, timeout=600))
+
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        results = list(pool.map(one, range(n)))
+    wall = time.perf_counter() - t0
+    total = sum(r.tokens for r in results)
+    return {
+        "streams": n,
+        "tokens": total,
+        "wall_s": wall,
+        "aggregate_tps": total / wall,
+        "mean_stream_decode_tps": sum(r.decode_tps for r in results) / n,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_aggregate(port: int, n: int, tokens: int) -> dict[str, float]:
+    def one(i: int) -> int:
+        body = json.dumps(
+            {"prompt": prompt(i), "n_predict": tokens, "temperature": 0.0, "cache_prompt": True}
+        ).encode()
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/completion",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=600) as resp:
+            return int(json.load(resp)["tokens_predicted"])
+
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        counts = list(pool.map(one, range(n)))
+    wall = time.perf_counter() - t0
+    return {
+        "streams": n,
+        "tokens": sum(counts),
+        "wall_s": wall,
+        "aggregate_tps": sum(counts) / wall,
+    }
+
+
+@contextmanager
+def llama_server(bin_dir: Path, model: Path, threads: int, slots: int, ctx: int) -> Iterator[int]:
+    port = free_port()
+    env = dict(os.environ, LD_LIBRARY_PATH=str(bin_dir))
+    proc = subprocess.Popen(
+        [
+            str(bin_dir / "llama-server"),
+            "-m",
+            str(model),
+            "-t",
+            str(threads),
+            "-tb",
+            str(threads),
+            "-np",
+            str(slots),
+            "-c",
+            str(ctx * slots),
+            "-kvu",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-webui",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("llama-server did not start")
+            time.sleep(0.2)
+        server_aggregate(port, 1, 8)  # warm-up
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def median_row(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+
+
+def single_stream(d: Any, tokens: int) -> Any:
+    return timed(
+        d.inference.Generate(
+            pb.GenerateRequest(
+                model="smollm2",
+                prompt=prompt(0),
+                sampling=pb.SamplingParams(max_tokens=tokens, temperature=0.0),
+            ),
+            timeout=600,
+        )
+    )
+
+
+def llama_bench_tg(bin_dir: Path, model: Path, threads: int, tokens: int) -> float:
+    out = subprocess.run(
+        [
+            str(bin_dir / "llama-bench"),
+            "-m",
+            str(model),
+            "-t",
+            str(threads),
+            "-p",
+            "0",
+            "-n",
+            str(tokens),
+            "-r",
+            "1",
+            "-o",
+            "json",
+        ],
+        env=dict(os.environ, LD_LIBRARY_PATH=str(bin_dir)),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    return float(json.loads(out.stdout)[0]["avg_ts"])
+
+
+def batched_bench(
+    bin_dir: Path, model: Path, threads: int, ctx: int, streams: list[int], tokens: int
+) -> list[dict[str, float]]:
+    npl = ",".join(str(n) for n in streams)
+    out = subprocess.run(
+        [
+            str(bin_dir / "llama-batched-bench"),
+            "-m",
+            str(model),
+            "-t",
+            str(threads),
+            "-tb",
+            str(threads),
+            "-c",
+            str(ctx * max(streams)),
+            "-b",
+            "2048",
+            "-ub",
+            "512",
+            "-npp",
+            "16",
+            "-ntg",
+            str(tokens),
+            "-npl",
+            npl,
+            "-kvu",
+            "--output-format",
+            "jsonl",
+        ],
+        env=dict(os.environ, LD_LIBRARY_PATH=str(bin_dir)),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=900,
+    )
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    return [
+        {"streams": r["pl"], "decode_aggregate_tps": r["speed_tg"], "total_tps": r["speed"]}
+        for r in rows
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--streams", default="1,4,8")
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--ctx", type=int, default=2048, help="context per sequence/slot")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--llama-bin", type=Path, default=os.environ.get("EDGED_LLAMA_BIN"))
+    ns = ap.parse_args(argv)
+    streams = [int(x) for x in ns.streams.split(",")]
+    slots = max(streams)
+    out: dict[str, Any] = {
+        "benchmark": "batching",
+        "model": "smollm2:135m-q4_1",
+        "threads": ns.threads,
+        "slots": slots,
+        "ctx_per_slot": ns.ctx,
+        "max_tokens": ns.tokens,
+    }
+    with private_daemon(ns.threads, EDGED_PARALLEL=str(slots), EDGED_CONTEXT=str(ns.ctx)) as (
+        d,
+        model,
+    ):
+        edged_aggregate(d, 1, 8)  # warm-up: loads the worker
+        bin_dir = Path(ns.llama_bin) if ns.llama_bin else None
+        if bin_dir is None or not (bin_dir / "llama-server").exists():
+            out["edged"] = [
+                median_row([edged_aggregate(d, n, ns.tokens) for _ in range(ns.runs)])
+                for n in streams
+            ]
+            out["llama_cpp"] = "skipped: no llama.cpp binaries (--llama-bin / EDGED_LLAMA_BIN)"
+        else:
+            # Interleave the two servers run by run: the machine's background load
+            # drifts, so only measurements taken side by side compare fairly.
+            with llama_server(bin_dir, model, ns.threads, slots, ns.ctx) as port:
+                rows_e: dict[int, list[dict[str, float]]] = {n: [] for n in streams}
+                rows_s: dict[int, list[dict[str, float]]] = {n: [] for n in streams}
+                for _ in range(ns.runs):
+                    for n in streams:
+                        rows_e[n].append(edged_aggregate(d, n, ns.tokens))
+                        rows_s[n].append(server_aggregate(port, n, ns.tokens))
+            out["edged"] = [median_row(rows_e[n]) for n in streams]
+            out["llama_server"] = [median_row(rows_s[n]) for n in streams]
+            out["ratio_vs_llama_server"] = {
+                str(n): out["edged"][i]["aggregate_tps"] / out["llama_server"][i]["aggregate_tps"]
+                for i, n in enumerate(streams)
+            }
+            singles, tgs = [], []
+            for _ in range(ns.runs):
+                singles.append(single_stream(d, ns.tokens))
+                tgs.append(llama_bench_tg(bin_dir, model, ns.threads, ns.tokens))
+            client = statistics.median(s.decode_tps for s in singles)
+            worker = statistics.median(s.stats.decode_tokens_per_second for s in singles)
+            tg = statistics.median(tgs)
+            out["edged_single_stream"] = {"client_decode_tps": client, "worker_decode_tps": worker}
+            out["llama_bench_tg"] = tg
+            out["ratio_single_stream_vs_llama_bench"] = {
+                "client": client / tg,
+                "worker": worker / tg,
+            }
+            d.models.Unload(pb.ModelRef(model="smollm2"), timeout=60)
+            out["llama_batched_bench"] = batched_bench(
+                bin_dir, model, ns.threads, ns.ctx, streams, ns.tokens
+            )
+    json.dump(out, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
