@@ -19,7 +19,13 @@ _FLAGS: tuple[tuple[str, str, str, str], ...] = (
     ("--tcp", "EDGED_TCP", "HOST:PORT", "also listen on loopback TCP (bearer token required)"),
     ("--token-file", "EDGED_TOKEN_FILE", "PATH", "bearer token for TCP clients (0600)"),
     ("--threads", "EDGED_THREADS", "N", "decode threads per worker (default: physical cores)"),
-    ("--context", "EDGED_CONTEXT", "N", "context length in tokens per loaded model (default 4096)"),
+    ("--context", "EDGED_CONTEXT", "N", "context length in tokens per sequence (default 4096)"),
+    (
+        "--parallel",
+        "EDGED_PARALLEL",
+        "N",
+        "sequences per model: resident sessions and streams decoded together (default 4)",
+    ),
 )
 
 
@@ -30,7 +36,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description=(
             "Run the edged daemon in the foreground until interrupted. Each flag "
             "overrides the environment variable named in its help; other settings "
-            "(EDGED_KEEP_ALIVE, EDGED_QUEUE_SIZE) come from the environment only."
+            "(EDGED_KEEP_ALIVE, EDGED_QUEUE_SIZE, EDGED_KV_RAM_MB, EDGED_KV_DISK_MB) "
+            "come from the environment only."
         ),
     )
     for flag, env, metavar, text in _FLAGS:

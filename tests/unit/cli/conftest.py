@@ -96,6 +96,8 @@ class FakeState:
     def reply(self, content: str, context: grpc.ServicerContext) -> Iterator[pb.GenerateChunk]:
         """Canned chunks; the content "slow" streams one chunk, then waits for a cancel."""
         if content == "slow":
+            # fires when the RPC ends; in this branch only a cancel ends it early
+            context.add_callback(self.cancelled.set)
             yield pb.GenerateChunk(text="partial", tokens=1)
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
