@@ -12,7 +12,9 @@ cd "$(dirname "$0")"
 VENV="${EDGED_VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 extras=""
-[ "${1:-}" = "--dev" ] && extras="[dev]"
+# --dev adds the test tools and both optional backends' extras, so the
+# conformance suite runs for llama.cpp and ONNX Runtime (conversion included).
+[ "${1:-}" = "--dev" ] && extras="[dev,onnx,convert]"
 
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"

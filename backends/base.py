@@ -35,6 +35,18 @@ class Capabilities:
     batching: bool  # several requests share a decode step
     session_kv: bool  # keeps a session's KV between turns
     grammar: bool = False
+    # SamplingParams fields honoured; a request setting another one is refused
+    sampling: tuple[str, ...] = (
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "repeat_penalty",
+        "seed",
+    )
+    kv_tiers: bool = True  # evicted sessions are saved (RAM/disk), not rebuilt
+    fork: bool = True  # Fork copies the KV instead of rebuilding it
 
 
 @dataclass(frozen=True)
@@ -58,7 +70,7 @@ class Sampling:
     temperature: float = 0.8
     top_p: float = 0.95
     top_k: int = 40
-    min_p: float = 0.05
+    min_p: float = 0.0
     repeat_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()

@@ -31,6 +31,13 @@ BACKENDS: tuple[BackendInfo, ...] = (
         engine="edged.backends.llamacpp.engine:LlamaEngine",
         install_hint="run ./install.sh (it builds llama-cpp-python for this CPU)",
     ),
+    BackendInfo(
+        name="onnxruntime",
+        formats=("onnx",),
+        module="onnxruntime_genai",
+        engine="edged.backends.onnx.engine:OnnxEngine",
+        install_hint="pip install 'edged[onnx]' (onnxruntime-genai)",
+    ),
 )
 
 

@@ -33,8 +33,10 @@ def sampling() -> pb.SamplingParams:
     return pb.SamplingParams(temperature=0.0, max_tokens=16)
 
 
-def build_session(d: Any, history_tokens: int) -> tuple[str, int]:
-    sid = d.sessions.Create(pb.CreateSessionRequest(model="smollm2"), timeout=30).id
+def build_session(d: Any, history_tokens: int, backend: str = "") -> tuple[str, int]:
+    sid = d.sessions.Create(
+        pb.CreateSessionRequest(model="smollm2", backend=backend), timeout=30
+    ).id
     tokens = 0
     while tokens < history_tokens:
         text = FILLER * 8 + "Please acknowledge."

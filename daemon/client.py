@@ -121,6 +121,7 @@ class ModelsStub(Protocol):
     Delete: UnaryMethod[pb.ModelRef, pb.DeleteModelResponse]
     ListLoaded: UnaryMethod[pb.ListLoadedRequest, pb.ListLoadedResponse]
     Unload: UnaryMethod[pb.ModelRef, pb.UnloadResponse]
+    Convert: StreamMethod[pb.ConvertRequest, pb.PullProgress]
 
 
 class SystemStub(Protocol):

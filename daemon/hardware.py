@@ -150,5 +150,17 @@ def select_backends(
         choices.append(Choice("llama.cpp", "cpu", "llama.cpp" in have, tuple(why)))
     else:
         choices.append(Choice("llama.cpp", "cpu", False, ("the model has no GGUF variant",)))
+    why = []
+    if "onnx" in fmts:
+        why.append("ONNX Runtime GenAI runs ONNX variants (int4) on the CPU")
+    else:
+        why.append("no ONNX variant yet (edged convert MODEL --to onnx makes one)")
+    if "onnxruntime" not in have:
+        why.append("onnxruntime-genai is not installed (pip install 'edged[onnx]')")
+    if "gguf" in fmts:
+        why.append("ranked after llama.cpp: no batching across streams, no saved session KV")
+    choices.append(
+        Choice("onnxruntime", "cpu", "onnx" in fmts and "onnxruntime" in have, tuple(why))
+    )
     # Available choices first, keeping the preference order within each group.
     return sorted(choices, key=lambda c: not c.available)

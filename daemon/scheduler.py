@@ -57,6 +57,8 @@ class ResolvedModel:
     format: str
     system_prompt: str = ""
     sampling_defaults: tuple[tuple[str, float], ...] = ()
+    backend: str = ""  # chosen by the caller; "" lets the scheduler choose
+    device: str = "cpu"
 
 
 @dataclass
@@ -135,6 +137,8 @@ class Scheduler:
             return entry
 
     def _choose(self, model: ResolvedModel) -> tuple[str, str]:
+        if model.backend:
+            return model.backend, model.device
         choices = select_backends(
             self._hw, [model.format], self._installed, llama_cuda=self._llama_cuda
         )

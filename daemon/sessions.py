@@ -45,6 +45,7 @@ class SessionRecord:
     updated_unix_ms: int
     history: list[Message] = field(default_factory=list)
     token_count: int = 0
+    backend: str = ""  # requested at creation; "" = auto
 
     def messages(self, user_turn: str | None = None) -> tuple[Message, ...]:
         out: list[Message] = []
@@ -108,7 +109,9 @@ class SessionStore:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def create(self, model: str, model_digest: str, system_prompt: str) -> SessionRecord:
+    def create(
+        self, model: str, model_digest: str, system_prompt: str, backend: str = ""
+    ) -> SessionRecord:
         if len(system_prompt) > MAX_SYSTEM_PROMPT:
             raise InvalidArgument(f"the system prompt is over {MAX_SYSTEM_PROMPT} characters")
         now = _now_ms()
@@ -119,6 +122,7 @@ class SessionStore:
             system_prompt=system_prompt,
             created_unix_ms=now,
             updated_unix_ms=now,
+            backend=backend,
         )
         self._write(rec)
         self._cache[rec.id] = rec
@@ -143,7 +147,7 @@ class SessionStore:
         self._write(rec)
 
     def fork(self, parent: SessionRecord) -> SessionRecord:
-        child = self.create(parent.model, parent.model_digest, parent.system_prompt)
+        child = self.create(parent.model, parent.model_digest, parent.system_prompt, parent.backend)
         child.history = list(parent.history)
         child.token_count = parent.token_count
         self._write(child)

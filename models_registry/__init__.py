@@ -1,5 +1,6 @@
-"""edged's model registry: a content-addressed store, manifests, pull sources and
-a GGUF header reader.
+"""edged's model registry: a content-addressed store, manifests with variants (the
+same model as GGUF, as ONNX, ...), pull sources, a GGUF header reader and GGUF to
+ONNX conversion.
 
 The public API::
 
@@ -7,15 +8,19 @@ The public API::
     ref, manifest = pull(store, "smollm2", progress=print)
     ref, manifest = store.resolve("smollm2")
     path = store.blob_path(manifest.primary.digest)
+    variant = manifest.variant("onnx")            # or None
+    folder = store.materialize(manifest, variant)  # a GGUF file, or a folder view
+    ref, manifest = convert_to_onnx(store, "smollm2", progress=print)  # needs edged[convert]
 """
 
 from __future__ import annotations
 
 from .catalog import CATALOG, CatalogEntry
+from .convert import convert_to_onnx
 from .digest import blob_name, parse_digest
 from .gguf import GGUFInfo, TensorInfo, read_gguf_info
 from .http_source import DownloadState, HttpOptions
-from .manifest import CorruptManifest, Manifest, ManifestFile
+from .manifest import CorruptManifest, Manifest, ManifestFile, Variant
 from .names import ModelRef, parse_model_ref
 from .progress import ProgressFn, PullProgress
 from .pull import pull
@@ -35,7 +40,9 @@ __all__ = [
     "PullProgress",
     "Store",
     "TensorInfo",
+    "Variant",
     "blob_name",
+    "convert_to_onnx",
     "parse_digest",
     "parse_model_ref",
     "pull",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -49,3 +50,19 @@ def storage_error(exc: OSError, doing: str) -> EdgedError:
     if exc.errno in _NO_SPACE:
         return ResourceExhausted(f"not enough disk space while {doing}: free some space and retry")
     return Internal(f"file-system error while {doing}: {exc.strerror or type(exc).__name__}")
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a folder tree, read-only folders included; symlinks are removed, not followed."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_dir():
+        path.unlink()
+        return
+    for dirpath, dirnames, _files in os.walk(path):
+        os.chmod(dirpath, 0o755)
+        for d in dirnames:
+            sub = os.path.join(dirpath, d)
+            if not os.path.islink(sub):
+                os.chmod(sub, 0o755)
+    shutil.rmtree(path)

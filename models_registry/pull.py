@@ -1,7 +1,9 @@
-"""Pull a model into the store from a catalog name, a URL or a local file."""
+"""Pull a model into the store from a catalog name, a URL, a local GGUF file or a
+local ONNX Runtime GenAI folder."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import threading
@@ -17,18 +19,28 @@ from edged.daemon.errors import (
     NotFound,
 )
 
-from . import catalog, http_source
+from . import catalog, folder, http_source
 from .digest import parse_digest
-from .gguf import GGUFInfo, read_gguf_info
-from .manifest import ROLE_MODEL, Manifest, ManifestFile
+from .gguf import read_gguf_info
+from .manifest import (
+    FORMAT_GGUF,
+    FORMAT_ONNX,
+    GGUF_VARIANT,
+    ROLE_MODEL,
+    Manifest,
+    ManifestFile,
+    Variant,
+)
 from .names import DEFAULT_TAG, ModelRef, sanitize_name, split_model_ref
 from .progress import ProgressFn, PullProgress, report
+from .relpath import safe_file_name
 from .store import Store
 
 __all__ = ["PullProgress", "pull"]
 
 _URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _PRINTABLE = re.compile(r"[^\x20-\x7e\u00a0-\uffff]")
+ONNX_VARIANT = "onnx"  # the name of the variant an ONNX folder import makes
 
 
 @dataclass(frozen=True)
@@ -36,7 +48,10 @@ class _Plan:
     ref: ModelRef
     source: str  # recorded in the manifest
     filename: str  # display only: never used as a path
-    fetch: Callable[[], str]  # puts the blob into the store, returns its digest
+    # Puts the files into the store, appending each digest to its argument as it is
+    # stored; returns them as (GGUF: one file) or the variant's file list (ONNX).
+    fetch: Callable[[list[str]], tuple[ManifestFile, ...]]
+    format: str = FORMAT_GGUF
     system_prompt: str = ""
     sampling: tuple[tuple[str, float], ...] = ()
 
@@ -53,9 +68,14 @@ def pull(
     """Fetch ``source`` into ``store``, check it, and write its manifest.
 
     ``source`` is a catalog name (``smollm2``, ``smollm2:135m-q4_1``), an http(s)
-    URL, or an absolute path to a local GGUF file. ``name`` (``name[:tag]``)
-    overrides the model name; ``digest`` is the expected sha256 of the file.
-    If the file is not a sound GGUF model the store is left as it was.
+    URL, an absolute path to a local GGUF file, or an absolute path to a local ONNX
+    Runtime GenAI folder (one holding genai_config.json), which becomes an "onnx"
+    variant. ``name`` (``name[:tag]``) overrides the model name; ``digest`` is the
+    expected sha256 of a GGUF file.
+
+    Pulling into an existing model replaces the variant of the same name and keeps
+    the others, except that a GGUF with different content replaces the whole model.
+    If the files are not a sound model the store is left as it was.
     Completion is the return value: no final "success" progress is reported.
     """
     if not isinstance(source, str) or not source.strip():
@@ -64,31 +84,43 @@ def pull(
     plan = _plan(store, source.strip(), name, expected, progress, cancel)
     with store.pinned():
         before = set(store.blob_digests())
-        blob = plan.fetch()
+        written: list[str] = []
         try:
-            manifest = _register(store, plan, blob, progress)
+            files = plan.fetch(written)
+            manifest = _register(store, plan, files, progress)
         except BaseException:
-            if blob not in before:
-                store.discard_blob(blob)
+            for blob in dict.fromkeys(written):
+                if blob not in before:
+                    store.discard_blob(blob)
             raise
     return plan.ref, manifest
 
 
-def _register(store: Store, plan: _Plan, blob: str, progress: ProgressFn | None) -> Manifest:
-    report(progress, "reading the GGUF header")
-    info = read_gguf_info(store.blob_path(blob))
-    manifest = _manifest(plan, blob, store.blob_path(blob).stat().st_size, info)
+def _register(
+    store: Store, plan: _Plan, files: tuple[ManifestFile, ...], progress: ProgressFn | None
+) -> Manifest:
+    if plan.format == FORMAT_ONNX:
+        fresh = _onnx_manifest(store, plan, files, progress)
+    else:
+        fresh = _gguf_manifest(store, plan, files, progress)
     report(progress, "writing manifest")
-    store.put_manifest(plan.ref, manifest)
-    return manifest
+    return store.update_manifest(
+        plan.ref, lambda current: _merge(current, fresh), replace_corrupt=True
+    )
 
 
-def _manifest(plan: _Plan, blob: str, size: int, info: GGUFInfo) -> Manifest:
+def _gguf_manifest(
+    store: Store, plan: _Plan, files: tuple[ManifestFile, ...], progress: ProgressFn | None
+) -> Manifest:
+    report(progress, "reading the GGUF header")
+    info = read_gguf_info(store.blob_path(files[0].digest))
+    variant = Variant.of(
+        GGUF_VARIANT, FORMAT_GGUF, files, quantization=info.quantization, source=plan.source
+    )
     return Manifest(
         name=plan.ref.name,
         tag=plan.ref.tag,
-        format="gguf",
-        files=(ManifestFile(ROLE_MODEL, blob, size, plan.filename),),
+        variants=(variant,),
         source=plan.source,
         created_unix_ms=time.time_ns() // 1_000_000,
         architecture=info.architecture,
@@ -99,6 +131,40 @@ def _manifest(plan: _Plan, blob: str, size: int, info: GGUFInfo) -> Manifest:
         system_prompt=plan.system_prompt,
         sampling=plan.sampling,
     )
+
+
+def _onnx_manifest(
+    store: Store, plan: _Plan, files: tuple[ManifestFile, ...], progress: ProgressFn | None
+) -> Manifest:
+    report(progress, "reading genai_config.json")
+    facts = folder.onnx_facts(store, files)
+    variant = Variant.of(ONNX_VARIANT, FORMAT_ONNX, files, source=plan.source)
+    return Manifest(
+        name=plan.ref.name,
+        tag=plan.ref.tag,
+        variants=(variant,),
+        source=plan.source,
+        created_unix_ms=time.time_ns() // 1_000_000,
+        architecture=facts.architecture,
+        context_length=facts.context_length,
+        has_chat_template=facts.has_chat_template,
+    )
+
+
+def _merge(current: Manifest | None, fresh: Manifest) -> Manifest:
+    """The manifest after pulling ``fresh``'s one variant into the model ``current``."""
+    if current is None:
+        return fresh
+    (variant,) = fresh.variants
+    if variant.format == FORMAT_GGUF:
+        old = current.variant(FORMAT_GGUF)
+        if old is not None and old.digest != variant.digest:
+            return fresh  # another GGUF: a different model, its other variants are stale
+        merged = current.with_variant(variant)
+        return dataclasses.replace(
+            fresh, variants=merged.variants, created_unix_ms=current.created_unix_ms
+        )
+    return current.with_variant(variant)
 
 
 def _plan(
@@ -130,7 +196,11 @@ def _url_plan(
         ref=_target(name, sanitize_name(filename), DEFAULT_TAG),
         source=str(parsed.copy_with(query=None, fragment=None, username=None, password=None)),
         filename=filename,
-        fetch=lambda: http_source.download(store, url, expected, progress=progress, cancel=cancel),
+        fetch=_one_file(
+            store,
+            filename,
+            lambda: http_source.download(store, url, expected, progress=progress, cancel=cancel),
+        ),
     )
 
 
@@ -150,14 +220,47 @@ def _file_plan(
         )
     if not path.exists():
         raise NotFound(f"no such file {shown!r}")
+    if folder.is_onnx_folder(path):
+        if expected is not None:
+            raise InvalidArgument("a digest can only be checked for a single GGUF file")
+        return _Plan(
+            ref=_target(name, sanitize_name(shown), DEFAULT_TAG),
+            source=f"folder:{shown}",
+            filename=shown,
+            fetch=lambda written: folder.import_folder(
+                store, path, written=written, progress=progress, cancel=cancel
+            ),
+            format=FORMAT_ONNX,
+        )
     if path.is_dir():
-        raise InvalidArgument(f"{shown!r} is a directory: give the path of a .gguf file")
+        raise InvalidArgument(
+            f"{shown!r} is a directory: give the path of a .gguf file or of an ONNX Runtime "
+            f"GenAI model folder (one with {folder.GENAI_CONFIG})"
+        )
     return _Plan(
         ref=_target(name, sanitize_name(shown), DEFAULT_TAG),
         source=f"file:{shown}",
         filename=shown,
-        fetch=lambda: store.import_file(path, expected, progress=progress, cancel=cancel),
+        fetch=_one_file(
+            store,
+            shown,
+            lambda: store.import_file(path, expected, progress=progress, cancel=cancel),
+        ),
     )
+
+
+def _one_file(
+    store: Store, filename: str, put: Callable[[], str]
+) -> Callable[[list[str]], tuple[ManifestFile, ...]]:
+    """A GGUF fetch: ``put`` stores the file and returns its digest."""
+
+    def fetch(written: list[str]) -> tuple[ManifestFile, ...]:
+        digest = put()
+        written.append(digest)
+        size = store.blob_path(digest).stat().st_size
+        return (ManifestFile(ROLE_MODEL, digest, size, safe_file_name(filename, "model.gguf")),)
+
+    return fetch
 
 
 def _catalog_plan(
@@ -184,7 +287,11 @@ def _catalog_plan(
         ref=_target(name, entry.name, entry.tag),
         source=entry.source,
         filename=entry.filename,
-        fetch=lambda: catalog.fetch(store, entry, progress=progress, cancel=cancel),
+        fetch=_one_file(
+            store,
+            entry.filename,
+            lambda: catalog.fetch(store, entry, progress=progress, cancel=cancel),
+        ),
         system_prompt=entry.system_prompt,
         sampling=entry.sampling,
     )

@@ -4,14 +4,17 @@ Layout under ``root``::
 
     blobs/sha256-<hex>                 model files, named by their digest (read-only)
     manifests/<name parts>/<tag>.json  one manifest per model tag
+    views/<hex>/                       a folder variant as symlinks to its blobs (see views)
     tmp/                               files being written; renamed into place when verified
     partial/                           resumable downloads (see http_source)
     locks/                             advisory lock files
 
 Nothing half-written ever appears under a final name: every file is written in
 ``tmp/`` (or ``partial/``), fsynced, and renamed into place, then the directory
-is fsynced. Garbage collection removes blobs no manifest references, and never
-runs while any pull holds the store "pinned".
+is fsynced. Manifest updates (a pull, a new variant, a delete) hold that model's
+lock, so two of them never lose each other's change. Garbage collection removes
+blobs and views no manifest references, and never runs while any pull holds the
+store "pinned".
 """
 
 from __future__ import annotations
@@ -20,12 +23,11 @@ import dataclasses
 import logging
 import os
 import re
-import shutil
 import stat
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -40,10 +42,10 @@ from edged.daemon.errors import (
     NotFound,
 )
 
-from . import locks
-from .digest import blob_name, digest_from_hex, new_hasher, parse_digest
-from .fsutil import atomic_write, fsync_dir, remove_quietly, storage_error
-from .manifest import MAX_MANIFEST_BYTES, CorruptManifest, Manifest
+from . import locks, views
+from .digest import blob_name, digest_from_hex, hex_of, new_hasher, parse_digest
+from .fsutil import atomic_write, fsync_dir, remove_quietly, remove_tree, storage_error
+from .manifest import FORMAT_GGUF, MAX_MANIFEST_BYTES, CorruptManifest, Manifest, Variant
 from .names import ModelRef, split_model_ref, validate_name, validate_tag
 from .progress import ProgressFn, ThrottledProgress
 
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 CHUNK_SIZE = 1 << 20
 TMP_MAX_AGE_SECONDS = 3600.0
 _BLOB_NAME = re.compile(r"sha256-[0-9a-f]{64}")
+_VIEW_NAME = re.compile(r"[0-9a-f]{64}")
 
 
 class Store:
@@ -64,8 +67,10 @@ class Store:
         self.tmp_dir = self.root / "tmp"
         self.partial_dir = self.root / "partial"
         self.locks_dir = self.root / "locks"
+        self.views_dir = self.root / "views"
+        dirs = (self.blobs_dir, self.manifests_dir, self.tmp_dir, self.partial_dir, self.views_dir)
         try:
-            for d in (self.blobs_dir, self.manifests_dir, self.tmp_dir, self.partial_dir):
+            for d in dirs:
                 d.mkdir(parents=True, exist_ok=True)
             self.locks_dir.mkdir(parents=True, exist_ok=True)
             self._gc_lock.touch(exist_ok=True)
@@ -100,7 +105,7 @@ class Store:
                     self._pin_stack = None
 
     def gc(self) -> list[str]:
-        """Remove blobs that no manifest references, and stale temp files.
+        """Remove blobs and views that no manifest references, and stale temp files.
 
         Returns the removed digests. Does nothing (returns ``[]``) while a pull
         holds the store pinned, or while any manifest cannot be read.
@@ -109,15 +114,17 @@ class Store:
             if not taken:
                 log.debug("gc skipped: a pull is in progress")
                 return []
-            referenced = self._referenced_digests()
-            if referenced is None:
+            manifests = self._all_manifests()
+            if manifests is None:
                 log.warning("gc skipped: a manifest could not be read (see earlier warnings)")
                 return []
+            referenced = {d for m in manifests for d in m.digests}
             removed = [d for d in self.blob_digests() if d not in referenced]
             for digest in removed:
                 remove_quietly(self.blob_path(digest))
             if removed:
                 fsync_dir(self.blobs_dir)
+            self._remove_views({hex_of(v.digest) for m in manifests for v in m.variants})
             self._clean_tmp()
             return removed
 
@@ -224,8 +231,8 @@ class Store:
     def discard_blob(self, digest: str) -> bool:
         """Remove one blob unless a manifest references it; return whether it was removed."""
         digest = parse_digest(digest)
-        referenced = self._referenced_digests()
-        if referenced is None or digest in referenced:
+        manifests = self._all_manifests()
+        if manifests is None or any(digest in m.digests for m in manifests):
             return False
         path = self.blob_path(digest)
         if not path.exists():
@@ -255,20 +262,64 @@ class Store:
 
     def put_manifest(self, ref: ModelRef, m: Manifest) -> None:
         """Write the manifest of ``ref`` atomically; every file it names must be stored."""
-        if (m.name, m.tag) != (ref.name, ref.tag):
-            m = dataclasses.replace(m, name=ref.name, tag=ref.tag)
-        data = m.to_json().encode()
-        path = self.manifest_path(ref)
+        with self._manifest_locked(ref):
+            self._put_manifest(ref, m)
+
+    def update_manifest(
+        self,
+        ref: ModelRef,
+        change: Callable[[Manifest | None], Manifest],
+        *,
+        replace_corrupt: bool = False,
+    ) -> Manifest:
+        """Read, change and write the manifest of ``ref`` under that model's lock.
+
+        ``change`` gets the current manifest (None when there is none, or when it is
+        corrupt and ``replace_corrupt``) and returns the new one; whatever it raises
+        leaves the manifest as it was. Returns what was written.
+        """
+        with self.pinned(), self._manifest_locked(ref):
+            try:
+                current: Manifest | None = self.get_manifest(ref)
+            except ModelNotFound:
+                current = None
+            except CorruptManifest:
+                if not replace_corrupt:
+                    raise
+                current = None
+            return self._put_manifest(ref, change(current))
+
+    def add_variant(self, ref: ModelRef, variant: Variant) -> Manifest:
+        """Add ``variant`` to the model (replacing a variant of the same name), atomically."""
+
+        def change(current: Manifest | None) -> Manifest:
+            if current is None:
+                raise ModelNotFound(f"model '{ref}' not found")
+            return current.with_variant(variant)
+
+        return self.update_manifest(ref, change)
+
+    def materialize(self, manifest: Manifest, variant: Variant) -> Path:
+        """Where a backend finds ``variant``: a single GGUF file's blob path, or for a
+        folder format (ONNX) a read-only folder of symlinks to the blobs under
+        ``views/``, made once and reused."""
+        if variant not in manifest.variants:
+            raise InvalidArgument(f"{variant.name!r} is not a variant of model '{manifest.ref}'")
         with self.pinned():
-            for f in m.files:
+            for f in variant.files:
                 if not self.has_blob(f.digest):
                     raise FailedPrecondition(
-                        f"cannot write the manifest of '{ref}': blob {f.digest} is not stored"
+                        f"model '{manifest.ref}' is incomplete: the file {f.path!r} of its "
+                        f"{variant.name!r} variant is missing; pull or convert it again"
                     )
+            if variant.format == FORMAT_GGUF:
+                return self.blob_path(variant.main.digest)
+            links = [(f.path, self.blob_path(f.digest)) for f in variant.files]
+            final = self.views_dir / hex_of(variant.digest)
             try:
-                self._write_manifest_file(path, data)
+                return views.ensure_view(final, self.tmp_dir, links)
             except OSError as exc:
-                raise storage_error(exc, f"writing the manifest of '{ref}'") from exc
+                raise storage_error(exc, f"making the folder view of '{manifest.ref}'") from exc
 
     def get_manifest(self, ref: ModelRef) -> Manifest:
         path = self.manifest_path(ref)
@@ -312,14 +363,16 @@ class Store:
         return sorted(t for e in entries if (t := _tag_of(e)) is not None)
 
     def delete(self, ref: ModelRef) -> None:
-        """Remove the manifest of ``ref``, then garbage-collect unreferenced blobs."""
+        """Remove the manifest of ``ref``, then garbage-collect the blobs and views of all
+        its variants that no other model uses."""
         path = self.manifest_path(ref)
-        try:
-            path.unlink()
-        except FileNotFoundError as exc:
-            raise ModelNotFound(f"model '{ref}' not found") from exc
-        fsync_dir(path.parent)
-        self._prune_empty_dirs(path.parent)
+        with self._manifest_locked(ref):
+            try:
+                path.unlink()
+            except FileNotFoundError as exc:
+                raise ModelNotFound(f"model '{ref}' not found") from exc
+            fsync_dir(path.parent)
+            self._prune_empty_dirs(path.parent)
         self.gc()
 
     def resolve(self, name: str) -> tuple[ModelRef, Manifest]:
@@ -347,6 +400,29 @@ class Store:
         )
 
     # -- internals ---------------------------------------------------------------------
+
+    @contextmanager
+    def _manifest_locked(self, ref: ModelRef) -> Iterator[None]:
+        key = _sha256_hex(str(ref).encode())[:32]
+        with locks.locked(self.locks_dir / f"manifest-{key}.lock", ephemeral=True):
+            yield
+
+    def _put_manifest(self, ref: ModelRef, m: Manifest) -> Manifest:
+        if (m.name, m.tag) != (ref.name, ref.tag):
+            m = dataclasses.replace(m, name=ref.name, tag=ref.tag)
+        data = m.to_json().encode()
+        path = self.manifest_path(ref)
+        with self.pinned():
+            for f in m.files:
+                if not self.has_blob(f.digest):
+                    raise FailedPrecondition(
+                        f"cannot write the manifest of '{ref}': blob {f.digest} is not stored"
+                    )
+            try:
+                self._write_manifest_file(path, data)
+            except OSError as exc:
+                raise storage_error(exc, f"writing the manifest of '{ref}'") from exc
+        return m
 
     def _mkstemp(self, prefix: str) -> tuple[int, str]:
         try:
@@ -411,18 +487,27 @@ class Store:
                 log.warning("ignoring manifest with an invalid name: manifests/%s", "/".join(parts))
         return sorted(refs)
 
-    def _referenced_digests(self) -> set[str] | None:
-        """Digests named by any manifest, or None if some manifest cannot be read."""
-        referenced: set[str] = set()
+    def _all_manifests(self) -> list[Manifest] | None:
+        """Every manifest, or None if some manifest cannot be read."""
+        out: list[Manifest] = []
         for ref in self._manifest_refs():
             try:
-                referenced.update(self.get_manifest(ref).digests)
+                out.append(self.get_manifest(ref))
             except NotFound:
                 continue
             except EdgedError as exc:
                 log.warning("cannot read the manifest of %s: %s", ref, exc)
                 return None
-        return referenced
+        return out
+
+    def _remove_views(self, keep: set[str]) -> None:
+        for entry in self.views_dir.iterdir():
+            if _VIEW_NAME.fullmatch(entry.name) and entry.name in keep:
+                continue
+            try:
+                views.remove_view(entry, self.tmp_dir)
+            except OSError as exc:
+                log.warning("could not remove views/%s: %s", entry.name, exc.strerror)
 
     def blob_digests(self) -> list[str]:
         """Every stored blob's digest, sorted."""
@@ -436,10 +521,7 @@ class Store:
             try:
                 if entry.lstat().st_mtime >= cutoff:
                     continue
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.unlink()
+                remove_tree(entry)
             except OSError as exc:
                 log.warning("could not remove stale tmp/%s: %s", entry.name, exc.strerror)
 
@@ -451,6 +533,12 @@ def _tag_of(path: Path) -> str | None:
         return validate_tag(path.stem)
     except InvalidArgument:
         return None
+
+
+def _sha256_hex(data: bytes) -> str:
+    hasher = new_hasher()
+    hasher.update(data)
+    return hasher.hexdigest()
 
 
 def _read_chunks(f: BinaryIO) -> Iterator[bytes]:

@@ -55,6 +55,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("model", metavar="MODEL")
     p.set_defaults(func=cmd_stop)
 
+    p = sub.add_parser(
+        "convert",
+        help="add a variant in another format (GGUF -> int4 ONNX)",
+        description="Convert MODEL's GGUF into an int4 ONNX Runtime GenAI variant stored with "
+        "the model (needs the convert extra: pip install 'edged[convert]'). A conversion "
+        "that fails leaves the registry as it was.",
+    )
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--to", choices=["onnx"], required=True, help="target format")
+    p.add_argument("--json", action="store_true", help="print the model's info as JSON at the end")
+    p.set_defaults(func=cmd_convert)
+
 
 def pull_source(source: str) -> str:
     """URLs and catalog names pass through; paths become absolute."""
@@ -91,6 +103,33 @@ def cmd_pull(ctx: Context, args: argparse.Namespace) -> int:
         size = render.human_bytes(model.size_bytes)
         digest = render.short_digest(model.digest)
         ctx.out(f"pulled {render.model_name(model)} ({digest}, {size})")
+    return 0
+
+
+def convert(ctx: Context, model: str, to: str) -> pb.ModelInfo:
+    """Run Models.Convert with a progress display on stderr."""
+    call = ctx.client().models.Convert(pb.ConvertRequest(model=model, to=to))
+    info: pb.ModelInfo | None = None
+    try:
+        with render.PullDisplay(ctx.stderr) as display:
+            for progress in call:
+                display.update(progress)
+                if progress.HasField("model"):
+                    info = progress.model
+    except KeyboardInterrupt:
+        call.cancel()
+        raise
+    if info is None:
+        raise errors.Internal("the conversion ended without reporting a model")
+    return info
+
+
+def cmd_convert(ctx: Context, args: argparse.Namespace) -> int:
+    info = convert(ctx, args.model, args.to)
+    if args.json:
+        render.print_json(render.to_dict(info), ctx.stdout)
+    else:
+        ctx.out(f"converted {render.model_name(info)}: it now has an {args.to} variant")
     return 0
 
 
@@ -153,6 +192,19 @@ def _show_text(reply: pb.ShowModelResponse) -> str:
         ("chat template", "yes" if m.has_chat_template else "no"),
     ]
     text = "  Model\n" + "\n".join(f"    {key:<18}{value}" for key, value in rows)
+    if reply.variants:
+        vrows = [
+            [
+                v.name,
+                v.format,
+                v.quantization or "-",
+                render.human_bytes(v.size_bytes),
+                ", ".join(v.backends) or "(none installed)",
+            ]
+            for v in reply.variants
+        ]
+        table = render.table(["VARIANT", "FORMAT", "QUANT", "SIZE", "BACKENDS"], vrows)
+        text += "\n\n  Variants\n" + "\n".join("    " + line for line in table.splitlines())
     defaults = [(k, f"{reply.sampling_defaults[k]:g}") for k in sorted(reply.sampling_defaults)]
     if reply.system_prompt:
         defaults.insert(0, ("system prompt", reply.system_prompt))

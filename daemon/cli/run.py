@@ -47,6 +47,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("model", metavar="MODEL", help="model name or name:tag")
     p.add_argument("prompt", metavar="PROMPT", nargs="*", help="the prompt (words are joined)")
     p.add_argument("--system", metavar="TEXT", help="system message")
+    p.add_argument(
+        "--backend",
+        choices=["auto", "llama.cpp", "onnx", "onnxruntime"],
+        default="auto",
+        help="inference backend (default: the best for this hardware); 'onnx' converts the "
+        "model to ONNX first when it has no ONNX variant yet",
+    )
     group = p.add_argument_group("sampling")
     for flag, dest, kind, text in _SAMPLING:
         group.add_argument(
@@ -91,11 +98,15 @@ def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
         prompt = ctx.stdin.read()
         if not prompt.strip():
             raise errors.InvalidArgument("the prompt read from stdin is empty")
+    backend = {"auto": "", "onnx": "onnxruntime"}.get(args.backend, args.backend)
+    if backend == "onnxruntime":
+        _ensure_onnx_variant(ctx, args.model)
     if prompt:
         return one_shot(
             ctx.client(),
             args.model,
             prompt,
+            backend=backend,
             system=args.system,
             sampling=sampling,
             out=ctx.stdout,
@@ -111,6 +122,7 @@ def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
     return repl(
         client,
         args.model,
+        backend=backend,
         system=args.system or "",
         sampling=sampling,
         read_line=input,
@@ -118,6 +130,17 @@ def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
         err=ctx.stderr,
         verbose=args.verbose,
     )
+
+
+def _ensure_onnx_variant(ctx: Context, model: str) -> None:
+    """`--backend onnx` on a model with only a GGUF converts it first (once)."""
+    from edged.daemon.cli.models import convert
+
+    shown = ctx.client().models.Show(pb.ModelRef(model=model))
+    if any(v.format == "onnx" for v in shown.variants):
+        return
+    ctx.err(f"edged: {model} has no ONNX variant yet; converting it (once)")
+    convert(ctx, model, "onnx")
 
 
 def stream_reply(
@@ -148,6 +171,7 @@ def one_shot(
     model: str,
     prompt: str,
     *,
+    backend: str = "",
     system: str | None,
     sampling: pb.SamplingParams,
     out: TextIO,
@@ -158,7 +182,7 @@ def one_shot(
     messages = [pb.ChatMessage(role="system", content=system)] if system else []
     messages.append(pb.ChatMessage(role="user", content=prompt))
     request = pb.GenerateRequest(
-        model=model, chat=pb.ChatMessages(messages=messages), sampling=sampling
+        model=model, chat=pb.ChatMessages(messages=messages), sampling=sampling, backend=backend
     )
     call = client.inference.Generate(request)
     try:
@@ -251,6 +275,7 @@ def repl(
     client: Client,
     model: str,
     *,
+    backend: str = "",
     system: str,
     sampling: pb.SamplingParams,
     read_line: Callable[[str], str],
@@ -259,7 +284,7 @@ def repl(
     verbose: bool = False,
 ) -> int:
     """The interactive loop. The session is deleted on every way out."""
-    create = pb.CreateSessionRequest(model=model, system_prompt=system)
+    create = pb.CreateSessionRequest(model=model, system_prompt=system, backend=backend)
     session_id = client.sessions.Create(create).id
     try:
         while True:

@@ -27,7 +27,7 @@ class InferenceService(pbg.InferenceServicer):  # type: ignore[misc]
     ) -> AsyncIterator[pb.GenerateChunk]:
         if not request.model:
             raise InvalidArgument("model is required (for example: smollm2)")
-        model = self.app.resolve(request.model)
+        model = self.app.resolve(request.model, request.backend)
         sampling = sampling_from(request.sampling, model.sampling_defaults)
         which = request.WhichOneof("input")
         if which == "prompt":

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from edged.daemon.app import App
+from edged.backends.base import Capabilities
+from edged.backends.registry import BACKENDS, is_installed
+from edged.daemon.app import App, variant_digest
 from edged.daemon.errors import InvalidArgument
 from edged.daemon.services import _errors
+from edged.models_registry.convert import convert_to_onnx
 from edged.models_registry.gguf import read_gguf_info
-from edged.models_registry.manifest import Manifest
+from edged.models_registry.manifest import Manifest, Variant
 from edged.models_registry.names import ModelRef
-from edged.models_registry.progress import PullProgress
+from edged.models_registry.progress import ProgressFn, PullProgress
 from edged.models_registry.pull import pull
 from edged.v1 import edged_pb2 as pb
 from edged.v1 import edged_pb2_grpc as pbg
@@ -42,6 +45,20 @@ def model_info(name: str, tag: str, m: Manifest) -> pb.ModelInfo:
     )
 
 
+def _caps(c: Capabilities) -> pb.BackendCapabilities:
+    return pb.BackendCapabilities(
+        formats=c.formats,
+        context_length=c.context_length,
+        max_sequences=c.max_sequences,
+        batching=c.batching,
+        session_kv=c.session_kv,
+        kv_tiers=c.kv_tiers,
+        fork=c.fork,
+        grammar=c.grammar,
+        sampling=c.sampling,
+    )
+
+
 class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
     def __init__(self, app: App) -> None:
         self.app = app
@@ -54,6 +71,22 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
         looks_like_path = source.startswith((".", "~")) or "/" in source
         if looks_like_path and "://" not in source and not Path(source).is_absolute():
             raise InvalidArgument("a file path to import must be absolute")
+        async for item in self._in_thread(
+            lambda progress, cancel: pull(
+                self.app.store,
+                source,
+                name=request.name or None,
+                digest=request.digest or None,
+                progress=progress,
+                cancel=cancel,
+            )
+        ):
+            yield item
+
+    async def _in_thread(
+        self, work: Callable[[ProgressFn, threading.Event], tuple[ModelRef, Manifest]]
+    ) -> AsyncIterator[pb.PullProgress]:
+        """Run blocking registry work in a thread, streaming its progress."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
         cancel = threading.Event()
@@ -61,20 +94,13 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
         def progress(p: PullProgress) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, p)
 
-        def work() -> tuple[ModelRef, Manifest]:
+        def run() -> tuple[ModelRef, Manifest]:
             try:
-                return pull(
-                    self.app.store,
-                    source,
-                    name=request.name or None,
-                    digest=request.digest or None,
-                    progress=progress,
-                    cancel=cancel,
-                )
+                return work(progress, cancel)
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, _END)
 
-        task = loop.run_in_executor(None, work)
+        task = loop.run_in_executor(None, run)
         try:
             while True:
                 item = await queue.get()
@@ -86,7 +112,7 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
                 )
             ref, manifest = await task
         finally:
-            cancel.set()  # no-op when finished; stops the download if the client left
+            cancel.set()  # no-op when finished; stops the work if the client left
         yield pb.PullProgress(status="success", model=model_info(ref.name, ref.tag, manifest))
 
     @_errors.unary
@@ -97,25 +123,45 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
     @_errors.unary
     async def Show(self, request: pb.ModelRef, context: Any) -> pb.ShowModelResponse:
         ref, manifest = self.app.store.resolve(request.model)
-        path = self.app.store.blob_path(manifest.primary.digest)
-        info = await asyncio.to_thread(read_gguf_info, path)
+        gguf = manifest.variant("gguf")
+        template, metadata = "", {}
+        if gguf is not None:
+            info = await asyncio.to_thread(
+                read_gguf_info, self.app.store.blob_path(gguf.main.digest)
+            )
+            template, metadata = info.chat_template, info.metadata
         return pb.ShowModelResponse(
             model=model_info(ref.name, ref.tag, manifest),
-            chat_template=info.chat_template,
-            metadata=info.metadata,
+            chat_template=template,
+            metadata=metadata,
             system_prompt=manifest.system_prompt,
             sampling_defaults=dict(manifest.sampling),
+            variants=[self._variant(v) for v in manifest.variants],
+        )
+
+    def _variant(self, v: Variant) -> pb.ModelVariant:
+        runs = [b.name for b in BACKENDS if v.format in b.formats and is_installed(b)]
+        return pb.ModelVariant(
+            name=v.name,
+            format=v.format,
+            quantization=v.quantization,
+            size_bytes=v.size,
+            backends=runs,
+            source=v.source,
         )
 
     @_errors.unary
     async def Delete(self, request: pb.ModelRef, context: Any) -> pb.DeleteModelResponse:
         ref, manifest = self.app.store.resolve(request.model)
-        digest = manifest.primary.digest
-        still_used = any(
-            m.primary.digest == digest and r != ref for r, m in self.app.store.list_manifests()
-        )
-        if not still_used:
-            await self.app.scheduler.unload(digest)
+        others = {
+            variant_digest(v)
+            for r, m in self.app.store.list_manifests()
+            if r != ref
+            for v in m.variants
+        }
+        for v in manifest.variants:
+            if variant_digest(v) not in others:
+                await self.app.scheduler.unload(variant_digest(v))
         self.app.store.delete(ref)
         return pb.DeleteModelResponse()
 
@@ -143,12 +189,28 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
                     context_length=caps.context_length if caps else 0,
                     active_requests=worker.active,
                     loaded_unix_ms=int(worker.loaded_at * 1000),
+                    capabilities=_caps(caps) if caps else None,
                 )
             )
         return pb.ListLoadedResponse(models=out)
 
     @_errors.unary
     async def Unload(self, request: pb.ModelRef, context: Any) -> pb.UnloadResponse:
-        model = self.app.resolve(request.model)
-        await self.app.scheduler.unload(model.digest)
+        _, manifest = self.app.store.resolve(request.model)
+        for v in manifest.variants:
+            await self.app.scheduler.unload(variant_digest(v))
         return pb.UnloadResponse()
+
+    @_errors.stream
+    async def Convert(
+        self, request: pb.ConvertRequest, context: Any
+    ) -> AsyncIterator[pb.PullProgress]:
+        if request.to != "onnx":
+            raise InvalidArgument(f"cannot convert to {request.to!r}; supported: onnx")
+        self.app.store.resolve(request.model)  # NOT_FOUND / INVALID_ARGUMENT early
+        async for item in self._in_thread(
+            lambda progress, cancel: convert_to_onnx(
+                self.app.store, request.model, progress=progress, cancel=cancel
+            )
+        ):
+            yield item

@@ -28,6 +28,7 @@ def session_to(rec: SessionRecord, *, kv: str = "none") -> pb.Session:
         turns=rec.turns,
         token_count=rec.token_count,
         kv_location=kv,
+        backend=rec.backend,
     )
 
 
@@ -51,9 +52,9 @@ class SessionsService(pbg.SessionsServicer):  # type: ignore[misc]
     async def Create(self, request: pb.CreateSessionRequest, context: Any) -> pb.Session:
         if not request.model:
             raise InvalidArgument("model is required (for example: smollm2)")
-        model = self.app.resolve(request.model)
+        model = self.app.resolve(request.model, request.backend)
         system = check_text("the system prompt", request.system_prompt) or model.system_prompt
-        rec = self.app.sessions.create(model.name, model.digest, system)
+        rec = self.app.sessions.create(model.name, model.digest, system, request.backend)
         return session_to(rec)
 
     @_errors.stream
@@ -63,7 +64,7 @@ class SessionsService(pbg.SessionsServicer):  # type: ignore[misc]
             raise InvalidArgument("the message is empty")
         rec = self.app.sessions.get(request.session_id)
         async with self.app.sessions.lock(rec.id):
-            model = self.app.resolve(rec.model)
+            model = self.app.resolve(rec.model, rec.backend)
             sampling = sampling_from(request.sampling, model.sampling_defaults)
             if model.digest != rec.model_digest:
                 # the name now points at other weights: the old KV is meaningless

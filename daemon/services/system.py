@@ -34,7 +34,7 @@ class SystemService(pbg.SystemServicer):  # type: ignore[misc]
     async def Hardware(self, request: pb.HardwareRequest, context: Any) -> pb.HardwareResponse:
         hw = self.app.hardware
         installed = [b.name for b in BACKENDS if is_installed(b)]
-        choices = select_backends(hw, ["gguf"], installed, llama_cuda=llama_cuda_built())
+        choices = select_backends(hw, ["gguf", "onnx"], installed, llama_cuda=llama_cuda_built())
         return pb.HardwareResponse(
             os=hw.os,
             arch=hw.arch,

@@ -57,16 +57,18 @@ class ChatMessages(_message.Message):
     def __init__(self, messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "prompt", "chat", "sampling")
+    __slots__ = ("model", "prompt", "chat", "sampling", "backend")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     CHAT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt: str
     chat: ChatMessages
     sampling: SamplingParams
-    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., chat: _Optional[_Union[ChatMessages, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ...) -> None: ...
+    backend: str
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., chat: _Optional[_Union[ChatMessages, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., backend: _Optional[str] = ...) -> None: ...
 
 class GenerationStats(_message.Message):
     __slots__ = ("prompt_tokens", "cached_prompt_tokens", "completion_tokens", "time_to_first_token_ms", "decode_tokens_per_second", "prefill_tokens_per_second", "total_ms", "finish_reason", "backend", "device", "kv_source", "stop_sequence")
@@ -107,7 +109,7 @@ class GenerateChunk(_message.Message):
     def __init__(self, text: _Optional[str] = ..., tokens: _Optional[int] = ..., stats: _Optional[_Union[GenerationStats, _Mapping]] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("id", "model", "model_digest", "system_prompt", "created_unix_ms", "updated_unix_ms", "turns", "token_count", "kv_location")
+    __slots__ = ("id", "model", "model_digest", "system_prompt", "created_unix_ms", "updated_unix_ms", "turns", "token_count", "backend", "kv_location")
     ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +118,7 @@ class Session(_message.Message):
     UPDATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     TURNS_FIELD_NUMBER: _ClassVar[int]
     TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
     KV_LOCATION_FIELD_NUMBER: _ClassVar[int]
     id: str
     model: str
@@ -125,16 +128,19 @@ class Session(_message.Message):
     updated_unix_ms: int
     turns: int
     token_count: int
+    backend: str
     kv_location: str
-    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., model_digest: _Optional[str] = ..., system_prompt: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., updated_unix_ms: _Optional[int] = ..., turns: _Optional[int] = ..., token_count: _Optional[int] = ..., kv_location: _Optional[str] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., model_digest: _Optional[str] = ..., system_prompt: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., updated_unix_ms: _Optional[int] = ..., turns: _Optional[int] = ..., token_count: _Optional[int] = ..., backend: _Optional[str] = ..., kv_location: _Optional[str] = ...) -> None: ...
 
 class CreateSessionRequest(_message.Message):
-    __slots__ = ("model", "system_prompt")
+    __slots__ = ("model", "system_prompt", "backend")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
     model: str
     system_prompt: str
-    def __init__(self, model: _Optional[str] = ..., system_prompt: _Optional[str] = ...) -> None: ...
+    backend: str
+    def __init__(self, model: _Optional[str] = ..., system_prompt: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...
 
 class SendRequest(_message.Message):
     __slots__ = ("session_id", "content", "sampling")
@@ -249,7 +255,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class ShowModelResponse(_message.Message):
-    __slots__ = ("model", "chat_template", "metadata", "system_prompt", "sampling_defaults")
+    __slots__ = ("model", "chat_template", "metadata", "system_prompt", "sampling_defaults", "variants")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -269,19 +275,45 @@ class ShowModelResponse(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_DEFAULTS_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
     model: ModelInfo
     chat_template: str
     metadata: _containers.ScalarMap[str, str]
     system_prompt: str
     sampling_defaults: _containers.ScalarMap[str, float]
-    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., chat_template: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., system_prompt: _Optional[str] = ..., sampling_defaults: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    variants: _containers.RepeatedCompositeFieldContainer[ModelVariant]
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., chat_template: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., system_prompt: _Optional[str] = ..., sampling_defaults: _Optional[_Mapping[str, float]] = ..., variants: _Optional[_Iterable[_Union[ModelVariant, _Mapping]]] = ...) -> None: ...
+
+class ModelVariant(_message.Message):
+    __slots__ = ("name", "format", "quantization", "size_bytes", "backends", "source")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    format: str
+    quantization: str
+    size_bytes: int
+    backends: _containers.RepeatedScalarFieldContainer[str]
+    source: str
+    def __init__(self, name: _Optional[str] = ..., format: _Optional[str] = ..., quantization: _Optional[str] = ..., size_bytes: _Optional[int] = ..., backends: _Optional[_Iterable[str]] = ..., source: _Optional[str] = ...) -> None: ...
+
+class ConvertRequest(_message.Message):
+    __slots__ = ("model", "to")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    to: str
+    def __init__(self, model: _Optional[str] = ..., to: _Optional[str] = ...) -> None: ...
 
 class DeleteModelResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class LoadedModel(_message.Message):
-    __slots__ = ("model", "digest", "backend", "device", "pid", "rss_bytes", "context_length", "active_requests", "loaded_unix_ms")
+    __slots__ = ("model", "digest", "backend", "device", "pid", "rss_bytes", "context_length", "active_requests", "loaded_unix_ms", "capabilities")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -291,6 +323,7 @@ class LoadedModel(_message.Message):
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     LOADED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     model: str
     digest: str
     backend: str
@@ -300,7 +333,30 @@ class LoadedModel(_message.Message):
     context_length: int
     active_requests: int
     loaded_unix_ms: int
-    def __init__(self, model: _Optional[str] = ..., digest: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., pid: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., context_length: _Optional[int] = ..., active_requests: _Optional[int] = ..., loaded_unix_ms: _Optional[int] = ...) -> None: ...
+    capabilities: BackendCapabilities
+    def __init__(self, model: _Optional[str] = ..., digest: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., pid: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., context_length: _Optional[int] = ..., active_requests: _Optional[int] = ..., loaded_unix_ms: _Optional[int] = ..., capabilities: _Optional[_Union[BackendCapabilities, _Mapping]] = ...) -> None: ...
+
+class BackendCapabilities(_message.Message):
+    __slots__ = ("formats", "context_length", "max_sequences", "batching", "session_kv", "kv_tiers", "fork", "grammar", "sampling")
+    FORMATS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    MAX_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    BATCHING_FIELD_NUMBER: _ClassVar[int]
+    SESSION_KV_FIELD_NUMBER: _ClassVar[int]
+    KV_TIERS_FIELD_NUMBER: _ClassVar[int]
+    FORK_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    formats: _containers.RepeatedScalarFieldContainer[str]
+    context_length: int
+    max_sequences: int
+    batching: bool
+    session_kv: bool
+    kv_tiers: bool
+    fork: bool
+    grammar: bool
+    sampling: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, formats: _Optional[_Iterable[str]] = ..., context_length: _Optional[int] = ..., max_sequences: _Optional[int] = ..., batching: _Optional[bool] = ..., session_kv: _Optional[bool] = ..., kv_tiers: _Optional[bool] = ..., fork: _Optional[bool] = ..., grammar: _Optional[bool] = ..., sampling: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListLoadedRequest(_message.Message):
     __slots__ = ()

@@ -473,6 +473,11 @@ class ModelsStub:
                 request_serializer=edged_dot_v1_dot_edged__pb2.ModelRef.SerializeToString,
                 response_deserializer=edged_dot_v1_dot_edged__pb2.UnloadResponse.FromString,
                 _registered_method=True)
+        self.Convert = channel.unary_stream(
+                '/edged.v1.Models/Convert',
+                request_serializer=edged_dot_v1_dot_edged__pb2.ConvertRequest.SerializeToString,
+                response_deserializer=edged_dot_v1_dot_edged__pb2.PullProgress.FromString,
+                _registered_method=True)
 
 
 class ModelsServicer:
@@ -514,6 +519,13 @@ class ModelsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Convert(self, request, context):
+        """Adds a variant in another format (GGUF -> int4 ONNX), streaming progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -546,6 +558,11 @@ def add_ModelsServicer_to_server(servicer, server):
                     servicer.Unload,
                     request_deserializer=edged_dot_v1_dot_edged__pb2.ModelRef.FromString,
                     response_serializer=edged_dot_v1_dot_edged__pb2.UnloadResponse.SerializeToString,
+            ),
+            'Convert': grpc.unary_stream_rpc_method_handler(
+                    servicer.Convert,
+                    request_deserializer=edged_dot_v1_dot_edged__pb2.ConvertRequest.FromString,
+                    response_serializer=edged_dot_v1_dot_edged__pb2.PullProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -710,6 +727,33 @@ class Models:
             '/edged.v1.Models/Unload',
             edged_dot_v1_dot_edged__pb2.ModelRef.SerializeToString,
             edged_dot_v1_dot_edged__pb2.UnloadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Convert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/edged.v1.Models/Convert',
+            edged_dot_v1_dot_edged__pb2.ConvertRequest.SerializeToString,
+            edged_dot_v1_dot_edged__pb2.PullProgress.FromString,
             options,
             channel_credentials,
             insecure,

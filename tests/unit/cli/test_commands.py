@@ -220,7 +220,14 @@ def test_show(fake: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
     assert lines[1].split() == ["general.architecture", "llama"]
     assert main(["show", "smollm2", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert set(doc) == {"model", "chat_template", "metadata", "system_prompt", "sampling_defaults"}
+    assert set(doc) == {
+        "model",
+        "chat_template",
+        "metadata",
+        "system_prompt",
+        "sampling_defaults",
+        "variants",
+    }
     assert doc["metadata"]["llama.context_length"] == "8192"
     assert [r.model for r in fake.requests("Show")] == ["smollm2"] * 4
 

@@ -27,6 +27,7 @@ from edged.models_registry import (
     ModelRef,
     PullProgress,
     Store,
+    Variant,
     parse_model_ref,
 )
 from edged.models_registry.locks import locked
@@ -39,11 +40,11 @@ def chunks_of(data: bytes, size: int = 7) -> Iterator[bytes]:
 
 def manifest_for(store: Store, ref: ModelRef, data: bytes) -> Manifest:
     digest = store.write_blob([data])
+    file = ManifestFile("model", digest, len(data), "m.gguf")
     return Manifest(
         name=ref.name,
         tag=ref.tag,
-        format="gguf",
-        files=(ManifestFile("model", digest, len(data), "m.gguf"),),
+        variants=(Variant.of("gguf", "gguf", [file], quantization="Q4_1", source="test"),),
         source="test",
         created_unix_ms=1,
         architecture="llama",
@@ -160,7 +161,7 @@ def test_manifest_round_trip_and_listing(store: Store) -> None:
     ]
     assert Manifest.from_json(a.to_json()) == a
     assert a.primary.digest in a.digests
-    assert json.loads(a.to_json())["schema_version"] == 1
+    assert json.loads(a.to_json())["schema_version"] == 2
 
 
 def test_get_missing_model(store: Store) -> None:
@@ -196,12 +197,15 @@ def test_corrupt_manifests(store: Store, caplog: pytest.LogCaptureFixture) -> No
 @pytest.mark.parametrize(
     "mutate",
     [
-        lambda d: d.update(schema_version=2),
-        lambda d: d.pop("files"),
-        lambda d: d.update(files=[]),
-        lambda d: d["files"][0].update(digest="sha256:abc"),
-        lambda d: d["files"][0].update(role="tokenizer"),
-        lambda d: d["files"][0].update(size=-1),
+        lambda d: d.update(schema_version=99),
+        lambda d: d.pop("variants"),
+        lambda d: d.update(variants=[]),
+        lambda d: d["variants"][0]["files"][0].update(digest="sha256:abc"),
+        lambda d: d["variants"][0]["files"][0].update(role="tokenizer"),
+        lambda d: d["variants"][0]["files"][0].update(size=-1),
+        lambda d: d["variants"][0]["files"][0].update(path="../m.gguf"),
+        lambda d: d["variants"][0].update(size=5),
+        lambda d: d["variants"].append(dict(d["variants"][0])),
         lambda d: d.update(name="../x"),
         lambda d: d.update(tag=7),
         lambda d: d.update(has_chat_template="yes"),

@@ -1,0 +1,57 @@
+"""One suite every installed backend must pass, against the real SmolLM2.
+
+llama.cpp runs the pulled GGUF; ONNX Runtime runs the int4 ONNX variant that
+Models.Convert makes from it (once per test run, cached between modules).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edged.v1 import edged_pb2 as pb
+from tests.conftest import Daemon, clone_store, start_daemon
+
+BACKENDS = [
+    name
+    for name, module in (("llama.cpp", "llama_cpp"), ("onnxruntime", "onnxruntime_genai"))
+    if importlib.util.find_spec(module) is not None
+]
+
+
+@pytest.fixture(scope="session")
+def onnx_store(tmp_path_factory: pytest.TempPathFactory, smollm2_store: Path) -> Path:
+    """A data dir whose smollm2 also has the converted ONNX variant."""
+    root = tmp_path_factory.mktemp("onnx-seed")
+    clone_store(smollm2_store, root / "data")
+    d = start_daemon(root)
+    try:
+        last = None
+        for p in d.models.Convert(pb.ConvertRequest(model="smollm2", to="onnx"), timeout=900):
+            last = p
+        assert last is not None and last.status == "success"
+    finally:
+        d.stop()
+    return root / "data"
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def bd(
+    backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Daemon, str]]:
+    """A daemon whose smollm2 has the variant ``backend`` runs, and that name."""
+    fixture = "smollm2_store" if backend == "llama.cpp" else "onnx_store"
+    store: Path = request.getfixturevalue(fixture)
+    root = tmp_path_factory.mktemp(f"conf-{backend}")
+    clone_store(store, root / "data")
+    d = start_daemon(root, EDGED_PARALLEL="4")
+    yield d, backend
+    d.stop()
