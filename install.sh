@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install edged into a virtual environment (./.venv, or $EDGED_VENV).
 #
-#   ./install.sh          edged and its runtime dependencies
-#   ./install.sh --dev    plus the test and lint tools
+#   ./install.sh          edged and its runtime dependencies (llama.cpp backend)
+#   ./install.sh --onnx   plus the ONNX Runtime backend and the GGUF->ONNX converter
+#   ./install.sh --dev    plus those and the test and lint tools
 #
 # llama-cpp-python is compiled for THIS machine first (installer/llama_build.py:
 # instruction sets from /proc/cpuinfo, never AMX, own wheel cache keyed by the
@@ -15,6 +16,7 @@ extras=""
 # --dev adds the test tools and both optional backends' extras, so the
 # conformance suite runs for llama.cpp and ONNX Runtime (conversion included).
 [ "${1:-}" = "--dev" ] && extras="[dev,onnx,convert]"
+[ "${1:-}" = "--onnx" ] && extras="[onnx,convert]"
 
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"

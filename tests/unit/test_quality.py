@@ -67,3 +67,18 @@ def test_mypy_clean(tmp_path: Path) -> None:
         text=True,
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_every_package_folder_is_packaged() -> None:
+    """A folder with __init__.py missing from pyproject's list would not be installed."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = set()
+    for top, name in PACKAGES.items():
+        for init in (ROOT / top).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / top).parts
+            found.add(".".join(("edged", name, *rel)))
+    assert found - listed == set(), "add these to [tool.setuptools] packages"
