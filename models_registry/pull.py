@@ -19,7 +19,7 @@ from edged.daemon.errors import (
     NotFound,
 )
 
-from . import catalog, folder, http_source
+from . import catalog, folder, http_source, hub_source, url_folder_source
 from .digest import parse_digest
 from .gguf import read_gguf_info
 from .manifest import (
@@ -68,10 +68,12 @@ def pull(
     """Fetch ``source`` into ``store``, check it, and write its manifest.
 
     ``source`` is a catalog name (``smollm2``, ``smollm2:135m-q4_1``), an http(s)
-    URL, an absolute path to a local GGUF file, or an absolute path to a local ONNX
-    Runtime GenAI folder (one holding genai_config.json), which becomes an "onnx"
-    variant. ``name`` (``name[:tag]``) overrides the model name; ``digest`` is the
-    expected sha256 of a GGUF file.
+    URL, an absolute path to a local GGUF file, or an ONNX Runtime GenAI folder
+    (one holding genai_config.json), which becomes an "onnx" variant: an absolute
+    path to a local folder, an http(s) URL ending in "/", or a hub repo
+    (``hf://owner/repo[@revision]``, or ``owner/repo`` when not a catalog name).
+    ``name`` (``name[:tag]``) overrides the model name; ``digest`` is the expected
+    sha256 of a GGUF file.
 
     Pulling into an existing model replaces the variant of the same name and keeps
     the others, except that a GGUF with different content replaces the whole model.
@@ -175,11 +177,75 @@ def _plan(
     progress: ProgressFn | None,
     cancel: threading.Event | None,
 ) -> _Plan:
+    if source.startswith(hub_source.SCHEME):
+        return _hub_plan(store, source, name, expected, progress, cancel)
     if _URL_SCHEME.match(source):
+        if url_folder_source.is_folder_url(source):
+            return _url_folder_plan(store, source, name, expected, progress, cancel)
         return _url_plan(store, source, name, expected, progress, cancel)
     if _looks_like_path(source):
         return _file_plan(store, source, name, expected, progress, cancel)
+    if hub_source.looks_like_repo(source) and not _in_catalog(source):
+        return _hub_plan(store, source, name, expected, progress, cancel)
     return _catalog_plan(store, source, name, expected, progress, cancel)
+
+
+def _in_catalog(source: str) -> bool:
+    try:
+        model, tag = split_model_ref(source)
+    except InvalidArgument:
+        return False
+    return catalog.find(model, tag) is not None
+
+
+def _no_digest(expected: str | None) -> None:
+    if expected is not None:
+        raise InvalidArgument("a digest can only be checked for a single GGUF file")
+
+
+def _hub_plan(
+    store: Store,
+    source: str,
+    name: str | None,
+    expected: str | None,
+    progress: ProgressFn | None,
+    cancel: threading.Event | None,
+) -> _Plan:
+    """An ONNX Runtime GenAI folder from a Hugging Face-style hub repo."""
+    _no_digest(expected)
+    repo = hub_source.parse_repo(source)
+    return _Plan(
+        ref=_target(name, sanitize_name(repo.name), DEFAULT_TAG),
+        source=f"{hub_source.SCHEME}{repo}",
+        filename=repo.repo_id,
+        fetch=lambda written: hub_source.fetch(
+            store, repo, written=written, progress=progress, cancel=cancel
+        ),
+        format=FORMAT_ONNX,
+    )
+
+
+def _url_folder_plan(
+    store: Store,
+    url: str,
+    name: str | None,
+    expected: str | None,
+    progress: ProgressFn | None,
+    cancel: threading.Event | None,
+) -> _Plan:
+    """An ONNX Runtime GenAI folder from an http(s) URL base ending in "/"."""
+    _no_digest(expected)
+    base = url_folder_source.base_url(url)
+    last = _display_name(unquote(PurePosixPath(base.path).name))
+    return _Plan(
+        ref=_target(name, sanitize_name(last or base.host), DEFAULT_TAG),
+        source=str(base.copy_with(username=None, password=None)),
+        filename=last or base.host,
+        fetch=lambda written: url_folder_source.fetch(
+            store, url, written=written, progress=progress, cancel=cancel
+        ),
+        format=FORMAT_ONNX,
+    )
 
 
 def _url_plan(
