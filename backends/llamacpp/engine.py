@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edged.backends.accounting import Timing, expired
 from edged.backends.base import (
     Capabilities,
     Chunk,
@@ -63,14 +64,8 @@ class Request:
     next_prefill: int
     sampler: NativeSampler
     stream: TextStream
-    cached: int
-    kv_source: str
-    t_start: float
+    t: Timing
     pending: int | None = None  # sampled, not yet evaluated
-    completion: int = 0
-    unsent_tokens: int = 0
-    t_first: float = 0.0
-    t_prefilled: float = 0.0
     cancelled: bool = False
 
 
@@ -208,13 +203,9 @@ class LlamaEngine:
         deferred: deque[Job] = deque()
         while self._waiting:
             job = self._waiting.popleft()
-            if job.deadline is not None and time.time() > job.deadline:
-                log.info(
-                    "request %d passed its deadline while queued: never started", job.request_id
-                )
-                events.append(
-                    Failed(job.request_id, "DeadlineExceeded", "the deadline passed while queued")
-                )
+            late = expired(job)
+            if late is not None:
+                events.append(late)
                 continue
             try:
                 prompt = self._tokenize_job(job)
@@ -345,9 +336,7 @@ class LlamaEngine:
                 next_prefill=cached,
                 sampler=NativeSampler(self._model, job.sampling, seed),
                 stream=TextStream(job.sampling.stop),
-                cached=cached,
-                kv_source=kv_source,
-                t_start=time.perf_counter(),
+                t=Timing(len(prompt), cached, kv_source, time.perf_counter()),
             )
         )
 
@@ -372,7 +361,15 @@ class LlamaEngine:
             if r.pending is not None or budget <= 0:
                 continue
             start = r.next_prefill
-            take = min(budget, len(r.prompt) - start)
+            # The last prompt token is never batched with the rest of its prompt:
+            # its logits then come from the same computation whether the rest
+            # of the prompt was prefilled now or found in the cache, so an
+            # identical request at temperature 0 gives identical tokens.
+            last_index = len(r.prompt) - 1
+            end = last_index if start < last_index else len(r.prompt)
+            take = min(budget, end - start)
+            if take <= 0:
+                continue
             base = len(r.slot.tokens)
             for k in range(take):
                 last = start + k == len(r.prompt) - 1
@@ -398,62 +395,40 @@ class LlamaEngine:
         now = time.perf_counter()
         for r, index in outputs:
             if r.pending is None:
-                r.t_prefilled = now
+                r.t.t_prefilled = now
             token = r.sampler.sample(self._ctx, index)
             self._on_token(r, token, now, events)
 
     def _on_token(self, r: Request, token: int, now: float, events: list[Event]) -> None:
-        if r.completion == 0:
-            r.t_first = now
+        if r.t.completion == 0:
+            r.t.t_first = now
         if self._model.is_eog(token):
             r.pending = None
             self._finish(r, "stop", events)
             return
-        r.completion += 1
-        r.unsent_tokens += 1
+        r.t.completion += 1
+        r.t.unsent += 1
         text = r.stream.feed(self._model.piece(token, self._piece))
         if r.stream.matched is not None:
             r.pending = None
             if text:
-                events.append(Chunk(r.job.request_id, text, r.unsent_tokens))
-                r.unsent_tokens = 0
+                events.append(Chunk(r.job.request_id, text, r.t.unsent))
+                r.t.unsent = 0
             self._finish(r, "stop_sequence", events)
             return
         if text:
-            events.append(Chunk(r.job.request_id, text, r.unsent_tokens))
-            r.unsent_tokens = 0
+            events.append(Chunk(r.job.request_id, text, r.t.unsent))
+            r.t.unsent = 0
         max_tokens = r.job.sampling.max_tokens
-        if max_tokens and r.completion >= max_tokens:
+        if max_tokens and r.t.completion >= max_tokens:
             r.pending = None
             self._finish(r, "length", events)
             return
         r.pending = token
 
     def _finish(self, r: Request, reason: str, events: list[Event]) -> None:
-        tail = r.stream.finish() if reason != "stop_sequence" else ""
-        if tail:
-            events.append(Chunk(r.job.request_id, tail, r.unsent_tokens))
-        now = time.perf_counter()
-        first = r.t_first or now
-        decode_s = now - first
-        prefill_s = (r.t_prefilled or now) - r.t_start
-        evaluated = len(r.prompt) - r.cached
-        stats = Stats(
-            prompt_tokens=len(r.prompt),
-            cached_prompt_tokens=r.cached,
-            completion_tokens=r.completion,
-            time_to_first_token_ms=((first - r.t_start) * 1000.0) if r.completion else 0.0,
-            decode_tokens_per_second=(r.completion - 1) / decode_s
-            if r.completion > 1 and decode_s > 0
-            else 0.0,
-            prefill_tokens_per_second=evaluated / prefill_s if prefill_s > 0 else 0.0,
-            total_ms=(now - r.t_start) * 1000.0,
-            finish_reason=reason,
-            kv_source=r.kv_source,
-            stop_sequence=r.stream.matched or "",
-        )
         self._drop(r)
-        events.append(Done(r.job.request_id, stats))
+        events.extend(r.t.final_events(r.job, r.stream, reason))
 
     def _drop(self, r: Request) -> None:
         r.sampler.free()

@@ -23,12 +23,13 @@ import os
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import onnxruntime_genai as og
 
+from edged.backends.accounting import Timing, expired
 from edged.backends.base import (
     Capabilities,
     Chunk,
@@ -82,18 +83,11 @@ class _Req:
     job: Job
     gen: _Gen
     prompt: list[int]
-    cached: int
-    kv_source: str
     stream: TextStream
     tok_stream: Any
-    t_start: float
+    t: Timing
     appended: bool = False
-    completion: int = 0
-    unsent: int = 0
-    t_first: float = 0.0
-    t_prefilled: float = 0.0
     cancelled: bool = False
-    texts: list[str] = field(default_factory=list)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -244,13 +238,9 @@ class OnnxEngine:
         deferred: deque[Job] = deque()
         while self._waiting:
             job = self._waiting.popleft()
-            if job.deadline is not None and time.time() > job.deadline:
-                log.info(
-                    "request %d passed its deadline while queued: never started", job.request_id
-                )
-                events.append(
-                    Failed(job.request_id, "DeadlineExceeded", "the deadline passed while queued")
-                )
+            late = expired(job)
+            if late is not None:
+                events.append(late)
                 continue
             if sum(1 for g in self._gens if g.busy) >= self._max_seq or self._session_busy(job):
                 deferred.append(job)
@@ -344,11 +334,9 @@ class OnnxEngine:
                 job=job,
                 gen=gen,
                 prompt=prompt,
-                cached=cached,
-                kv_source=kv_source,
                 stream=TextStream(job.sampling.stop),
                 tok_stream=self._tokenizer.create_stream(),
-                t_start=time.perf_counter(),
+                t=Timing(len(prompt), cached, kv_source, time.perf_counter()),
             )
         )
 
@@ -366,66 +354,40 @@ class OnnxEngine:
     def _advance(self, r: _Req, events: list[Event]) -> None:
         g = r.gen.generator
         if not r.appended:
-            new = r.prompt[r.cached :]
+            new = r.prompt[r.t.cached :]
             g.append_tokens(new)
             r.gen.tokens.extend(new)
             r.appended = True
-            r.t_prefilled = time.perf_counter()
+            r.t.t_prefilled = time.perf_counter()
         if g.is_done() or len(r.gen.tokens) >= self._n_ctx:
             self._finish(r, "context_full" if not g.is_done() else "stop", events)
             return
         g.generate_next_token()
         token = int(g.get_next_tokens()[0])
         now = time.perf_counter()
-        if r.completion == 0:
-            r.t_first = now
+        if r.t.completion == 0:
+            r.t.t_first = now
         r.gen.tokens.append(token)
         if g.is_done():  # end of generation token (or max_length)
             self._finish(r, "stop", events)
             return
-        r.completion += 1
-        r.unsent += 1
+        r.t.completion += 1
+        r.t.unsent += 1
         text = r.stream.feed(r.tok_stream.decode(token).encode("utf-8"))
         if r.stream.matched is not None:
             if text:
-                events.append(Chunk(r.job.request_id, text, r.unsent))
-                r.unsent = 0
+                events.append(Chunk(r.job.request_id, text, r.t.unsent))
+                r.t.unsent = 0
             self._finish(r, "stop_sequence", events)
             return
         if text:
-            events.append(Chunk(r.job.request_id, text, r.unsent))
-            r.unsent = 0
-        if r.job.sampling.max_tokens and r.completion >= r.job.sampling.max_tokens:
+            events.append(Chunk(r.job.request_id, text, r.t.unsent))
+            r.t.unsent = 0
+        if r.job.sampling.max_tokens and r.t.completion >= r.job.sampling.max_tokens:
             self._finish(r, "length", events)
 
     def _finish(self, r: _Req, reason: str, events: list[Event]) -> None:
-        tail = r.stream.finish() if reason != "stop_sequence" else ""
-        if tail:
-            events.append(Chunk(r.job.request_id, tail, r.unsent))
-        now = time.perf_counter()
-        first = r.t_first or now
-        prefill_s = (r.t_prefilled or now) - r.t_start
-        events.append(
-            Done(
-                r.job.request_id,
-                Stats(
-                    prompt_tokens=len(r.prompt),
-                    cached_prompt_tokens=r.cached,
-                    completion_tokens=r.completion,
-                    time_to_first_token_ms=(first - r.t_start) * 1000.0 if r.completion else 0.0,
-                    decode_tokens_per_second=(r.completion - 1) / (now - first)
-                    if r.completion > 1 and now > first
-                    else 0.0,
-                    prefill_tokens_per_second=(len(r.prompt) - r.cached) / prefill_s
-                    if prefill_s > 0
-                    else 0.0,
-                    total_ms=(now - r.t_start) * 1000.0,
-                    finish_reason=reason,
-                    kv_source=r.kv_source,
-                    stop_sequence=r.stream.matched or "",
-                ),
-            )
-        )
+        events.extend(r.t.final_events(r.job, r.stream, reason))
         self._drop(r, keep=r.job.session_id is not None)
 
     def _drop(self, r: _Req, *, keep: bool) -> None:
