@@ -14,6 +14,7 @@ token with the generator resident vs the same turn cold. Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import statistics
 import sys
@@ -126,6 +127,21 @@ def main(argv: list[str] | None = None) -> int:
             ratio_ttft_vs_inprocess=onnx_ttft / in_ttft,
             ratio_decode_vs_llama_cpp=onnx_tps / ll_tps,
         )
+        # several streams at once: round-robin interleaving, no shared batch
+        agg = {}
+        for n_streams in (1, 4):
+            runs = []
+            for _ in range(ns.runs):
+                t0 = time.perf_counter()
+                with concurrent.futures.ThreadPoolExecutor(n_streams) as pool:
+                    got = list(
+                        pool.map(
+                            lambda _i: daemon_run(d, "onnxruntime", ns.tokens), range(n_streams)
+                        )
+                    )
+                runs.append(sum(g.tokens for g in got) / (time.perf_counter() - t0))
+            agg[str(n_streams)] = med(runs)
+        out["onnx_aggregate_tps"] = agg
         sid, n = build_session_on(d, ns.history)
         warm, cold = [], []
         for _ in range(ns.runs):
