@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from edged.backends.base import Chunk, Done, Event, Failed, Job, Stats
@@ -18,6 +20,46 @@ def expired(job: Job) -> Failed | None:
         return None
     log.info("request %d passed its deadline while queued: never started", job.request_id)
     return Failed(job.request_id, "DeadlineExceeded", "the deadline passed while queued")
+
+
+class WaitQueue:
+    """Jobs submitted but not started: FIFO, cancellable, deadlines honoured.
+
+    ``admit`` offers each waiting job to the engine's ``start`` callback, which
+    returns False to leave it waiting (no room yet); jobs whose deadline has
+    passed are failed instead and never offered.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: deque[Job] = deque()
+        self._cancelled: list[Job] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._jobs or self._cancelled)
+
+    def submit(self, job: Job) -> None:
+        self._jobs.append(job)
+
+    def cancel(self, request_id: int) -> None:
+        for job in list(self._jobs):
+            if job.request_id == request_id:
+                log.info("request %d cancelled while queued: never started", request_id)
+                self._jobs.remove(job)
+                self._cancelled.append(job)
+
+    def admit(self, start: Callable[[Job], bool], events: list[Event]) -> None:
+        for job in self._cancelled:
+            events.append(Done(job.request_id, Stats(finish_reason="cancelled")))
+        self._cancelled.clear()
+        waiting: deque[Job] = deque()
+        while self._jobs:
+            job = self._jobs.popleft()
+            late = expired(job)
+            if late is not None:
+                events.append(late)
+            elif not start(job):
+                waiting.append(job)
+        self._jobs = waiting
 
 
 @dataclass

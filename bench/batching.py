@@ -165,68 +165,33 @@ def single_stream(d: Any, tokens: int) -> Any:
     )
 
 
-def llama_bench_tg(bin_dir: Path, model: Path, threads: int, tokens: int) -> float:
+def run_tool(bin_dir: Path, tool: str, *args: object, timeout: int = 900) -> str:
+    """Run one of the llama.cpp binaries (its shared libraries beside it); stdout."""
     out = subprocess.run(
-        [
-            str(bin_dir / "llama-bench"),
-            "-m",
-            str(model),
-            "-t",
-            str(threads),
-            "-p",
-            "0",
-            "-n",
-            str(tokens),
-            "-r",
-            "1",
-            "-o",
-            "json",
-        ],
+        [str(bin_dir / tool), *(str(a) for a in args)],
         env=dict(os.environ, LD_LIBRARY_PATH=str(bin_dir)),
         capture_output=True,
         text=True,
         check=True,
-        timeout=600,
+        timeout=timeout,
     )
-    return float(json.loads(out.stdout)[0]["avg_ts"])
+    return out.stdout
+
+
+def llama_bench_tg(bin_dir: Path, model: Path, threads: int, tokens: int) -> float:
+    text = run_tool(bin_dir, "llama-bench", "-m", model, "-t", threads, "-p", 0, "-n", tokens,
+                    "-r", 1, "-o", "json", timeout=600)  # fmt: skip
+    return float(json.loads(text)[0]["avg_ts"])
 
 
 def batched_bench(
     bin_dir: Path, model: Path, threads: int, ctx: int, streams: list[int], tokens: int
 ) -> list[dict[str, float]]:
     npl = ",".join(str(n) for n in streams)
-    out = subprocess.run(
-        [
-            str(bin_dir / "llama-batched-bench"),
-            "-m",
-            str(model),
-            "-t",
-            str(threads),
-            "-tb",
-            str(threads),
-            "-c",
-            str(ctx * max(streams)),
-            "-b",
-            "2048",
-            "-ub",
-            "512",
-            "-npp",
-            "16",
-            "-ntg",
-            str(tokens),
-            "-npl",
-            npl,
-            "-kvu",
-            "--output-format",
-            "jsonl",
-        ],
-        env=dict(os.environ, LD_LIBRARY_PATH=str(bin_dir)),
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=900,
-    )
-    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    text = run_tool(bin_dir, "llama-batched-bench", "-m", model, "-t", threads, "-tb", threads,
+                    "-c", ctx * max(streams), "-b", 2048, "-ub", 512, "-npp", 16, "-ntg", tokens,
+                    "-npl", npl, "-kvu", "--output-format", "jsonl")  # fmt: skip
+    rows = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     return [
         {"streams": r["pl"], "decode_aggregate_tps": r["speed_tg"], "total_tps": r["speed"]}
         for r in rows

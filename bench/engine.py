@@ -13,19 +13,9 @@ import statistics
 import sys
 import time
 
+from bench.batching import prompt
 from edged.backends.base import Done, Job, LoadSpec, Sampling
 from edged.backends.llamacpp.engine import LlamaEngine
-
-PLACES = [
-    "a small village",
-    "a distant planet",
-    "an old castle",
-    "a busy harbour",
-    "a quiet forest",
-    "a desert town",
-    "a mountain pass",
-    "a frozen lake",
-]
 
 
 def aggregate(engine: LlamaEngine, n: int, tokens: int, base_id: int) -> float:
@@ -36,7 +26,7 @@ def aggregate(engine: LlamaEngine, n: int, tokens: int, base_id: int) -> float:
             Job(
                 base_id + i,
                 Sampling(temperature=0.0, max_tokens=tokens),
-                prompt=f"Once upon a time, in {PLACES[i % len(PLACES)]}, there lived",
+                prompt=prompt(i),
             )
         )
     while engine.has_work():

@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from bench._common import private_daemon, timed
-from bench.sessions import QUESTION, build_session
+from bench.sessions import build_session, med, warm_turn, whole_conversation
 from edged.v1 import edged_pb2 as pb
 
 PROMPT = "Once upon a time"
@@ -59,10 +58,6 @@ def inprocess_run(model: Any, tokenizer: Any, tokens: int) -> dict[str, float]:
     end = time.perf_counter()
     assert first is not None
     return {"ttft_ms": (first - t0) * 1000, "decode_tps": (n - 1) / (end - first), "tokens": n}
-
-
-def med(xs: list[float]) -> float:
-    return float(statistics.median(xs))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,11 +137,13 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(sum(g.tokens for g in got) / (time.perf_counter() - t0))
             agg[str(n_streams)] = med(runs)
         out["onnx_aggregate_tps"] = agg
-        sid, n = build_session_on(d, ns.history)
+        sid, n = build_session(d, ns.history, backend="onnxruntime")
         warm, cold = [], []
         for _ in range(ns.runs):
-            warm.append(turn(d, sid, rewind=True))
-            cold.append(cold_turn(d, sid))
+            warm.append(warm_turn(d, sid))
+            # one-shot generators start empty: the whole conversation is prefilled
+            req = whole_conversation(d, sid, backend="onnxruntime")
+            cold.append(timed(d.inference.Generate(req, timeout=600)))
         assert all(t.stats.kv_source == "resident" for t in warm)
         out["session"] = {
             "history_tokens": n,
@@ -159,42 +156,6 @@ def main(argv: list[str] | None = None) -> int:
     json.dump(out, sys.stdout, indent=2)
     print()
     return 0
-
-
-def build_session_on(d: Any, history: int) -> tuple[str, int]:
-    sid, n = build_session(d, history, backend="onnxruntime")
-    return sid, n
-
-
-def turn(d: Any, sid: str, *, rewind: bool) -> Any:
-    turns = d.sessions.Get(pb.SessionRef(session_id=sid), timeout=10).session.turns
-    t = timed(
-        d.sessions.Send(
-            pb.SendRequest(
-                session_id=sid,
-                content=QUESTION,
-                sampling=pb.SamplingParams(temperature=0.0, max_tokens=16),
-            ),
-            timeout=600,
-        )
-    )
-    if rewind:
-        d.sessions.Rewind(pb.RewindRequest(session_id=sid, turns=turns), timeout=10)
-    return t
-
-
-def cold_turn(d: Any, sid: str) -> Any:
-    got = d.sessions.Get(pb.SessionRef(session_id=sid), timeout=10)
-    msgs = [pb.ChatMessage(role="system", content=got.session.system_prompt)]
-    msgs += [pb.ChatMessage(role=m.role, content=m.content) for m in got.history]
-    msgs.append(pb.ChatMessage(role="user", content=QUESTION))
-    req = pb.GenerateRequest(
-        model="smollm2",
-        backend="onnxruntime",
-        chat=pb.ChatMessages(messages=msgs),
-        sampling=pb.SamplingParams(temperature=0.0, max_tokens=16),
-    )
-    return timed(d.inference.Generate(req, timeout=600))
 
 
 if __name__ == "__main__":

@@ -61,12 +61,20 @@ def warm_turn(d: Any, sid: str) -> Any:
     return t
 
 
-def cold_turn(d: Any, sid: str) -> Any:
-    """The same turn with nothing cached: unload, load with a tiny request, send whole."""
+def whole_conversation(d: Any, sid: str, backend: str = "") -> pb.GenerateRequest:
+    """A one-shot request carrying the session's history plus QUESTION."""
     got = d.sessions.Get(pb.SessionRef(session_id=sid), timeout=10)
     msgs = [pb.ChatMessage(role="system", content=got.session.system_prompt)]
     msgs += [pb.ChatMessage(role=m.role, content=m.content) for m in got.history]
     msgs.append(pb.ChatMessage(role="user", content=QUESTION))
+    return pb.GenerateRequest(
+        model="smollm2", backend=backend, chat=pb.ChatMessages(messages=msgs), sampling=sampling()
+    )
+
+
+def cold_turn(d: Any, sid: str) -> Any:
+    """The same turn with nothing cached: unload, load with a tiny request, send whole."""
+    req = whole_conversation(d, sid)
     d.models.Unload(pb.ModelRef(model="smollm2"), timeout=60)
     list(
         d.inference.Generate(
@@ -75,9 +83,6 @@ def cold_turn(d: Any, sid: str) -> Any:
             ),
             timeout=120,
         )
-    )
-    req = pb.GenerateRequest(
-        model="smollm2", chat=pb.ChatMessages(messages=msgs), sampling=sampling()
     )
     return timed(d.inference.Generate(req, timeout=600))
 

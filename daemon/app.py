@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from edged.backends.registry import BACKENDS, backend_info, is_installed
 from edged.daemon.config import ServerConfig
 from edged.daemon.errors import FailedPrecondition, InvalidArgument
-from edged.daemon.hardware import HardwareProfile, llama_cuda_built, select_backends
+from edged.daemon.hardware import Choice, HardwareProfile, llama_cuda_built, select_backends
 from edged.daemon.scheduler import ResolvedModel, Scheduler
 from edged.daemon.sessions import SessionStore
 from edged.models_registry.manifest import Manifest, Variant
@@ -30,6 +30,13 @@ class App:
     scheduler: Scheduler
     sessions: SessionStore
     hardware: HardwareProfile
+    # Probed once at start-up, not per request (find_spec, a glob of the
+    # llama.cpp library folder); installing a backend needs a daemon restart.
+    installed: tuple[str, ...] = field(default_factory=lambda: tuple(installed_backends()))
+    llama_cuda: bool = field(default_factory=llama_cuda_built)
+
+    def backend_choices(self, formats: list[str]) -> list[Choice]:
+        return select_backends(self.hardware, formats, self.installed, llama_cuda=self.llama_cuda)
 
     def resolve(self, model: str, backend: str = "") -> ResolvedModel:
         ref, manifest = self.store.resolve(model)
@@ -53,7 +60,7 @@ class App:
                 info = backend_info(wanted)
             except FailedPrecondition as exc:
                 raise InvalidArgument(str(exc)) from None
-            if not is_installed(info):
+            if info.name not in self.installed:
                 raise FailedPrecondition(
                     f"the {wanted} backend is not installed: {info.install_hint}"
                 )
@@ -69,9 +76,7 @@ class App:
             raise FailedPrecondition(
                 f"{name} has no {'/'.join(info.formats)} variant for the {wanted} backend{hint}"
             )
-        choices = select_backends(
-            self.hardware, formats, installed_backends(), llama_cuda=llama_cuda_built()
-        )
+        choices = self.backend_choices(formats)
         for c in choices:
             if c.available:
                 info = backend_info(c.backend)
@@ -81,7 +86,5 @@ class App:
         raise FailedPrecondition(f"no installed backend can run {name}: {why}")
 
     def _best_device(self, formats: list[str], backend: str) -> str:
-        choices = select_backends(
-            self.hardware, formats, installed_backends(), llama_cuda=llama_cuda_built()
-        )
+        choices = self.backend_choices(formats)
         return next((c.device for c in choices if c.backend == backend and c.available), "cpu")

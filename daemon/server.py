@@ -22,7 +22,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from edged.daemon.app import App
+from edged.daemon.app import App, installed_backends
 from edged.daemon.auth import BearerTokenInterceptor
 from edged.daemon.config import ServerConfig
 from edged.daemon.errors import EdgedError, FailedPrecondition
@@ -85,7 +85,11 @@ def _prepare_socket(path: Path) -> None:
 
 def build_app(cfg: ServerConfig) -> App:
     hw = probe()
-    scheduler = Scheduler(cfg.engine, hw, WorkerHandle, llama_cuda=llama_cuda_built())
+    installed = tuple(installed_backends())
+    llama_cuda = llama_cuda_built()
+    scheduler = Scheduler(
+        cfg.engine, hw, WorkerHandle, installed_backends=installed, llama_cuda=llama_cuda
+    )
     ensure_private_dir(cfg.paths.data_dir)
     return App(
         config=cfg,
@@ -93,6 +97,8 @@ def build_app(cfg: ServerConfig) -> App:
         scheduler=scheduler,
         sessions=SessionStore(cfg.paths.sessions_dir),
         hardware=hw,
+        installed=installed,
+        llama_cuda=llama_cuda,
     )
 
 

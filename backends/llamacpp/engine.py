@@ -13,22 +13,19 @@ import hashlib
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edged.backends.accounting import Timing, expired
+from edged.backends.accounting import Timing, WaitQueue
 from edged.backends.base import (
     Capabilities,
     Chunk,
-    Done,
     Event,
     Failed,
     Job,
     LoadSpec,
     ModelDescription,
-    Stats,
 )
 from edged.backends.chat_template import ChatTemplate
 from edged.backends.kvstore import KVTiers, SavedState
@@ -107,8 +104,7 @@ class LlamaEngine:
             disk_budget=spec.kv_disk_budget,
         )
         self._slots = [Slot(seq=i) for i in range(n_seq)]
-        self._waiting: deque[Job] = deque()
-        self._cancelled_waiting: list[Job] = []
+        self._waiting = WaitQueue()
         self._active: list[Request] = []
         self._piece = piece_buffer()
         self._caps = Capabilities(
@@ -131,17 +127,13 @@ class LlamaEngine:
         )
 
     def submit(self, job: Job) -> None:
-        self._waiting.append(job)
+        self._waiting.submit(job)
 
     def cancel(self, request_id: int) -> None:
         for r in self._active:
             if r.job.request_id == request_id:
                 r.cancelled = True
-        for job in list(self._waiting):
-            if job.request_id == request_id:
-                log.info("request %d cancelled while queued: never started", request_id)
-                self._waiting.remove(job)
-                self._cancelled_waiting.append(job)
+        self._waiting.cancel(request_id)
 
     def drop_session(self, session_id: str) -> None:
         for slot in self._slots:
@@ -172,16 +164,13 @@ class LlamaEngine:
         return out
 
     def has_work(self) -> bool:
-        return bool(self._active or self._waiting or self._cancelled_waiting)
+        return bool(self._active or self._waiting)
 
     def step(self) -> list[Event]:
         events: list[Event] = []
-        for job in self._cancelled_waiting:
-            events.append(Done(job.request_id, Stats(finish_reason="cancelled")))
-        self._cancelled_waiting.clear()
         for r in [r for r in self._active if r.cancelled]:
             self._finish(r, "cancelled", events)
-        self._admit(events)
+        self._waiting.admit(lambda job: self._admit(job, events), events)
         if self._active:
             self._decode_step(events)
         return events
@@ -199,30 +188,23 @@ class LlamaEngine:
 
     # ------------------------------------------------------------ admission
 
-    def _admit(self, events: list[Event]) -> None:
-        deferred: deque[Job] = deque()
-        while self._waiting:
-            job = self._waiting.popleft()
-            late = expired(job)
-            if late is not None:
-                events.append(late)
-                continue
-            try:
-                prompt = self._tokenize_job(job)
-            except EdgedError as exc:
-                events.append(Failed(job.request_id, type(exc).__name__, str(exc)))
-                continue
-            slot = self._pick_slot(job, prompt)
-            if slot is None:
-                deferred.append(job)
-                continue
-            try:
-                self._start(job, slot, prompt)
-            except Exception as exc:  # one bad request must not take the worker down
-                log.exception("starting request %d failed", job.request_id)
-                slot.busy = False
-                events.append(Failed(job.request_id, "Internal", f"could not start: {exc}"))
-        self._waiting = deferred
+    def _admit(self, job: Job, events: list[Event]) -> bool:
+        """Start ``job`` if a sequence is free; False leaves it waiting."""
+        try:
+            prompt = self._tokenize_job(job)
+        except EdgedError as exc:
+            events.append(Failed(job.request_id, type(exc).__name__, str(exc)))
+            return True
+        slot = self._pick_slot(job, prompt)
+        if slot is None:
+            return False
+        try:
+            self._start(job, slot, prompt)
+        except Exception as exc:  # one bad request must not take the worker down
+            log.exception("starting request %d failed", job.request_id)
+            slot.busy = False
+            events.append(Failed(job.request_id, "Internal", f"could not start: {exc}"))
+        return True
 
     def _tokenize_job(self, job: Job) -> list[int]:
         if job.prompt is not None:

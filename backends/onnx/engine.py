@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,18 +28,16 @@ from typing import Any
 
 import onnxruntime_genai as og
 
-from edged.backends.accounting import Timing, expired
+from edged.backends.accounting import Timing, WaitQueue
 from edged.backends.base import (
     Capabilities,
     Chunk,
-    Done,
     Event,
     Failed,
     Job,
     LoadSpec,
     ModelDescription,
     Sampling,
-    Stats,
 )
 from edged.backends.chat_template import ChatTemplate
 from edged.backends.textstream import TextStream
@@ -151,8 +148,7 @@ class OnnxEngine:
         self._bos_text = _token_text(tok_cfg.get("bos_token"))
         self._max_seq = max(1, spec.max_sequences)
         self._gens: list[_Gen] = []
-        self._waiting: deque[Job] = deque()
-        self._cancelled_waiting: list[Job] = []
+        self._waiting = WaitQueue()
         self._active: list[_Req] = []
         self._caps = Capabilities(
             backend="onnxruntime",
@@ -182,17 +178,13 @@ class OnnxEngine:
         )
 
     def submit(self, job: Job) -> None:
-        self._waiting.append(job)
+        self._waiting.submit(job)
 
     def cancel(self, request_id: int) -> None:
         for r in self._active:
             if r.job.request_id == request_id:
                 r.cancelled = True
-        for job in list(self._waiting):
-            if job.request_id == request_id:
-                log.info("request %d cancelled while queued: never started", request_id)
-                self._waiting.remove(job)
-                self._cancelled_waiting.append(job)
+        self._waiting.cancel(request_id)
 
     def drop_session(self, session_id: str) -> None:
         for g in list(self._gens):
@@ -206,16 +198,13 @@ class OnnxEngine:
         return {g.session_id: "resident" for g in self._gens if g.session_id}
 
     def has_work(self) -> bool:
-        return bool(self._active or self._waiting or self._cancelled_waiting)
+        return bool(self._active or self._waiting)
 
     def step(self) -> list[Event]:
         events: list[Event] = []
-        for job in self._cancelled_waiting:
-            events.append(Done(job.request_id, Stats(finish_reason="cancelled")))
-        self._cancelled_waiting.clear()
         for r in [r for r in self._active if r.cancelled]:
             self._finish(r, "cancelled", events)
-        self._admit(events)
+        self._waiting.admit(lambda job: self._admit(job, events), events)
         for r in list(self._active):
             try:
                 self._advance(r, events)
@@ -234,22 +223,15 @@ class OnnxEngine:
 
     # ------------------------------------------------------------ admission
 
-    def _admit(self, events: list[Event]) -> None:
-        deferred: deque[Job] = deque()
-        while self._waiting:
-            job = self._waiting.popleft()
-            late = expired(job)
-            if late is not None:
-                events.append(late)
-                continue
-            if sum(1 for g in self._gens if g.busy) >= self._max_seq or self._session_busy(job):
-                deferred.append(job)
-                continue
-            try:
-                self._start(job)
-            except EdgedError as exc:
-                events.append(Failed(job.request_id, type(exc).__name__, str(exc)))
-        self._waiting = deferred
+    def _admit(self, job: Job, events: list[Event]) -> bool:
+        """Start ``job`` if a generator slot is free; False leaves it waiting."""
+        if sum(1 for g in self._gens if g.busy) >= self._max_seq or self._session_busy(job):
+            return False
+        try:
+            self._start(job)
+        except EdgedError as exc:
+            events.append(Failed(job.request_id, type(exc).__name__, str(exc)))
+        return True
 
     def _session_busy(self, job: Job) -> bool:
         return job.session_id is not None and any(

@@ -11,6 +11,7 @@ import grpc
 from edged.daemon import errors
 from edged.daemon.cli import render
 from edged.daemon.cli.context import Context
+from edged.daemon.client import ResponseStream
 from edged.v1 import edged_pb2 as pb
 
 _MODEL_SUFFIXES = (".gguf", ".onnx")
@@ -84,7 +85,18 @@ def pull_source(source: str) -> str:
 
 def cmd_pull(ctx: Context, args: argparse.Namespace) -> int:
     request = pb.PullRequest(source=pull_source(args.source), name=args.name, digest=args.digest)
-    call = ctx.client().models.Pull(request)
+    model = follow(ctx, ctx.client().models.Pull(request), "the pull")
+    if args.json:
+        render.print_json(render.to_dict(model), ctx.stdout)
+    else:
+        size = render.human_bytes(model.size_bytes)
+        digest = render.short_digest(model.digest)
+        ctx.out(f"pulled {render.model_name(model)} ({digest}, {size})")
+    return 0
+
+
+def follow(ctx: Context, call: ResponseStream[pb.PullProgress], what: str) -> pb.ModelInfo:
+    """Show a Pull/Convert progress stream on stderr; return the final model."""
     model: pb.ModelInfo | None = None
     try:
         with render.PullDisplay(ctx.stderr) as display:
@@ -96,32 +108,14 @@ def cmd_pull(ctx: Context, args: argparse.Namespace) -> int:
         call.cancel()
         raise
     if model is None:
-        raise errors.Internal("the pull ended without reporting a model")
-    if args.json:
-        render.print_json(render.to_dict(model), ctx.stdout)
-    else:
-        size = render.human_bytes(model.size_bytes)
-        digest = render.short_digest(model.digest)
-        ctx.out(f"pulled {render.model_name(model)} ({digest}, {size})")
-    return 0
+        raise errors.Internal(f"{what} ended without reporting a model")
+    return model
 
 
 def convert(ctx: Context, model: str, to: str) -> pb.ModelInfo:
     """Run Models.Convert with a progress display on stderr."""
     call = ctx.client().models.Convert(pb.ConvertRequest(model=model, to=to))
-    info: pb.ModelInfo | None = None
-    try:
-        with render.PullDisplay(ctx.stderr) as display:
-            for progress in call:
-                display.update(progress)
-                if progress.HasField("model"):
-                    info = progress.model
-    except KeyboardInterrupt:
-        call.cancel()
-        raise
-    if info is None:
-        raise errors.Internal("the conversion ended without reporting a model")
-    return info
+    return follow(ctx, call, "the conversion")
 
 
 def cmd_convert(ctx: Context, args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 import psutil
 
 from edged.backends.base import Capabilities
-from edged.backends.registry import BACKENDS, is_installed
+from edged.backends.registry import BACKENDS
 from edged.daemon.app import App, variant_digest
 from edged.daemon.errors import InvalidArgument
 from edged.daemon.services import _errors
@@ -140,7 +140,7 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
         )
 
     def _variant(self, v: Variant) -> pb.ModelVariant:
-        runs = [b.name for b in BACKENDS if v.format in b.formats and is_installed(b)]
+        runs = [b.name for b in BACKENDS if v.format in b.formats and b.name in self.app.installed]
         return pb.ModelVariant(
             name=v.name,
             format=v.format,

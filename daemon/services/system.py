@@ -7,9 +7,7 @@ from typing import Any
 
 import psutil
 
-from edged.backends.registry import BACKENDS, is_installed
 from edged.daemon.app import App
-from edged.daemon.hardware import llama_cuda_built, select_backends
 from edged.daemon.services import _errors
 from edged.v1 import edged_pb2 as pb
 from edged.v1 import edged_pb2_grpc as pbg
@@ -33,8 +31,7 @@ class SystemService(pbg.SystemServicer):  # type: ignore[misc]
     @_errors.unary
     async def Hardware(self, request: pb.HardwareRequest, context: Any) -> pb.HardwareResponse:
         hw = self.app.hardware
-        installed = [b.name for b in BACKENDS if is_installed(b)]
-        choices = select_backends(hw, ["gguf", "onnx"], installed, llama_cuda=llama_cuda_built())
+        choices = self.app.backend_choices(["gguf", "onnx"])
         return pb.HardwareResponse(
             os=hw.os,
             arch=hw.arch,
