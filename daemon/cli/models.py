@@ -20,11 +20,14 @@ _MODEL_SUFFIXES = (".gguf", ".onnx")
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "pull",
-        help="add a model from the catalog, a URL or a local file",
+        help="add a model from the catalog, a URL, a Hugging Face repo or a local path",
         description=(
             "Add a model to the local registry. SOURCE is a catalog name "
-            "(smollm2, smollm2:135m-q4_1), an http(s) URL, or a local file path "
-            "(relative paths are resolved here; the daemon reads the file)."
+            "(smollm2, smollm2:135m-q4_1), an http(s) URL of a GGUF file, an http(s) "
+            "URL ending in / of an ONNX Runtime GenAI folder, a Hugging Face repo "
+            "holding one (owner/repo or hf://owner/repo@revision; HF_ENDPOINT is "
+            "honoured), or a local GGUF file or ONNX folder (relative paths are "
+            "resolved here; the daemon reads them)."
         ),
     )
     p.add_argument("source", metavar="SOURCE")
