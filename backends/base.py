@@ -60,6 +60,8 @@ class LoadSpec:
     kv_dir: str | None = None  # disk tier for saved session KV (None: RAM only)
     kv_ram_budget: int = 512 << 20  # bytes of saved session KV kept in RAM
     kv_disk_budget: int = 2 << 30  # bytes of saved session KV kept on disk
+    cache_dir: str | None = None  # the backend's own cache (OpenVINO compiled models)
+    gpu_layers: int = 0  # layers to offload when ``device`` is a GPU (-1: all)
 
 
 @dataclass(frozen=True)

@@ -57,18 +57,24 @@ class ChatMessages(_message.Message):
     def __init__(self, messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "prompt", "chat", "sampling", "backend")
+    __slots__ = ("model", "prompt", "chat", "sampling", "backend", "keep_alive_s", "context_length", "device")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     CHAT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
+    KEEP_ALIVE_S_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt: str
     chat: ChatMessages
     sampling: SamplingParams
     backend: str
-    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., chat: _Optional[_Union[ChatMessages, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., backend: _Optional[str] = ...) -> None: ...
+    keep_alive_s: float
+    context_length: int
+    device: str
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., chat: _Optional[_Union[ChatMessages, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., backend: _Optional[str] = ..., keep_alive_s: _Optional[float] = ..., context_length: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...
 
 class GenerationStats(_message.Message):
     __slots__ = ("prompt_tokens", "cached_prompt_tokens", "completion_tokens", "time_to_first_token_ms", "decode_tokens_per_second", "prefill_tokens_per_second", "total_ms", "finish_reason", "backend", "device", "kv_source", "stop_sequence")
@@ -133,24 +139,28 @@ class Session(_message.Message):
     def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., model_digest: _Optional[str] = ..., system_prompt: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., updated_unix_ms: _Optional[int] = ..., turns: _Optional[int] = ..., token_count: _Optional[int] = ..., backend: _Optional[str] = ..., kv_location: _Optional[str] = ...) -> None: ...
 
 class CreateSessionRequest(_message.Message):
-    __slots__ = ("model", "system_prompt", "backend")
+    __slots__ = ("model", "system_prompt", "backend", "device")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
     model: str
     system_prompt: str
     backend: str
-    def __init__(self, model: _Optional[str] = ..., system_prompt: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...
+    device: str
+    def __init__(self, model: _Optional[str] = ..., system_prompt: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
 
 class SendRequest(_message.Message):
-    __slots__ = ("session_id", "content", "sampling")
+    __slots__ = ("session_id", "content", "sampling", "keep_alive_s")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    KEEP_ALIVE_S_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     content: str
     sampling: SamplingParams
-    def __init__(self, session_id: _Optional[str] = ..., content: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ...) -> None: ...
+    keep_alive_s: float
+    def __init__(self, session_id: _Optional[str] = ..., content: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., keep_alive_s: _Optional[float] = ...) -> None: ...
 
 class SessionRef(_message.Message):
     __slots__ = ("session_id",)
@@ -255,7 +265,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class ShowModelResponse(_message.Message):
-    __slots__ = ("model", "chat_template", "metadata", "system_prompt", "sampling_defaults", "variants")
+    __slots__ = ("model", "chat_template", "metadata", "system_prompt", "sampling_defaults", "variants", "backends", "settings", "memory")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -276,13 +286,69 @@ class ShowModelResponse(_message.Message):
     SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_DEFAULTS_FIELD_NUMBER: _ClassVar[int]
     VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
     model: ModelInfo
     chat_template: str
     metadata: _containers.ScalarMap[str, str]
     system_prompt: str
     sampling_defaults: _containers.ScalarMap[str, float]
     variants: _containers.RepeatedCompositeFieldContainer[ModelVariant]
-    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., chat_template: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., system_prompt: _Optional[str] = ..., sampling_defaults: _Optional[_Mapping[str, float]] = ..., variants: _Optional[_Iterable[_Union[ModelVariant, _Mapping]]] = ...) -> None: ...
+    backends: _containers.RepeatedCompositeFieldContainer[BackendChoice]
+    settings: ModelSettings
+    memory: MemoryEstimate
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., chat_template: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., system_prompt: _Optional[str] = ..., sampling_defaults: _Optional[_Mapping[str, float]] = ..., variants: _Optional[_Iterable[_Union[ModelVariant, _Mapping]]] = ..., backends: _Optional[_Iterable[_Union[BackendChoice, _Mapping]]] = ..., settings: _Optional[_Union[ModelSettings, _Mapping]] = ..., memory: _Optional[_Union[MemoryEstimate, _Mapping]] = ...) -> None: ...
+
+class ModelSettings(_message.Message):
+    __slots__ = ("backend", "device", "keep_alive_s", "pinned", "context_length")
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    KEEP_ALIVE_S_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    backend: str
+    device: str
+    keep_alive_s: float
+    pinned: bool
+    context_length: int
+    def __init__(self, backend: _Optional[str] = ..., device: _Optional[str] = ..., keep_alive_s: _Optional[float] = ..., pinned: _Optional[bool] = ..., context_length: _Optional[int] = ...) -> None: ...
+
+class ConfigureModelRequest(_message.Message):
+    __slots__ = ("model", "settings")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    settings: ModelSettings
+    def __init__(self, model: _Optional[str] = ..., settings: _Optional[_Union[ModelSettings, _Mapping]] = ...) -> None: ...
+
+class MemoryEstimate(_message.Message):
+    __slots__ = ("weights_bytes", "kv_bytes", "overhead_bytes", "total_bytes")
+    WEIGHTS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KV_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OVERHEAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    weights_bytes: int
+    kv_bytes: int
+    overhead_bytes: int
+    total_bytes: int
+    def __init__(self, weights_bytes: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., overhead_bytes: _Optional[int] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+
+class LoadRequest(_message.Message):
+    __slots__ = ("model", "backend", "device", "keep_alive_s", "pin", "context_length")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    KEEP_ALIVE_S_FIELD_NUMBER: _ClassVar[int]
+    PIN_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    backend: str
+    device: str
+    keep_alive_s: float
+    pin: bool
+    context_length: int
+    def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., keep_alive_s: _Optional[float] = ..., pin: _Optional[bool] = ..., context_length: _Optional[int] = ...) -> None: ...
 
 class ModelVariant(_message.Message):
     __slots__ = ("name", "format", "quantization", "size_bytes", "backends", "source")
@@ -313,7 +379,7 @@ class DeleteModelResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class LoadedModel(_message.Message):
-    __slots__ = ("model", "digest", "backend", "device", "pid", "rss_bytes", "context_length", "active_requests", "loaded_unix_ms", "capabilities")
+    __slots__ = ("model", "digest", "backend", "device", "pid", "rss_bytes", "context_length", "active_requests", "loaded_unix_ms", "capabilities", "memory", "sessions", "keep_alive_s", "expires_unix_ms", "pinned", "gpu_layers")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -324,6 +390,12 @@ class LoadedModel(_message.Message):
     ACTIVE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     LOADED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    KEEP_ALIVE_S_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    GPU_LAYERS_FIELD_NUMBER: _ClassVar[int]
     model: str
     digest: str
     backend: str
@@ -334,7 +406,13 @@ class LoadedModel(_message.Message):
     active_requests: int
     loaded_unix_ms: int
     capabilities: BackendCapabilities
-    def __init__(self, model: _Optional[str] = ..., digest: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., pid: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., context_length: _Optional[int] = ..., active_requests: _Optional[int] = ..., loaded_unix_ms: _Optional[int] = ..., capabilities: _Optional[_Union[BackendCapabilities, _Mapping]] = ...) -> None: ...
+    memory: MemoryEstimate
+    sessions: int
+    keep_alive_s: float
+    expires_unix_ms: int
+    pinned: bool
+    gpu_layers: int
+    def __init__(self, model: _Optional[str] = ..., digest: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., pid: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., context_length: _Optional[int] = ..., active_requests: _Optional[int] = ..., loaded_unix_ms: _Optional[int] = ..., capabilities: _Optional[_Union[BackendCapabilities, _Mapping]] = ..., memory: _Optional[_Union[MemoryEstimate, _Mapping]] = ..., sessions: _Optional[int] = ..., keep_alive_s: _Optional[float] = ..., expires_unix_ms: _Optional[int] = ..., pinned: _Optional[bool] = ..., gpu_layers: _Optional[int] = ...) -> None: ...
 
 class BackendCapabilities(_message.Message):
     __slots__ = ("formats", "context_length", "max_sequences", "batching", "session_kv", "kv_tiers", "fork", "grammar", "sampling")
@@ -385,23 +463,100 @@ class VersionResponse(_message.Message):
     def __init__(self, version: _Optional[str] = ..., api: _Optional[str] = ...) -> None: ...
 
 class HardwareRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("model", "calibrate")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    calibrate: bool
+    def __init__(self, model: _Optional[str] = ..., calibrate: _Optional[bool] = ...) -> None: ...
 
 class BackendChoice(_message.Message):
-    __slots__ = ("backend", "device", "available", "reasons")
+    __slots__ = ("backend", "device", "available", "reasons", "fit", "memory_bytes", "gpu_layers", "calibrated_tokens_per_second")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     REASONS_FIELD_NUMBER: _ClassVar[int]
+    FIT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GPU_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATED_TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     backend: str
     device: str
     available: bool
     reasons: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, backend: _Optional[str] = ..., device: _Optional[str] = ..., available: _Optional[bool] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...
+    fit: str
+    memory_bytes: int
+    gpu_layers: int
+    calibrated_tokens_per_second: float
+    def __init__(self, backend: _Optional[str] = ..., device: _Optional[str] = ..., available: _Optional[bool] = ..., reasons: _Optional[_Iterable[str]] = ..., fit: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., gpu_layers: _Optional[int] = ..., calibrated_tokens_per_second: _Optional[float] = ...) -> None: ...
+
+class IsaFeature(_message.Message):
+    __slots__ = ("name", "reported", "usable", "note")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_FIELD_NUMBER: _ClassVar[int]
+    USABLE_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    reported: bool
+    usable: bool
+    note: str
+    def __init__(self, name: _Optional[str] = ..., reported: _Optional[bool] = ..., usable: _Optional[bool] = ..., note: _Optional[str] = ...) -> None: ...
+
+class NvidiaGpu(_message.Message):
+    __slots__ = ("index", "name", "vram_total_bytes", "vram_free_bytes", "driver", "compute_capability")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VRAM_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    VRAM_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_CAPABILITY_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    name: str
+    vram_total_bytes: int
+    vram_free_bytes: int
+    driver: str
+    compute_capability: str
+    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., vram_total_bytes: _Optional[int] = ..., vram_free_bytes: _Optional[int] = ..., driver: _Optional[str] = ..., compute_capability: _Optional[str] = ...) -> None: ...
+
+class AcceleratorDevice(_message.Message):
+    __slots__ = ("name", "full_name", "type", "properties")
+    class PropertiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FULL_NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    full_name: str
+    type: str
+    properties: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., full_name: _Optional[str] = ..., type: _Optional[str] = ..., properties: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Calibration(_message.Message):
+    __slots__ = ("model_digest", "backend", "device", "backend_version", "decode_tokens_per_second", "prefill_tokens_per_second", "measured_unix_ms")
+    MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DECODE_TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    model_digest: str
+    backend: str
+    device: str
+    backend_version: str
+    decode_tokens_per_second: float
+    prefill_tokens_per_second: float
+    measured_unix_ms: int
+    def __init__(self, model_digest: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., backend_version: _Optional[str] = ..., decode_tokens_per_second: _Optional[float] = ..., prefill_tokens_per_second: _Optional[float] = ..., measured_unix_ms: _Optional[int] = ...) -> None: ...
 
 class HardwareResponse(_message.Message):
-    __slots__ = ("os", "arch", "cpu", "cpu_cores", "cpu_threads", "cpu_features", "memory_total_bytes", "memory_available_bytes", "gpus", "backends")
+    __slots__ = ("os", "arch", "cpu", "cpu_cores", "cpu_threads", "cpu_features", "memory_total_bytes", "memory_available_bytes", "gpus", "backends", "isa", "nvidia_gpus", "openvino_devices", "onnx_providers", "llama_gpu_offload", "notes", "model", "calibrations")
     OS_FIELD_NUMBER: _ClassVar[int]
     ARCH_FIELD_NUMBER: _ClassVar[int]
     CPU_FIELD_NUMBER: _ClassVar[int]
@@ -412,6 +567,14 @@ class HardwareResponse(_message.Message):
     MEMORY_AVAILABLE_BYTES_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
     BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    ISA_FIELD_NUMBER: _ClassVar[int]
+    NVIDIA_GPUS_FIELD_NUMBER: _ClassVar[int]
+    OPENVINO_DEVICES_FIELD_NUMBER: _ClassVar[int]
+    ONNX_PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    LLAMA_GPU_OFFLOAD_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATIONS_FIELD_NUMBER: _ClassVar[int]
     os: str
     arch: str
     cpu: str
@@ -422,4 +585,12 @@ class HardwareResponse(_message.Message):
     memory_available_bytes: int
     gpus: _containers.RepeatedScalarFieldContainer[str]
     backends: _containers.RepeatedCompositeFieldContainer[BackendChoice]
-    def __init__(self, os: _Optional[str] = ..., arch: _Optional[str] = ..., cpu: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., cpu_threads: _Optional[int] = ..., cpu_features: _Optional[_Iterable[str]] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[str]] = ..., backends: _Optional[_Iterable[_Union[BackendChoice, _Mapping]]] = ...) -> None: ...
+    isa: _containers.RepeatedCompositeFieldContainer[IsaFeature]
+    nvidia_gpus: _containers.RepeatedCompositeFieldContainer[NvidiaGpu]
+    openvino_devices: _containers.RepeatedCompositeFieldContainer[AcceleratorDevice]
+    onnx_providers: _containers.RepeatedScalarFieldContainer[str]
+    llama_gpu_offload: bool
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    model: str
+    calibrations: _containers.RepeatedCompositeFieldContainer[Calibration]
+    def __init__(self, os: _Optional[str] = ..., arch: _Optional[str] = ..., cpu: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., cpu_threads: _Optional[int] = ..., cpu_features: _Optional[_Iterable[str]] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[str]] = ..., backends: _Optional[_Iterable[_Union[BackendChoice, _Mapping]]] = ..., isa: _Optional[_Iterable[_Union[IsaFeature, _Mapping]]] = ..., nvidia_gpus: _Optional[_Iterable[_Union[NvidiaGpu, _Mapping]]] = ..., openvino_devices: _Optional[_Iterable[_Union[AcceleratorDevice, _Mapping]]] = ..., onnx_providers: _Optional[_Iterable[str]] = ..., llama_gpu_offload: _Optional[bool] = ..., notes: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., calibrations: _Optional[_Iterable[_Union[Calibration, _Mapping]]] = ...) -> None: ...

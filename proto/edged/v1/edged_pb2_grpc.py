@@ -473,6 +473,16 @@ class ModelsStub:
                 request_serializer=edged_dot_v1_dot_edged__pb2.ModelRef.SerializeToString,
                 response_deserializer=edged_dot_v1_dot_edged__pb2.UnloadResponse.FromString,
                 _registered_method=True)
+        self.Load = channel.unary_unary(
+                '/edged.v1.Models/Load',
+                request_serializer=edged_dot_v1_dot_edged__pb2.LoadRequest.SerializeToString,
+                response_deserializer=edged_dot_v1_dot_edged__pb2.LoadedModel.FromString,
+                _registered_method=True)
+        self.Configure = channel.unary_unary(
+                '/edged.v1.Models/Configure',
+                request_serializer=edged_dot_v1_dot_edged__pb2.ConfigureModelRequest.SerializeToString,
+                response_deserializer=edged_dot_v1_dot_edged__pb2.ModelSettings.FromString,
+                _registered_method=True)
         self.Convert = channel.unary_stream(
                 '/edged.v1.Models/Convert',
                 request_serializer=edged_dot_v1_dot_edged__pb2.ConvertRequest.SerializeToString,
@@ -519,6 +529,20 @@ class ModelsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Load(self, request, context):
+        """Loads a model now (or updates a loaded one's keep-alive/pin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Configure(self, request, context):
+        """Stores per-model overrides (backend, device, keep-alive, pin, context).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Convert(self, request, context):
         """Adds a variant in another format (GGUF -> int4 ONNX), streaming progress.
         """
@@ -558,6 +582,16 @@ def add_ModelsServicer_to_server(servicer, server):
                     servicer.Unload,
                     request_deserializer=edged_dot_v1_dot_edged__pb2.ModelRef.FromString,
                     response_serializer=edged_dot_v1_dot_edged__pb2.UnloadResponse.SerializeToString,
+            ),
+            'Load': grpc.unary_unary_rpc_method_handler(
+                    servicer.Load,
+                    request_deserializer=edged_dot_v1_dot_edged__pb2.LoadRequest.FromString,
+                    response_serializer=edged_dot_v1_dot_edged__pb2.LoadedModel.SerializeToString,
+            ),
+            'Configure': grpc.unary_unary_rpc_method_handler(
+                    servicer.Configure,
+                    request_deserializer=edged_dot_v1_dot_edged__pb2.ConfigureModelRequest.FromString,
+                    response_serializer=edged_dot_v1_dot_edged__pb2.ModelSettings.SerializeToString,
             ),
             'Convert': grpc.unary_stream_rpc_method_handler(
                     servicer.Convert,
@@ -727,6 +761,60 @@ class Models:
             '/edged.v1.Models/Unload',
             edged_dot_v1_dot_edged__pb2.ModelRef.SerializeToString,
             edged_dot_v1_dot_edged__pb2.UnloadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Load(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edged.v1.Models/Load',
+            edged_dot_v1_dot_edged__pb2.LoadRequest.SerializeToString,
+            edged_dot_v1_dot_edged__pb2.LoadedModel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Configure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edged.v1.Models/Configure',
+            edged_dot_v1_dot_edged__pb2.ConfigureModelRequest.SerializeToString,
+            edged_dot_v1_dot_edged__pb2.ModelSettings.FromString,
             options,
             channel_credentials,
             insecure,
