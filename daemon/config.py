@@ -21,6 +21,12 @@ EDGED_PARALLEL         sequences per model (sessions resident,     4
                        streams decoded together)
 EDGED_KV_RAM_MB        saved session KV kept in RAM (MiB)          10% of free RAM, <= 2048
 EDGED_KV_DISK_MB       saved session KV kept on disk (MiB)         10% of free disk, <= 8192
+EDGED_MAX_MESSAGE_MB   largest gRPC message accepted or sent       16
+EDGED_MAX_STREAMS      streaming calls (generate, pull) at once,   64
+                       all clients together
+EDGED_MAX_PROMPT_BYTES prompt/chat text per request (bytes)        4194304
+EDGED_MAX_TOKENS       largest max_tokens a request may ask for    32768
+EDGED_MAX_SESSIONS     sessions stored                             10000
 =====================  ==========================================  ===============
 """
 
@@ -68,9 +74,21 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What one request, and all clients together, may ask of the daemon."""
+
+    max_message_bytes: int = 16 << 20
+    max_streams: int = 64
+    max_prompt_bytes: int = 4 << 20
+    max_tokens: int = 32768
+    max_sessions: int = 10_000
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     paths: Paths
     engine: EngineConfig
+    limits: Limits = field(default_factory=Limits)
     tcp: str | None = None  # "127.0.0.1:PORT" when enabled
     grace_s: float = 10.0
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -156,9 +174,25 @@ def load_engine(
     )
 
 
+def load_limits(env: Mapping[str, str] | None = None) -> Limits:
+    env = os.environ if env is None else env
+    d = Limits()
+    return Limits(
+        max_message_bytes=_int(env, "EDGED_MAX_MESSAGE_MB", d.max_message_bytes >> 20, 1, 1024)
+        << 20,
+        max_streams=_int(env, "EDGED_MAX_STREAMS", d.max_streams, 1, 100_000),
+        max_prompt_bytes=_int(env, "EDGED_MAX_PROMPT_BYTES", d.max_prompt_bytes, 1, 1 << 30),
+        max_tokens=_int(env, "EDGED_MAX_TOKENS", d.max_tokens, 1, 1 << 20),
+        max_sessions=_int(env, "EDGED_MAX_SESSIONS", d.max_sessions, 1, 10_000_000),
+    )
+
+
 def load_server(env: Mapping[str, str] | None = None, **overrides: object) -> ServerConfig:
     env = os.environ if env is None else env
     cfg = ServerConfig(
-        paths=load_paths(env), engine=load_engine(env), tcp=env.get("EDGED_TCP") or None
+        paths=load_paths(env),
+        engine=load_engine(env),
+        limits=load_limits(env),
+        tcp=env.get("EDGED_TCP") or None,
     )
     return replace(cfg, **overrides)  # type: ignore[arg-type]

@@ -27,8 +27,10 @@ from edged.daemon.auth import BearerTokenInterceptor
 from edged.daemon.config import ServerConfig
 from edged.daemon.errors import EdgedError, FailedPrecondition
 from edged.daemon.hardware import llama_cuda_built, probe
+from edged.daemon.limits import LimitsInterceptor, server_options
 from edged.daemon.scheduler import Scheduler
 from edged.daemon.security import ensure_private_dir, load_or_create_token, parse_loopback
+from edged.daemon.services import _errors
 from edged.daemon.services.inference import InferenceService
 from edged.daemon.services.models import ModelsService
 from edged.daemon.services.sessions import SessionsService
@@ -125,9 +127,12 @@ async def serve(cfg: ServerConfig, *, ready: asyncio.Event | None = None) -> Non
     app = build_app(cfg)
     health_servicer = health.aio.HealthServicer()
     servers: list[grpc.aio.Server] = []
-    options = [("grpc.max_receive_message_length", 64 << 20)]
+    options = server_options(cfg.limits)
+    # one instance for both listeners: the stream limit counts all clients
+    limits = LimitsInterceptor(cfg.limits, app.sessions.count)
+    _errors.allow_paths_under(cfg.paths.data_dir, cfg.paths.cache_dir)
 
-    unix = grpc.aio.server(options=options)
+    unix = grpc.aio.server(options=options, interceptors=[limits])
     _add_services(unix, app, health_servicer)
     _prepare_socket(cfg.paths.socket)
     old = os.umask(0o177)  # the socket is born 0600: no window where it is looser
@@ -142,7 +147,7 @@ async def serve(cfg: ServerConfig, *, ready: asyncio.Event | None = None) -> Non
 
     if tcp_addr:
         host, port = tcp_addr
-        tcp = grpc.aio.server(options=options, interceptors=[BearerTokenInterceptor(token)])
+        tcp = grpc.aio.server(options=options, interceptors=[BearerTokenInterceptor(token), limits])
         _add_services(tcp, app, health_servicer)
         bound = tcp.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         await tcp.start()

@@ -134,6 +134,9 @@ class SessionStore:
             raise SessionNotFound(f"session {session_id} not found (list them with ListSessions)")
         return rec
 
+    def count(self) -> int:
+        return len(self._cache)
+
     def list(self) -> list[SessionRecord]:
         return sorted(self._cache.values(), key=lambda r: r.updated_unix_ms, reverse=True)
 

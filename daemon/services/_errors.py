@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -16,11 +19,47 @@ log = logging.getLogger("edged.rpc")
 
 T = TypeVar("T")
 
+# Absolute POSIX paths (and Windows drive paths) inside a message.
+_PATH = re.compile(r"(?<![\w.:/-])(?:/|[A-Za-z]:\\)[^\s'\",;:()\[\]{}<>]*")
+_allowed: tuple[str, ...] = ()
 
-async def _abort(context: Any, exc: BaseException) -> None:
+
+def allow_paths_under(*roots: Path) -> None:
+    """Paths under these roots (the store, the cache) may appear in errors."""
+    global _allowed
+    _allowed = tuple(str(r).rstrip("/") + "/" for r in roots)
+
+
+def redact_paths(message: str, request_text: str = "") -> str:
+    """Replace file-system paths outside the store with ``<path>``.
+
+    A path the client sent itself (it appears in ``request_text``) is kept:
+    repeating it tells the client nothing new.
+    """
+
+    def keep_or_hide(m: re.Match[str]) -> str:
+        path = m.group(0)
+        if len(path) <= 1 or path.startswith(_allowed) or (path in request_text):
+            return path
+        return "<path>"
+
+    return _PATH.sub(keep_or_hide, message)
+
+
+def _request_text(request: Any) -> str:
+    try:
+        return str(request)
+    except Exception:  # a message whose repr fails must not break error handling
+        return ""
+
+
+async def _abort(context: Any, exc: BaseException, request: Any = None) -> None:
     if isinstance(exc, EdgedError):
         log.info("rpc error %s: %s", type(exc).__name__, exc)
-        await context.abort(status_code_for(exc), str(exc))
+        message = redact_paths(str(exc), _request_text(request))
+        await context.abort(status_code_for(exc), message)
+    # Anything else is a bug: the client gets no text from it (no paths, no
+    # stack), the log gets everything.
     log.exception("internal error", exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error in edged; see the daemon log")
 
@@ -30,8 +69,12 @@ def unary(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     async def wrapper(self: Any, request: Any, context: Any) -> T:
         try:
             return await fn(self, request, context)
-        except (EdgedError, ValueError, OSError, RuntimeError, KeyError, TypeError) as exc:
-            await _abort(context, exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if _is_abort(exc):
+                raise
+            await _abort(context, exc, request)
             raise AssertionError("unreachable") from exc
 
     return wrapper
@@ -43,7 +86,16 @@ def stream(fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIterator[T
         try:
             async for item in fn(self, request, context):
                 yield item
-        except (EdgedError, ValueError, OSError, RuntimeError, KeyError, TypeError) as exc:
-            await _abort(context, exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if _is_abort(exc):
+                raise
+            await _abort(context, exc, request)
 
     return wrapper
+
+
+def _is_abort(exc: BaseException) -> bool:
+    """``context.abort`` raises this to end the call; it must pass through."""
+    return isinstance(exc, grpc.aio.AbortError) or type(exc).__name__ == "AbortError"
