@@ -15,6 +15,14 @@ reinstalling it. We therefore build with ``--no-cache-dir`` into our own wheel
 cache whose directory name is a hash of (version, Python, CMake arguments), and
 install from there.
 
+CUDA: when the CUDA toolkit (nvcc on PATH, or under CUDA_HOME, CUDA_PATH or
+/usr/local/cuda) and an NVIDIA driver with a GPU (nvidia-smi, or
+/proc/driver/nvidia/gpus) are both present, the build adds ``GGML_CUDA=ON`` and
+``CMAKE_CUDA_ARCHITECTURES`` from the GPUs' compute capability (``native`` when
+nvidia-smi cannot say). ``EDGED_LLAMA_CUDA=0``/``1`` forces it off/on. The
+choice and its reason are printed; the wheel-cache key includes the CUDA flags
+and the toolkit version.
+
 This module is stdlib-only: it runs before edged itself is installed.
 Usage: ``python installer/llama_build.py [--print-args] [--rebuild]``.
 """
@@ -25,10 +33,13 @@ import argparse
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
@@ -58,24 +69,186 @@ def cpu_flags(cpuinfo: str) -> set[str]:
     return set()
 
 
-def cuda_available() -> bool:
-    """True when a CUDA toolkit and an NVIDIA driver with a GPU are present."""
-    if os.environ.get("EDGED_LLAMA_CUDA") == "0":
-        return False
-    if os.environ.get("EDGED_LLAMA_CUDA") == "1":
-        return True
-    if shutil.which("nvcc") is None or shutil.which("nvidia-smi") is None:
-        return False
+# Where a CUDA toolkit lives when nvcc is not on PATH (checked in this order).
+_CUDA_HOME_VARS = ("CUDA_HOME", "CUDA_PATH")
+_CUDA_DEFAULT_HOME = "/usr/local/cuda"
+
+
+@dataclass(frozen=True)
+class CudaProbe:
+    """What this machine has for a CUDA build (each field from one probe)."""
+
+    nvcc: str | None = None  # path of the CUDA compiler
+    nvcc_version: str | None = None  # "12.4" from ``nvcc --version``
+    driver: str | None = None  # how the driver was seen: "nvidia-smi", "/proc/driver/nvidia"
+    gpus: tuple[str, ...] = ()  # GPU names from ``nvidia-smi -L``
+    compute_caps: tuple[str, ...] = ()  # "9.0" per GPU, from nvidia-smi
+
+
+@dataclass(frozen=True)
+class CudaChoice:
+    """Whether the build uses CUDA, for which GPU architectures, and why."""
+
+    enabled: bool
+    reason: str
+    architectures: str | None = None  # CMAKE_CUDA_ARCHITECTURES; None: ggml's default list
+    compiler: str | None = None  # CMAKE_CUDA_COMPILER when nvcc is not on PATH
+    toolkit: str | None = None  # nvcc version: part of the wheel-cache key
+
+    def cmake_args(self) -> list[str]:
+        if not self.enabled:
+            return []
+        args = ["-DGGML_CUDA=ON"]
+        if self.architectures:
+            args.append(f"-DCMAKE_CUDA_ARCHITECTURES={self.architectures}")
+        if self.compiler:
+            args.append(f"-DCMAKE_CUDA_COMPILER={self.compiler}")
+        return args
+
+
+CPU_ONLY = CudaChoice(enabled=False, reason="CPU only")
+
+Runner = Callable[[list[str]], str | None]
+
+
+def _run_quiet(cmd: list[str]) -> str | None:
+    """stdout of ``cmd``, or None when it is missing, fails or hangs."""
     try:
-        out = subprocess.run(
-            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=False
-        )
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False)
     except (OSError, subprocess.TimeoutExpired):
-        return False
-    return out.returncode == 0 and "GPU" in out.stdout
+        return None
+    return out.stdout if out.returncode == 0 else None
 
 
-def cmake_args(cpuinfo: str | None, machine: str, cuda: bool) -> list[str]:
+def find_nvcc(
+    env: Mapping[str, str],
+    which: Callable[[str], str | None] = shutil.which,
+    is_file: Callable[[str], bool] = os.path.isfile,
+) -> tuple[str | None, bool]:
+    """(path of nvcc, whether it is on PATH): PATH first, then CUDA_HOME/CUDA_PATH."""
+    on_path = which("nvcc")
+    if on_path:
+        return on_path, True
+    exe = "nvcc.exe" if os.name == "nt" else "nvcc"
+    homes = [env.get(var, "") for var in _CUDA_HOME_VARS] + [_CUDA_DEFAULT_HOME]
+    for home in homes:
+        if home:
+            candidate = os.path.join(home, "bin", exe)
+            if is_file(candidate):
+                return candidate, False
+    return None, False
+
+
+def nvcc_release(version_text: str) -> str | None:
+    """ "12.4" from ``nvcc --version`` ("Cuda compilation tools, release 12.4, V12.4.131")."""
+    for line in version_text.splitlines():
+        _, found, rest = line.partition("release ")
+        if found:
+            return rest.split(",")[0].strip() or None
+    return None
+
+
+def compute_caps(csv: str) -> tuple[str, ...]:
+    """Compute capabilities from ``nvidia-smi --query-gpu=compute_cap --format=csv,noheader``."""
+    caps: list[str] = []
+    for line in csv.splitlines():
+        value = line.strip()
+        major, dot, minor = value.partition(".")
+        if dot and major.isdigit() and minor.isdigit():
+            caps.append(value)
+    return tuple(caps)
+
+
+def probe_cuda(
+    env: Mapping[str, str],
+    which: Callable[[str], str | None] = shutil.which,
+    is_file: Callable[[str], bool] = os.path.isfile,
+    run: Runner = _run_quiet,
+    proc_driver: Path = Path("/proc/driver/nvidia"),
+) -> CudaProbe:
+    """Look for the CUDA toolkit, the NVIDIA driver and the GPUs (each probe optional)."""
+    nvcc, _ = find_nvcc(env, which, is_file)
+    version = None
+    if nvcc is not None:
+        text = run([nvcc, "--version"])
+        version = nvcc_release(text) if text else None
+    driver = None
+    gpus: tuple[str, ...] = ()
+    caps: tuple[str, ...] = ()
+    smi = which("nvidia-smi")
+    if smi is not None:
+        listing = run([smi, "-L"])
+        if listing is not None:
+            driver = "nvidia-smi"
+            gpus = tuple(
+                line.split(":", 1)[1].split("(UUID")[0].strip()
+                for line in listing.splitlines()
+                if line.startswith("GPU ") and ":" in line
+            )
+            query = run([smi, "--query-gpu=compute_cap", "--format=csv,noheader"])
+            caps = compute_caps(query) if query else ()
+    if driver is None and (proc_driver / "gpus").is_dir() and any((proc_driver / "gpus").iterdir()):
+        driver = str(proc_driver)
+    return CudaProbe(nvcc=nvcc, nvcc_version=version, driver=driver, gpus=gpus, compute_caps=caps)
+
+
+def _architectures(probe: CudaProbe) -> str | None:
+    if probe.compute_caps:
+        return ";".join(sorted({cap.replace(".", "") for cap in probe.compute_caps}, key=int))
+    # A GPU this machine can see but whose capability nvidia-smi did not say
+    # (old driver): CMake asks the GPU itself. No GPU visible: ggml's own list.
+    return "native" if probe.driver else None
+
+
+def decide_cuda(
+    env: Mapping[str, str],
+    probe: CudaProbe,
+    which: Callable[[str], str | None] = shutil.which,
+) -> CudaChoice:
+    """Whether to build with CUDA (pure given the probe; table-tested).
+
+    ``EDGED_LLAMA_CUDA=0`` forces a CPU build, ``=1`` a CUDA build; unset, CUDA
+    is used when both the toolkit (nvcc) and the driver with a GPU are present.
+    """
+    forced = env.get("EDGED_LLAMA_CUDA", "").strip()
+    if forced not in ("", "0", "1"):
+        raise SystemExit(f"edged: EDGED_LLAMA_CUDA must be 0 or 1, got {forced!r}")
+    if forced == "0":
+        return CudaChoice(enabled=False, reason="CPU only: EDGED_LLAMA_CUDA=0")
+    compiler = probe.nvcc if probe.nvcc and which("nvcc") is None else None
+    toolkit = f"nvcc {probe.nvcc_version or 'unknown version'} at {probe.nvcc}"
+    gpu = ", ".join(probe.gpus) or "an NVIDIA GPU"
+    if probe.compute_caps:
+        gpu += f" (compute capability {', '.join(probe.compute_caps)})"
+    if forced == "1":
+        found = toolkit if probe.nvcc else "nvcc NOT found: the build will fail"
+        seen = gpu if probe.driver else "no GPU visible: ggml's default architecture list"
+        return CudaChoice(
+            enabled=True,
+            reason=f"CUDA: forced by EDGED_LLAMA_CUDA=1; {found}; {seen}",
+            architectures=_architectures(probe),
+            compiler=compiler,
+            toolkit=probe.nvcc_version or "unknown",
+        )
+    if probe.nvcc is None:
+        missing = "no CUDA toolkit (nvcc not on PATH, nor under CUDA_HOME, CUDA_PATH, "
+        return CudaChoice(enabled=False, reason=f"CPU only: {missing}{_CUDA_DEFAULT_HOME})")
+    if probe.driver is None:
+        return CudaChoice(
+            enabled=False,
+            reason=f"CPU only: {toolkit} but no NVIDIA driver/GPU "
+            "(no nvidia-smi, no /proc/driver/nvidia/gpus); EDGED_LLAMA_CUDA=1 forces CUDA",
+        )
+    return CudaChoice(
+        enabled=True,
+        reason=f"CUDA: {toolkit}; {gpu} via {probe.driver}",
+        architectures=_architectures(probe),
+        compiler=compiler,
+        toolkit=probe.nvcc_version or "unknown",
+    )
+
+
+def cmake_args(cpuinfo: str | None, machine: str, cuda: CudaChoice = CPU_ONLY) -> list[str]:
     """The CMake arguments for this machine (pure: table-tested)."""
     args: list[str] = []
     if machine.lower() in {"x86_64", "amd64"} and cpuinfo is not None:
@@ -86,19 +259,22 @@ def cmake_args(cpuinfo: str | None, machine: str, cuda: bool) -> list[str]:
         # AMX stays off: it is only usable when the kernel grants it, and it
         # buys nothing for the small quantized models edged targets on CPU.
         args += ["-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"]
-    if cuda:
-        args.append("-DGGML_CUDA=ON")
+    args += cuda.cmake_args()
     extra = os.environ.get("EDGED_LLAMA_CMAKE_ARGS", "").split()
     return args + extra
 
 
-def build_key(args: list[str]) -> str:
+def build_key(args: list[str], toolkit: str | None = None) -> str:
+    """The wheel-cache key: a CPU-only build's key is the same as before CUDA
+    support existed; a CUDA build's also names the toolkit (nvcc version)."""
+    cuda = [f"cuda-toolkit={toolkit}"] if toolkit else []
     material = "\n".join(
         [
             LLAMA_CPP_PYTHON_VERSION,
             sys.implementation.cache_tag or "",
             platform.machine(),
             *sorted(args),
+            *cuda,
         ]
     )
     return hashlib.sha256(material.encode()).hexdigest()[:16]
@@ -117,15 +293,17 @@ def _run(cmd: list[str], env: dict[str, str] | None = None) -> None:
     subprocess.run(cmd, check=True, env=env)
 
 
-def ensure_wheel(args: list[str], rebuild: bool) -> Path:
-    target = wheel_cache_dir() / f"llama-cpp-python-{LLAMA_CPP_PYTHON_VERSION}-{build_key(args)}"
+def ensure_wheel(args: list[str], rebuild: bool, toolkit: str | None = None) -> Path:
+    key = build_key(args, toolkit)
+    target = wheel_cache_dir() / f"llama-cpp-python-{LLAMA_CPP_PYTHON_VERSION}-{key}"
     wheels = sorted(target.glob("llama_cpp_python-*.whl")) if target.is_dir() else []
     if wheels and not rebuild:
         print(f"edged: reusing llama-cpp-python wheel built for this machine: {wheels[0].name}")
         return wheels[0]
     target.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    env["CMAKE_ARGS"] = " ".join(args)
+    # scikit-build-core splits CMAKE_ARGS with shlex: quote (a CUDA_PATH has spaces)
+    env["CMAKE_ARGS"] = " ".join(shlex.quote(arg) for arg in args)
     env.setdefault("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
     print(f"edged: building llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} (takes minutes)")
     print(f"edged: CMAKE_ARGS={env['CMAKE_ARGS']}", flush=True)
@@ -166,11 +344,15 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     cpuinfo_path = Path("/proc/cpuinfo")
     cpuinfo = cpuinfo_path.read_text() if cpuinfo_path.exists() else None
-    args = cmake_args(cpuinfo, platform.machine(), cuda_available())
+    cuda = decide_cuda(os.environ, probe_cuda(os.environ))
+    args = cmake_args(cpuinfo, platform.machine(), cuda)
+    # the choice and why, on stderr with --print-args so stdout stays the args alone
+    where = sys.stderr if ns.print_args else sys.stdout
+    print(f"edged: llama.cpp build: {cuda.reason}", file=where, flush=True)
     if ns.print_args:
-        print(" ".join(args))
+        print(" ".join(shlex.quote(arg) for arg in args))
         return 0
-    wheel = ensure_wheel(args, ns.rebuild)
+    wheel = ensure_wheel(args, ns.rebuild, cuda.toolkit)
     if not ns.wheel_only:
         _run([sys.executable, "-m", "pip", "install", "--no-deps", "--force-reinstall", str(wheel)])
     return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 
 from edged.daemon import errors
-from edged.daemon.cli import models, render, run, serve, system
+from edged.daemon.cli import models, render, run, serve, service, system
 from edged.daemon.cli.context import Context
 
 _EPILOG = """\
@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.register(sub)
     models.register(sub)
     system.register(sub)
+    service.register(sub)
     return parser
 
 
