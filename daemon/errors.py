@@ -42,6 +42,11 @@ class InvalidModelFile(FailedPrecondition):
     """A model file is malformed, truncated or unsupported."""
 
 
+class InvalidModelHeader(InvalidModelFile, InvalidArgument):
+    """A model file failed edged's own header check (the GGUF reader) before any
+    backend saw it: the file given is wrong, so this maps to INVALID_ARGUMENT."""
+
+
 class DigestMismatch(FailedPrecondition):
     """Downloaded or imported bytes do not hash to the expected digest."""
 
@@ -76,6 +81,10 @@ class Cancelled(EdgedError):
 
 class Unauthenticated(EdgedError):
     pass
+
+
+class PermissionDenied(EdgedError):
+    """Authenticated, but not allowed (a hub token without access to a gated repo)."""
 
 
 class Internal(EdgedError):

@@ -4,8 +4,9 @@ It reads the header, every metadata pair and every tensor description with
 ``struct`` from a buffered file, checks each declared length against the bytes
 that remain before reading or skipping it, and finally checks that every
 tensor's data lies inside the file (which catches truncated downloads). Any
-problem raises :class:`InvalidModelFile`; nothing is allocated from a length
-that has not been checked.
+problem raises :class:`InvalidModelHeader` (an InvalidModelFile that maps to
+INVALID_ARGUMENT); nothing is allocated from a length that has not been
+checked. tests/unit/registry/test_fuzz_gguf.py and scripts/fuzz_gguf.py fuzz it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from edged.daemon.errors import InvalidModelFile, NotFound
+from edged.daemon.errors import InvalidModelHeader, NotFound
 
 from .ggml_types import FILE_TYPES, GGML_TYPES
 
@@ -87,7 +88,7 @@ class GGUFInfo:
 
 
 def read_gguf_info(path: Path) -> GGUFInfo:
-    """Read and check a GGUF file's header; raise InvalidModelFile if it is not sound."""
+    """Read and check a GGUF file's header; raise InvalidModelHeader if it is not sound."""
     try:
         with open(path, "rb", buffering=1 << 16) as f:
             size = os.fstat(f.fileno()).st_size
@@ -95,9 +96,9 @@ def read_gguf_info(path: Path) -> GGUFInfo:
     except FileNotFoundError as exc:
         raise NotFound(f"no such model file {_show(path.name)}") from exc
     except IsADirectoryError as exc:
-        raise InvalidModelFile(f"{_show(path.name)} is a directory, not a GGUF file") from exc
+        raise InvalidModelHeader(f"{_show(path.name)} is a directory, not a GGUF file") from exc
     except OSError as exc:
-        raise InvalidModelFile(
+        raise InvalidModelHeader(
             f"could not read model file {_show(path.name)}: {exc.strerror or exc}"
         ) from exc
 
@@ -140,7 +141,7 @@ class _Reader:
     def string(self, what: str, limit: int = MAX_STRING_LENGTH) -> bytes:
         n = self.u64(f"the length of {what}")
         if n > limit:
-            raise InvalidModelFile(
+            raise InvalidModelHeader(
                 f"not a valid GGUF file: {what} declares {n} bytes (the limit is {limit})"
             )
         return self.read(n, what)
@@ -148,7 +149,7 @@ class _Reader:
     def skip_string(self, what: str) -> None:
         n = self.u64(f"the length of {what}")
         if n > MAX_STRING_LENGTH:
-            raise InvalidModelFile(f"not a valid GGUF file: {what} declares {n} bytes")
+            raise InvalidModelHeader(f"not a valid GGUF file: {what} declares {n} bytes")
         self.skip(n, what)
 
     def _check(self, n: int, what: str) -> None:
@@ -185,25 +186,25 @@ def _parse(r: _Reader) -> GGUFInfo:
 
 def _read_header(r: _Reader) -> tuple[int, int, int]:
     if r.size < 4 or r.read(4, "the magic number") != MAGIC:
-        raise InvalidModelFile("not a GGUF file (bad magic)")
+        raise InvalidModelHeader("not a GGUF file (bad magic)")
     raw = r.read(4, "the version")
     version = _U32.unpack(raw)[0]
     if version not in SUPPORTED_VERSIONS:
         if struct.unpack(">I", raw)[0] in SUPPORTED_VERSIONS:
-            raise InvalidModelFile("big-endian GGUF files are not supported")
-        raise InvalidModelFile(
+            raise InvalidModelHeader("big-endian GGUF files are not supported")
+        raise InvalidModelHeader(
             f"unsupported GGUF version {version} (supported: 2 and 3); "
             "convert the model with a current llama.cpp"
         )
     tensor_count = r.u64("the tensor count")
     kv_count = r.u64("the metadata count")
     if tensor_count > min(MAX_TENSORS, r.remaining // _MIN_TENSOR_BYTES):
-        raise InvalidModelFile(
+        raise InvalidModelHeader(
             f"not a valid GGUF file: it declares {tensor_count} tensors, "
             "more than the file can hold"
         )
     if kv_count > min(MAX_KV, r.remaining // _MIN_KV_BYTES):
-        raise InvalidModelFile(
+        raise InvalidModelHeader(
             f"not a valid GGUF file: it declares {kv_count} metadata entries, "
             "more than the file can hold"
         )
@@ -215,9 +216,9 @@ def _read_metadata(r: _Reader, kv_count: int) -> dict[str, Scalar | None]:
     for i in range(kv_count):
         key = _decode(r.string(f"metadata key #{i}", MAX_KEY_LENGTH), f"metadata key #{i}")
         if not key:
-            raise InvalidModelFile(f"not a valid GGUF file: metadata key #{i} is empty")
+            raise InvalidModelHeader(f"not a valid GGUF file: metadata key #{i} is empty")
         if key in kv:
-            raise InvalidModelFile(f"not a valid GGUF file: duplicate metadata key {_show(key)}")
+            raise InvalidModelHeader(f"not a valid GGUF file: duplicate metadata key {_show(key)}")
         value_type = r.u32(f"the type of {_show(key)}")
         kv[key] = _read_value(r, value_type, _show(key), depth=0)
     return kv
@@ -235,17 +236,17 @@ def _read_value(r: _Reader, value_type: int, what: str, depth: int) -> Scalar | 
     if value_type == _ARRAY:
         _skip_array(r, what, depth)
         return None
-    raise InvalidModelFile(f"not a valid GGUF file: {what} has unknown value type {value_type}")
+    raise InvalidModelHeader(f"not a valid GGUF file: {what} has unknown value type {value_type}")
 
 
 def _skip_array(r: _Reader, what: str, depth: int) -> None:
     if depth >= MAX_ARRAY_DEPTH:
-        raise InvalidModelFile(f"not a valid GGUF file: {what} nests arrays too deeply")
+        raise InvalidModelHeader(f"not a valid GGUF file: {what} nests arrays too deeply")
     element_type = r.u32(f"the element type of {what}")
     count = r.u64(f"the length of {what}")
     fmt = _SCALARS.get(element_type)
     if fmt is None and element_type not in (_STRING, _ARRAY):
-        raise InvalidModelFile(
+        raise InvalidModelHeader(
             f"not a valid GGUF file: {what} has unknown element type {element_type}"
         )
     min_size = fmt.size if fmt is not None else (8 if element_type == _STRING else 12)
@@ -267,7 +268,7 @@ def _read_tensor_infos(r: _Reader, count: int, alignment: int) -> list[TensorInf
     for i in range(count):
         name = _decode(r.string(f"the name of tensor #{i}", MAX_TENSOR_NAME), f"tensor #{i}")
         if name in seen:
-            raise InvalidModelFile(f"not a valid GGUF file: duplicate tensor {_show(name)}")
+            raise InvalidModelHeader(f"not a valid GGUF file: duplicate tensor {_show(name)}")
         seen.add(name)
         tensors.append(_read_tensor_info(r, name, alignment))
     return tensors
@@ -277,25 +278,25 @@ def _read_tensor_info(r: _Reader, name: str, alignment: int) -> TensorInfo:
     what = f"tensor {_show(name)}"
     n_dims = r.u32(f"the dimension count of {what}")
     if n_dims > MAX_DIMS:
-        raise InvalidModelFile(f"not a valid GGUF file: {what} has {n_dims} dimensions")
+        raise InvalidModelHeader(f"not a valid GGUF file: {what} has {n_dims} dimensions")
     dims = tuple(r.u64(f"the shape of {what}") for _ in range(n_dims))
     type_id = r.u32(f"the type of {what}")
     offset = r.u64(f"the offset of {what}")
     ggml_type = GGML_TYPES.get(type_id)
     if ggml_type is None:
-        raise InvalidModelFile(f"unsupported tensor type {type_id} ({what})")
+        raise InvalidModelHeader(f"unsupported tensor type {type_id} ({what})")
     n_elements = 1
     for dim in dims:
         n_elements *= dim
     if n_elements > _INT64_MAX or any(d > _INT64_MAX for d in dims):
-        raise InvalidModelFile(f"not a valid GGUF file: {what} has an impossible shape")
+        raise InvalidModelHeader(f"not a valid GGUF file: {what} has an impossible shape")
     if dims and dims[0] % ggml_type.block_size:
-        raise InvalidModelFile(
+        raise InvalidModelHeader(
             f"not a valid GGUF file: {what} has {dims[0]} columns, not a multiple of the "
             f"{ggml_type.name} block size {ggml_type.block_size}"
         )
     if offset % alignment:
-        raise InvalidModelFile(
+        raise InvalidModelHeader(
             f"not a valid GGUF file: {what} starts at offset {offset}, "
             f"not a multiple of the alignment {alignment}"
         )
@@ -307,7 +308,7 @@ def _check_tensor_extents(tensors: list[TensorInfo], data_offset: int, size: int
     for t in tensors:
         end = data_offset + t.offset + t.n_bytes
         if end > size:
-            raise InvalidModelFile(
+            raise InvalidModelHeader(
                 f"GGUF file is truncated: tensor {_show(t.name)} ends at byte {end} "
                 f"but the file has {size} bytes"
             )
@@ -317,7 +318,7 @@ def _alignment(kv: dict[str, Scalar | None]) -> int:
     raw = kv.get("general.alignment", DEFAULT_ALIGNMENT)
     value = _as_int(raw)
     if value is None or not 0 < value <= MAX_ALIGNMENT or value & (value - 1):
-        raise InvalidModelFile(
+        raise InvalidModelHeader(
             f"not a valid GGUF file: general.alignment {raw!r} is not a power of two "
             f"between 1 and {MAX_ALIGNMENT}"
         )
@@ -327,7 +328,7 @@ def _alignment(kv: dict[str, Scalar | None]) -> int:
 def _architecture(kv: dict[str, Scalar | None]) -> str:
     value = kv.get("general.architecture")
     if not isinstance(value, str) or not value:
-        raise InvalidModelFile(
+        raise InvalidModelHeader(
             "GGUF file has no general.architecture: it is not a model file llama.cpp can load"
         )
     return value
@@ -374,11 +375,11 @@ def _decode(raw: bytes, what: str) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InvalidModelFile(f"not a valid GGUF file: {what} is not UTF-8") from exc
+        raise InvalidModelHeader(f"not a valid GGUF file: {what} is not UTF-8") from exc
 
 
-def _truncated(what: str, size: int) -> InvalidModelFile:
-    return InvalidModelFile(f"GGUF file is truncated: {what} runs past its end ({size} bytes)")
+def _truncated(what: str, size: int) -> InvalidModelHeader:
+    return InvalidModelHeader(f"GGUF file is truncated: {what} runs past its end ({size} bytes)")
 
 
 def _show(text: str, limit: int = 64) -> str:

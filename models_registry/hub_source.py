@@ -33,6 +33,8 @@ from edged.daemon.errors import (
     InvalidArgument,
     InvalidModelFile,
     NotFound,
+    PermissionDenied,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -170,7 +172,7 @@ def _download_all(
     # huggingface_hub reads HF_ENDPOINT once, at import: read it here, at each pull.
     endpoint = os.environ.get("HF_ENDPOINT") or None
     report(progress, f"listing the files of {repo}")
-    with _hub_errors(repo):
+    with hub_errors(repo):
         info = HfApi(endpoint=endpoint).model_info(repo.repo_id, revision=repo.revision)
     listed = {s.rfilename for s in (info.siblings or []) if isinstance(s.rfilename, str)}
     # Pin every download to the commit the listing came from.
@@ -184,7 +186,7 @@ def _download_all(
         if cancel is not None and cancel.is_set():
             raise Cancelled("pull cancelled")
         report(progress, f"downloading {name}")
-        with _hub_errors(repo, name):
+        with hub_errors(repo, name):
             hf_hub_download(
                 repo.repo_id,
                 name,
@@ -216,7 +218,7 @@ def _read_bounded(path: Path) -> bytes:
 
 
 @contextmanager
-def _hub_errors(repo: HubRepo, filename: str | None = None) -> Iterator[None]:
+def hub_errors(repo: HubRepo, filename: str | None = None) -> Iterator[None]:
     """Translate huggingface_hub and transport failures into edged errors."""
     from huggingface_hub import errors as hf
 
@@ -226,9 +228,8 @@ def _hub_errors(repo: HubRepo, filename: str | None = None) -> Iterator[None]:
     except EdgedError:
         raise
     except hf.GatedRepoError as exc:
-        raise FailedPrecondition(
-            f"{repo.repo_id} is gated on the hub: accept its terms and set HF_TOKEN"
-        ) from exc
+        code = exc.response.status_code if exc.response is not None else 401
+        raise access_refused(repo.repo_id, code) from exc
     except hf.RepositoryNotFoundError as exc:
         raise NotFound(
             f"{repo.repo_id} was not found on the hub (or it is private: set HF_TOKEN)"
@@ -244,7 +245,7 @@ def _hub_errors(repo: HubRepo, filename: str | None = None) -> Iterator[None]:
         if code in (404, 410):
             raise NotFound(f"{what} was not found on the hub (HTTP {code})") from exc
         if code in (401, 403):
-            raise FailedPrecondition(f"access to {what} was refused (HTTP {code})") from exc
+            raise access_refused(repo.repo_id, code) from exc
         if code == 429 or code >= 500 or code == 0:
             raise Unavailable(f"the hub answered HTTP {code} for {what}; try again later") from exc
         raise FailedPrecondition(f"the hub answered HTTP {code} for {what}") from exc
@@ -262,6 +263,20 @@ def _hub_errors(repo: HubRepo, filename: str | None = None) -> Iterator[None]:
         if _is_transport_error(exc):
             raise Unavailable(f"cannot download {what}: {type(exc).__name__}") from exc
         raise
+
+
+def access_refused(repo_id: str, code: int) -> EdgedError:
+    """The error for a 401/403 from the hub: what to do about it, never the token."""
+    if code == 401:
+        return Unauthenticated(
+            f"the hub refused access to {repo_id} (HTTP 401): it is gated or private and "
+            "no valid token was sent; accept its terms on the hub and set HF_TOKEN (or log "
+            "in with `hf auth login`) where the daemon runs"
+        )
+    return PermissionDenied(
+        f"the hub refused access to {repo_id} (HTTP 403): the token has no access to it; "
+        "accept the repo's terms on the hub, or set HF_TOKEN to a token that has access"
+    )
 
 
 def _is_transport_error(exc: BaseException) -> bool:

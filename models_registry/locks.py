@@ -45,13 +45,23 @@ def locked(
 
 
 @contextmanager
-def try_locked(path: Path, *, shared: bool = False) -> Iterator[bool]:
-    """Take the lock only if it is free; yield whether it was taken."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+def try_locked(path: Path, *, shared: bool = False, ephemeral: bool = False) -> Iterator[bool]:
+    """Take the lock only if it is free; yield whether it was taken.
+
+    An ``ephemeral`` lock (as :func:`locked` takes it) is removed on release when
+    it was taken, so a holder that waits on it retries on the new file.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         taken = _try_lock(fd, shared)
+        if not (taken and ephemeral) or _same_file(fd, path):
+            break
+        os.close(fd)  # removed by its last holder after we opened it: try again
+    try:
         yield taken
     finally:
+        if taken and ephemeral:
+            _unlink_quietly(path)
         os.close(fd)
 
 

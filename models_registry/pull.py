@@ -19,7 +19,7 @@ from edged.daemon.errors import (
     NotFound,
 )
 
-from . import catalog, folder, http_source, hub_source, url_folder_source
+from . import catalog, folder, http_source, hub_file, hub_source, url_folder_source
 from .digest import parse_digest
 from .gguf import read_gguf_info
 from .manifest import (
@@ -64,6 +64,7 @@ def pull(
     digest: str | None = None,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
+    options: http_source.HttpOptions | None = None,
 ) -> tuple[ModelRef, Manifest]:
     """Fetch ``source`` into ``store``, check it, and write its manifest.
 
@@ -72,8 +73,10 @@ def pull(
     (one holding genai_config.json), which becomes an "onnx" variant: an absolute
     path to a local folder, an http(s) URL ending in "/", or a hub repo
     (``hf://owner/repo[@revision]``, or ``owner/repo`` when not a catalog name).
-    ``name`` (``name[:tag]``) overrides the model name; ``digest`` is the expected
-    sha256 of a GGUF file.
+    A single GGUF file in a hub repo is ``hf://owner/repo[@revision]/path/file.gguf``
+    (hub_file.py). ``name`` (``name[:tag]``) overrides the model name; ``digest`` is the expected
+    sha256 of a GGUF file. ``options`` tunes the HTTP sources (timeouts, retries,
+    parallel ranges); None takes the defaults.
 
     Pulling into an existing model replaces the variant of the same name and keeps
     the others, except that a GGUF with different content replaces the whole model.
@@ -83,7 +86,7 @@ def pull(
     if not isinstance(source, str) or not source.strip():
         raise InvalidArgument("nothing to pull: give a model name, a URL or a file path")
     expected = parse_digest(digest) if digest is not None else None
-    plan = _plan(store, source.strip(), name, expected, progress, cancel)
+    plan = _plan(store, source.strip(), name, expected, progress, cancel, options)
     with store.pinned():
         before = set(store.blob_digests())
         written: list[str] = []
@@ -176,13 +179,16 @@ def _plan(
     expected: str | None,
     progress: ProgressFn | None,
     cancel: threading.Event | None,
+    options: http_source.HttpOptions | None = None,
 ) -> _Plan:
+    if hub_file.is_file_ref(source):
+        return _hub_file_plan(store, source, name, expected, progress, cancel, options)
     if source.startswith(hub_source.SCHEME):
         return _hub_plan(store, source, name, expected, progress, cancel)
     if _URL_SCHEME.match(source):
         if url_folder_source.is_folder_url(source):
-            return _url_folder_plan(store, source, name, expected, progress, cancel)
-        return _url_plan(store, source, name, expected, progress, cancel)
+            return _url_folder_plan(store, source, name, expected, progress, cancel, options)
+        return _url_plan(store, source, name, expected, progress, cancel, options)
     if _looks_like_path(source):
         return _file_plan(store, source, name, expected, progress, cancel)
     if hub_source.looks_like_repo(source) and not _in_catalog(source):
@@ -225,6 +231,48 @@ def _hub_plan(
     )
 
 
+def _hub_file_plan(
+    store: Store,
+    source: str,
+    name: str | None,
+    expected: str | None,
+    progress: ProgressFn | None,
+    cancel: threading.Event | None,
+    options: http_source.HttpOptions | None = None,
+) -> _Plan:
+    """One GGUF file from a hub repo: resolved (commit, size, sha256) before any download.
+
+    The model is named after the file (as for a URL), tagged with the revision
+    when one is given (see hub_file.default_tag); the manifest records the
+    commit the file came from.
+    """
+    ref = hub_file.parse_file_ref(source)
+    filename = _display_name(PurePosixPath(ref.path).name)
+    report(progress, f"resolving {ref} on the hub")
+    hub_token = hub_file.token()
+    found = hub_file.resolve(ref, hub_token)
+    pinned = hub_file.HubFile(hub_source.HubRepo(ref.repo.repo_id, found.commit), ref.path)
+    return _Plan(
+        ref=_target(name, sanitize_name(filename), hub_file.default_tag(ref) or DEFAULT_TAG),
+        source=str(pinned),
+        filename=filename,
+        fetch=_one_file(
+            store,
+            filename,
+            lambda: hub_file.fetch(
+                store,
+                ref,
+                found,
+                expected,
+                hub_token=hub_token,
+                progress=progress,
+                cancel=cancel,
+                options=options,
+            ),
+        ),
+    )
+
+
 def _url_folder_plan(
     store: Store,
     url: str,
@@ -232,6 +280,7 @@ def _url_folder_plan(
     expected: str | None,
     progress: ProgressFn | None,
     cancel: threading.Event | None,
+    options: http_source.HttpOptions | None = None,
 ) -> _Plan:
     """An ONNX Runtime GenAI folder from an http(s) URL base ending in "/"."""
     _no_digest(expected)
@@ -242,7 +291,7 @@ def _url_folder_plan(
         source=str(base.copy_with(username=None, password=None)),
         filename=last or base.host,
         fetch=lambda written: url_folder_source.fetch(
-            store, url, written=written, progress=progress, cancel=cancel
+            store, url, written=written, progress=progress, cancel=cancel, options=options
         ),
         format=FORMAT_ONNX,
     )
@@ -255,6 +304,7 @@ def _url_plan(
     expected: str | None,
     progress: ProgressFn | None,
     cancel: threading.Event | None,
+    options: http_source.HttpOptions | None = None,
 ) -> _Plan:
     parsed = http_source.check_url(url)
     filename = _display_name(unquote(PurePosixPath(parsed.path).name)) or "model.gguf"
@@ -265,7 +315,9 @@ def _url_plan(
         fetch=_one_file(
             store,
             filename,
-            lambda: http_source.download(store, url, expected, progress=progress, cancel=cancel),
+            lambda: http_source.download(
+                store, url, expected, progress=progress, cancel=cancel, options=options
+            ),
         ),
     )
 
@@ -281,8 +333,11 @@ def _file_plan(
     path = Path(source)
     shown = _display_name(path.name) or source[:80]
     if not path.is_absolute():
+        hint = ""
+        if source.count("/") >= 2 and hub_source.looks_like_repo(source.split("/", 2)[0] + "/x"):
+            hint = " (for a file in a Hugging Face repo write hf://owner/repo/path/file.gguf)"
         raise InvalidArgument(
-            f"{source[:200]!r} is a relative path: give the absolute path of the model file"
+            f"{source[:200]!r} is a relative path: give the absolute path of the model file{hint}"
         )
     if not path.exists():
         raise NotFound(f"no such file {shown!r}")

@@ -8,18 +8,28 @@ Layout under ``root``::
     tmp/                               files being written; renamed into place when verified
     partial/                           resumable downloads (see http_source)
     locks/                             advisory lock files
+    quarantine/                        corrupt files moved aside by ``edged verify --repair``
 
 Nothing half-written ever appears under a final name: every file is written in
 ``tmp/`` (or ``partial/``), fsynced, and renamed into place, then the directory
 is fsynced. Manifest updates (a pull, a new variant, a delete) hold that model's
-lock, so two of them never lose each other's change. Garbage collection removes
-blobs and views no manifest references, and never runs while any pull holds the
-store "pinned".
+lock, so two of them never lose each other's change. A process killed at any
+point leaves at worst an unreferenced blob, a file in ``tmp/`` or a resumable
+partial download, never a manifest naming a missing or half-written blob.
+
+Garbage collection (:meth:`Store.collect`) removes blobs and views no manifest
+references and stale ``tmp/`` and ``partial/`` files. It never runs while any
+pull holds the store "pinned" (a shared lock on ``locks/gc.lock``; collection
+takes it exclusively), never removes a partial download whose lock is held, and
+keeps unreferenced blobs and temp/partial files younger than a grace period (by
+mtime), so a pull killed between storing a file and writing its manifest
+reuses the file when run again. Deleting a model frees its own blobs at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import re
@@ -29,6 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -44,7 +55,14 @@ from edged.daemon.errors import (
 
 from . import locks, views
 from .digest import blob_name, digest_from_hex, hex_of, new_hasher, parse_digest
-from .fsutil import atomic_write, fsync_dir, remove_quietly, remove_tree, storage_error
+from .fsutil import (
+    DiskFull,
+    atomic_write,
+    fsync_dir,
+    remove_quietly,
+    remove_tree,
+    storage_error,
+)
 from .manifest import FORMAT_GGUF, MAX_MANIFEST_BYTES, CorruptManifest, Manifest, Variant
 from .names import ModelRef, split_model_ref, validate_name, validate_tag
 from .progress import ProgressFn, ThrottledProgress
@@ -52,22 +70,44 @@ from .progress import ProgressFn, ThrottledProgress
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 << 20
-TMP_MAX_AGE_SECONDS = 3600.0
+GC_GRACE_SECONDS = 3600.0
 _BLOB_NAME = re.compile(r"sha256-[0-9a-f]{64}")
 _VIEW_NAME = re.compile(r"[0-9a-f]{64}")
+_LOCK_KEY = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+@dataclass
+class GcReport:
+    """What a collection removed (or, in a dry run, would remove)."""
+
+    blobs: list[str] = field(default_factory=list)  # digests
+    views: list[str] = field(default_factory=list)  # names under views/
+    tmp: list[str] = field(default_factory=list)  # names under tmp/
+    partial: list[str] = field(default_factory=list)  # names under partial/
+    freed_bytes: int = 0
+    kept_young: list[str] = field(default_factory=list)  # unreferenced, within the grace period
+    kept_in_flight: list[str] = field(default_factory=list)  # partial downloads being written
+    skipped: str = ""  # why nothing was collected; "" when it ran
+    dry_run: bool = False
 
 
 class Store:
-    """A content-addressed store of model blobs and manifests under ``root``."""
+    """A content-addressed store of model blobs and manifests under ``root``.
 
-    def __init__(self, root: Path) -> None:
+    ``gc_grace_s`` is how old (by mtime) an unreferenced blob or a temp or
+    partial file must be before garbage collection removes it.
+    """
+
+    def __init__(self, root: Path, *, gc_grace_s: float = GC_GRACE_SECONDS) -> None:
         self.root = Path(root)
+        self.gc_grace_s = gc_grace_s
         self.blobs_dir = self.root / "blobs"
         self.manifests_dir = self.root / "manifests"
         self.tmp_dir = self.root / "tmp"
         self.partial_dir = self.root / "partial"
         self.locks_dir = self.root / "locks"
         self.views_dir = self.root / "views"
+        self.quarantine_dir = self.root / "quarantine"
         dirs = (self.blobs_dir, self.manifests_dir, self.tmp_dir, self.partial_dir, self.views_dir)
         try:
             for d in dirs:
@@ -88,7 +128,11 @@ class Store:
 
     @contextmanager
     def pinned(self) -> Iterator[None]:
-        """While held (by any thread or process), garbage collection removes nothing."""
+        """While held (by any thread or process), garbage collection removes nothing.
+
+        A full disk met inside (:class:`DiskFull`) is reported with the store's
+        free space when the code that met it did not say where it was writing.
+        """
         with self._pin_mutex:
             if self._pins == 0:
                 stack = ExitStack()
@@ -97,6 +141,11 @@ class Store:
             self._pins += 1
         try:
             yield
+        except DiskFull as exc:
+            located = exc.located(self.root)
+            if located is exc:
+                raise
+            raise located from exc
         finally:
             with self._pin_mutex:
                 self._pins -= 1
@@ -104,29 +153,88 @@ class Store:
                     self._pin_stack.close()
                     self._pin_stack = None
 
-    def gc(self) -> list[str]:
-        """Remove blobs and views that no manifest references, and stale temp files.
-
-        Returns the removed digests. Does nothing (returns ``[]``) while a pull
-        holds the store pinned, or while any manifest cannot be read.
-        """
+    @contextmanager
+    def exclusive(
+        self, *, wait: bool = False, on_wait: Callable[[], None] | None = None
+    ) -> Iterator[bool]:
+        """Hold the store against every pull and collection (the gc lock, exclusively);
+        yield whether it was taken. With ``wait``, wait for pulls to finish (always
+        True then). Never call it while this process holds the store pinned."""
+        if wait:
+            with locks.locked(self._gc_lock, on_wait=on_wait):
+                yield True
+            return
         with locks.try_locked(self._gc_lock) as taken:
+            yield taken
+
+    def gc(self, *, grace_s: float | None = None) -> list[str]:
+        """Collect garbage (see :meth:`collect`); return the removed blobs' digests."""
+        return self.collect(grace_s=grace_s).blobs
+
+    def collect(
+        self, *, grace_s: float | None = None, dry_run: bool = False, now: float | None = None
+    ) -> GcReport:
+        """Remove blobs and views that no manifest references, stale temp files and
+        stale partial downloads.
+
+        Unreferenced blobs and temp/partial files are removed only once older
+        than ``grace_s`` (default: the store's ``gc_grace_s``); a partial download
+        whose lock is held is never removed. Does nothing (``skipped`` says why)
+        while a pull holds the store pinned, or while any manifest cannot be read.
+        ``dry_run`` reports what would go and removes nothing.
+        """
+        return self._collect(grace_s=grace_s, dry_run=dry_run, now=now, freed=frozenset())
+
+    def _collect(
+        self,
+        *,
+        grace_s: float | None,
+        dry_run: bool,
+        now: float | None,
+        freed: frozenset[str],
+    ) -> GcReport:
+        grace = self.gc_grace_s if grace_s is None else max(0.0, grace_s)
+        cutoff = (time.time() if now is None else now) - grace
+        report = GcReport(dry_run=dry_run)
+        with self.exclusive() as taken:
             if not taken:
                 log.debug("gc skipped: a pull is in progress")
-                return []
+                report.skipped = "a pull or an import is in progress; run it again when it is done"
+                return report
             manifests = self._all_manifests()
             if manifests is None:
                 log.warning("gc skipped: a manifest could not be read (see earlier warnings)")
-                return []
+                report.skipped = (
+                    "a manifest cannot be read; run `edged verify` to find and repair it"
+                )
+                return report
             referenced = {d for m in manifests for d in m.digests}
-            removed = [d for d in self.blob_digests() if d not in referenced]
-            for digest in removed:
+            self._collect_blobs(report, referenced, freed, cutoff)
+            keep_views = {hex_of(v.digest) for m in manifests for v in m.variants}
+            self._remove_views(keep_views, report)
+            self._clean_tmp(cutoff, report)
+            self._clean_partial(cutoff, report)
+        return report
+
+    def _collect_blobs(
+        self, report: GcReport, referenced: set[str], freed: frozenset[str], cutoff: float
+    ) -> None:
+        for digest in self.blob_digests():
+            if digest in referenced:
+                continue
+            try:
+                st = self.blob_path(digest).lstat()
+            except FileNotFoundError:
+                continue
+            if digest not in freed and st.st_mtime > cutoff:
+                report.kept_young.append(digest)
+                continue
+            report.blobs.append(digest)
+            report.freed_bytes += st.st_size
+            if not report.dry_run:
                 remove_quietly(self.blob_path(digest))
-            if removed:
-                fsync_dir(self.blobs_dir)
-            self._remove_views({hex_of(v.digest) for m in manifests for v in m.variants})
-            self._clean_tmp()
-            return removed
+        if report.blobs and not report.dry_run:
+            fsync_dir(self.blobs_dir)
 
     # -- blobs -------------------------------------------------------------------------
 
@@ -157,21 +265,52 @@ class Store:
         with self.pinned():
             if reuse and want is not None and self.has_blob(want):
                 return want
-            fd, tmp_name = self._mkstemp("blob-")
-            tmp = Path(tmp_name)
+            tmp, digest = self.stage_blob(
+                chunks, want, progress=progress, cancel=cancel, total=total, status=status
+            )
             try:
-                digest = self._fill(fd, chunks, progress, cancel, total, status)
-                if want is not None and digest != want:
-                    raise DigestMismatch(
-                        f"the data does not match the expected digest {want} (it hashes to "
-                        f"{digest}); the source is corrupt or changed"
-                    )
-                self.install_blob(tmp, digest)
-                return digest
+                return self.install_blob(tmp, digest)
             except OSError as exc:
-                raise storage_error(exc, "writing a model file") from exc
+                raise storage_error(exc, "storing a model file") from exc
             finally:
                 remove_quietly(tmp)
+
+    def stage_blob(
+        self,
+        chunks: Iterable[bytes],
+        expected: str | None = None,
+        *,
+        progress: ProgressFn | None = None,
+        cancel: threading.Event | None = None,
+        total: int = 0,
+        status: str = "writing",
+        prefix: str = "blob-",
+    ) -> tuple[Path, str]:
+        """Write ``chunks`` to a new fsynced file in ``tmp/`` and return it with its
+        digest, ready for :meth:`install_blob`; the caller removes it if it is not
+        installed. With ``expected``, other bytes raise DigestMismatch. Call it with
+        the store pinned. Nothing is left behind on any error."""
+        want = parse_digest(expected) if expected is not None else None
+        fd, tmp_name = self._mkstemp(prefix)
+        tmp = Path(tmp_name)
+        written = [0]
+        try:
+            digest = self._fill(fd, chunks, progress, cancel, total, status, written)
+            if want is not None and digest != want:
+                raise DigestMismatch(
+                    f"the data does not match the expected digest {want} (it hashes to "
+                    f"{digest}); the source is corrupt or changed"
+                )
+            return tmp, digest
+        except OSError as exc:
+            remove_quietly(tmp)
+            needed = max(0, total - written[0])
+            raise storage_error(
+                exc, "writing a model file", where=self.tmp_dir, needed=needed
+            ) from exc
+        except BaseException:
+            remove_quietly(tmp)
+            raise
 
     def import_file(
         self,
@@ -363,17 +502,24 @@ class Store:
         return sorted(t for e in entries if (t := _tag_of(e)) is not None)
 
     def delete(self, ref: ModelRef) -> None:
-        """Remove the manifest of ``ref``, then garbage-collect the blobs and views of all
-        its variants that no other model uses."""
+        """Remove the manifest of ``ref``, then garbage-collect: the blobs and views of
+        its variants that no other model uses go at once (unless a pull is running;
+        a later collection removes them then), other garbage after the grace period."""
         path = self.manifest_path(ref)
         with self._manifest_locked(ref):
+            try:
+                own = self.get_manifest(ref).digests
+            except ModelNotFound:
+                raise
+            except EdgedError:  # corrupt: delete it anyway; its blobs wait for the grace period
+                own = frozenset()
             try:
                 path.unlink()
             except FileNotFoundError as exc:
                 raise ModelNotFound(f"model '{ref}' not found") from exc
             fsync_dir(path.parent)
             self._prune_empty_dirs(path.parent)
-        self.gc()
+        self._collect(grace_s=None, dry_run=False, now=None, freed=own)
 
     def resolve(self, name: str) -> tuple[ModelRef, Manifest]:
         """Find a model by ``name[:tag]``.
@@ -438,21 +584,21 @@ class Store:
         cancel: threading.Event | None,
         total: int,
         status: str,
+        written: list[int],
     ) -> str:
+        """Write, hash and fsync; ``written[0]`` counts the bytes on disk so far."""
         hasher = new_hasher()
-        done = 0
         reporter = ThrottledProgress(progress, status, total)
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "wb", buffering=0) as f:
             for chunk in chunks:
                 if cancel is not None and cancel.is_set():
                     raise Cancelled("pull cancelled")
-                f.write(chunk)
+                write_all(f, chunk)
                 hasher.update(chunk)
-                done += len(chunk)
-                reporter.update(done)
-            f.flush()
+                written[0] += len(chunk)
+                reporter.update(written[0])
             os.fsync(f.fileno())
-        reporter.done(done)
+        reporter.done(written[0])
         return digest_from_hex(hasher.hexdigest())
 
     def _write_manifest_file(self, path: Path, data: bytes) -> None:
@@ -500,9 +646,12 @@ class Store:
                 return None
         return out
 
-    def _remove_views(self, keep: set[str]) -> None:
-        for entry in self.views_dir.iterdir():
+    def _remove_views(self, keep: set[str], report: GcReport) -> None:
+        for entry in sorted(self.views_dir.iterdir()):
             if _VIEW_NAME.fullmatch(entry.name) and entry.name in keep:
+                continue
+            report.views.append(entry.name)
+            if report.dry_run:
                 continue
             try:
                 views.remove_view(entry, self.tmp_dir)
@@ -515,15 +664,99 @@ class Store:
             parse_digest(p.name) for p in self.blobs_dir.iterdir() if _BLOB_NAME.fullmatch(p.name)
         )
 
-    def _clean_tmp(self) -> None:
-        cutoff = time.time() - TMP_MAX_AGE_SECONDS
-        for entry in self.tmp_dir.iterdir():
+    def _clean_tmp(self, cutoff: float, report: GcReport) -> None:
+        for entry in sorted(self.tmp_dir.iterdir()):
             try:
-                if entry.lstat().st_mtime >= cutoff:
+                if newest_mtime(entry) > cutoff:
                     continue
-                remove_tree(entry)
+                size = tree_size(entry)
+                if not report.dry_run:
+                    remove_tree(entry)
             except OSError as exc:
                 log.warning("could not remove stale tmp/%s: %s", entry.name, exc.strerror)
+                continue
+            report.tmp.append(entry.name)
+            report.freed_bytes += size
+
+    def _clean_partial(self, cutoff: float, report: GcReport) -> None:
+        """Partial downloads are grouped by key (the name up to its first ".") and
+        guarded by ``locks/<key>.lock``, which a download holds while it writes."""
+        groups: dict[str, list[Path]] = {}
+        for entry in sorted(self.partial_dir.iterdir()):
+            groups.setdefault(partial_key_of(entry.name), []).append(entry)
+        for key, entries in groups.items():
+            try:
+                if max(newest_mtime(e) for e in entries) > cutoff:
+                    report.kept_young.extend(e.name for e in entries)
+                    continue
+                with self.download_lock_free(key) as free:
+                    if not free:
+                        report.kept_in_flight.extend(e.name for e in entries)
+                        continue
+                    for entry in entries:
+                        size = tree_size(entry)
+                        if not report.dry_run:
+                            remove_tree(entry)
+                        report.partial.append(entry.name)
+                        report.freed_bytes += size
+            except OSError as exc:
+                log.warning("could not remove stale partial/%s*: %s", key, exc.strerror)
+
+    @contextmanager
+    def download_lock_free(self, key: str) -> Iterator[bool]:
+        """Hold ``locks/<key>.lock`` (a download's lock) if nobody does; yield whether
+        it was free. A download that starts meanwhile waits until the block ends."""
+        if not _LOCK_KEY.fullmatch(key):
+            yield True  # no download names its lock like this
+            return
+        with locks.try_locked(self.locks_dir / f"{key}.lock", ephemeral=True) as taken:
+            yield taken
+
+
+def write_all(f: BinaryIO, data: bytes) -> None:
+    """Write every byte of ``data`` to an unbuffered file: a raw write may be short
+    (a nearly full disk writes what fits, and only the next write fails)."""
+    view = memoryview(data)
+    while view:
+        n = f.write(view)
+        if not n:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[n:]
+
+
+def partial_key_of(name: str) -> str:
+    """The download key of a file in ``partial/``: its name up to the first "."."""
+    return name.split(".", 1)[0]
+
+
+def newest_mtime(path: Path, limit: int = 10_000) -> float:
+    """The newest mtime of ``path`` and (for a folder) what it holds; links not followed."""
+    newest = path.lstat().st_mtime
+    if not path.is_dir() or path.is_symlink():
+        return newest
+    for seen, sub in enumerate(path.rglob("*")):
+        if seen >= limit:
+            break
+        try:
+            newest = max(newest, sub.lstat().st_mtime)
+        except FileNotFoundError:
+            continue
+    return newest
+
+
+def tree_size(path: Path) -> int:
+    """Bytes held by a file, or by the files under a folder (links not followed)."""
+    if path.is_symlink() or not path.is_dir():
+        return path.lstat().st_size
+    total = 0
+    for sub in path.rglob("*"):
+        try:
+            st = sub.lstat()
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            total += st.st_size
+    return total
 
 
 def _tag_of(path: Path) -> str | None:

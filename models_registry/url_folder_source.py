@@ -10,6 +10,7 @@ is fetched, and the variant passes the same checks as a local folder import
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import httpx
@@ -52,7 +53,8 @@ def fetch(
     """Download the folder's files into blobs; return the variant's file list."""
     base = str(base_url(source))
     shown = str(base_url(source).copy_with(username=None, password=None))
-    opts = options or http_source.HttpOptions(max_size=folder.MAX_FILE_BYTES)
+    opts = options or http_source.HttpOptions()
+    opts = dataclasses.replace(opts, max_size=min(opts.max_size, folder.MAX_FILE_BYTES))
 
     def get(rel: str, *, required: bool) -> ManifestFile | None:
         if cancel is not None and cancel.is_set():

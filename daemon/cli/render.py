@@ -151,6 +151,10 @@ class PullDisplay:
     def update(self, msg: pb.PullProgress) -> None:
         total = msg.total_bytes or None
         if self._progress is not None and self._task is not None:
+            if msg.status and msg.status != self._status:
+                # A new phase (a resumed download starts part-way): restart the speed
+                # samples so speed and ETA count only this phase's bytes.
+                self._progress.reset(self._task, completed=msg.completed_bytes, total=total)
             self._progress.update(
                 self._task,
                 description=msg.status or self._status,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 from edged.daemon.cli import render
 from edged.v1 import edged_pb2 as pb
@@ -42,3 +43,20 @@ def test_pull_display_on_a_terminal() -> None:
         display.update(pb.PullProgress(status="downloading", completed_bytes=5, total_bytes=10))
         display.update(pb.PullProgress(status="verifying", completed_bytes=10, total_bytes=10))
     assert "verifying" in out.getvalue()
+
+
+def test_pull_display_speed_counts_only_the_current_phase() -> None:
+    """A resumed pull starts part-way: the bytes already there are not speed."""
+    out = io.StringIO()
+    with render.PullDisplay(out, terminal=True) as display:
+        display.update(pb.PullProgress(status="downloading", completed_bytes=0, total_bytes=100))
+        for done in (30, 60, 90):
+            time.sleep(0.01)
+            display.update(
+                pb.PullProgress(status="downloading", completed_bytes=done, total_bytes=100)
+            )
+        assert display._progress is not None
+        assert display._progress.tasks[0].speed is not None
+        display.update(pb.PullProgress(status="verifying", completed_bytes=90, total_bytes=100))
+        task = display._progress.tasks[0]
+        assert task.speed is None and task.completed == 90

@@ -218,7 +218,7 @@ def test_a_model_changed_during_conversion_is_not_touched(
         convert_to_onnx(store, "tiny")
     m = store.get_manifest(ModelRef("tiny"))
     assert [v.name for v in m.variants] == ["gguf"]
-    assert store.gc() and list(store.tmp_dir.iterdir()) == []
+    assert store.gc(grace_s=0) and list(store.tmp_dir.iterdir()) == []
 
 
 def test_cancel_stops_the_worker(

@@ -4,15 +4,11 @@ http(s) URL base, against fake servers on 127.0.0.1."""
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -25,6 +21,8 @@ from edged.daemon.errors import (
 )
 from edged.models_registry import ModelRef, Store, pull
 from edged.models_registry.manifest import FORMAT_ONNX
+
+from .fake_hub import FakeServer, serve
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 GENAI_CONFIG = {
@@ -52,103 +50,18 @@ def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-# -- a fake hub and a plain file server -----------------------------------------------------
-
-
-@dataclass
-class FakeServer:
-    base: str = ""
-    # hub: repo_id -> {listed name -> bytes, or None for listed but not served}
-    repos: dict[str, dict[str, bytes | None]] = field(default_factory=dict)
-    # plain: URL path -> bytes
-    files: dict[str, bytes] = field(default_factory=dict)
-    requests: list[str] = field(default_factory=list)
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server_version = "fake/1"
-    state: FakeServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_HEAD(self) -> None:
-        self._serve(body=False)
-
-    def do_GET(self) -> None:
-        self._serve(body=True)
-
-    def _serve(self, body: bool) -> None:
-        st = self.state
-        path = unquote(urlsplit(self.path).path)
-        st.requests.append(f"{self.command} {path}")
-        if path.startswith("/api/models/"):
-            repo_id = path[len("/api/models/") :].split("/revision/")[0]
-            repo = st.repos.get(repo_id)
-            if repo is None:
-                return self._error(404, "RepoNotFound", "Repository not found")
-            info = {
-                "id": repo_id,
-                "modelId": repo_id,
-                "sha": SHA,
-                "siblings": [{"rfilename": name} for name in repo],
-            }
-            return self._reply(200, json.dumps(info).encode(), body, "application/json")
-        parts = path.lstrip("/").split("/", 4)
-        if len(parts) == 5 and parts[2] == "resolve":
-            repo = st.repos.get(f"{parts[0]}/{parts[1]}")
-            if repo is None:
-                return self._error(404, "RepoNotFound", "Repository not found")
-            data = repo.get(parts[4])
-            if data is None:
-                return self._error(404, "EntryNotFound", "Entry not found")
-            return self._reply(200, data, body, "application/octet-stream")
-        data = st.files.get(path)
-        if data is None:
-            return self._error(404, "", "not found")
-        return self._reply(200, data, body, "application/octet-stream")
-
-    def _reply(self, code: int, data: bytes, body: bool, ctype: str) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("ETag", '"' + hashlib.sha256(data).hexdigest() + '"')
-        self.send_header("X-Repo-Commit", SHA)
-        self.end_headers()
-        if body:
-            self.wfile.write(data)
-
-    def _error(self, code: int, error_code: str, message: str) -> None:
-        data = json.dumps({"error": message}).encode()
-        self.send_response(code)
-        if error_code:
-            self.send_header("X-Error-Code", error_code)
-            self.send_header("X-Error-Message", message)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
+# -- a fake hub and a plain file server (fake_hub.py) --------------------------------------
 
 
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeServer]:
-    state = FakeServer()
-    handler = type("Handler", (_Handler,), {"state": state})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    state.base = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    monkeypatch.setenv("HF_ENDPOINT", state.base)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # nothing from the user's hub
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    try:
+    with serve() as state:
+        monkeypatch.setenv("HF_ENDPOINT", state.base)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # nothing from the user's hub
+        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _check_pulled(store: Store, ref: ModelRef, manifest: Any, served: dict[str, bytes]) -> None:
