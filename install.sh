@@ -3,6 +3,7 @@
 #
 #   ./install.sh          edged and its runtime dependencies (llama.cpp backend)
 #   ./install.sh --onnx   plus the ONNX Runtime backend and the GGUF->ONNX converter
+#   ./install.sh --openvino  plus the OpenVINO backend (GGUF/IR on Intel CPU, GPU, NPU)
 #   ./install.sh --dev    plus those and the test and lint tools
 #
 # llama-cpp-python is compiled for THIS machine first (installer/llama_build.py:
@@ -13,10 +14,11 @@ cd "$(dirname "$0")"
 VENV="${EDGED_VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 extras=""
-# --dev adds the test tools and both optional backends' extras, so the
-# conformance suite runs for llama.cpp and ONNX Runtime (conversion included).
-[ "${1:-}" = "--dev" ] && extras="[dev,onnx,convert]"
+# --dev adds the test tools and every optional backend's extras, so the
+# conformance suite runs for llama.cpp, ONNX Runtime (conversion included) and OpenVINO.
+[ "${1:-}" = "--dev" ] && extras="[dev,onnx,convert,openvino]"
 [ "${1:-}" = "--onnx" ] && extras="[onnx,convert]"
+[ "${1:-}" = "--openvino" ] && extras="[openvino]"
 
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"

@@ -47,6 +47,7 @@ class Capabilities:
     )
     kv_tiers: bool = True  # evicted sessions are saved (RAM/disk), not rebuilt
     fork: bool = True  # Fork copies the KV instead of rebuilding it
+    gpu_layers: int = 0  # layers offloaded to a GPU device (0 on the CPU)
 
 
 @dataclass(frozen=True)

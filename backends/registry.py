@@ -38,6 +38,15 @@ BACKENDS: tuple[BackendInfo, ...] = (
         engine="edged.backends.onnx.engine:OnnxEngine",
         install_hint="pip install 'edged[onnx]' (onnxruntime-genai)",
     ),
+    BackendInfo(
+        # Runs a GGUF directly (llama/qwen2/qwen3 architectures). Its engine also
+        # loads an OpenVINO IR folder, but the store has no IR variant yet.
+        name="openvino",
+        formats=("gguf",),
+        module="openvino_genai",
+        engine="edged.backends.openvino.engine:OpenVinoEngine",
+        install_hint="run ./install.sh --openvino (pip install 'edged[openvino]')",
+    ),
 )
 
 

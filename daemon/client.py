@@ -121,6 +121,8 @@ class ModelsStub(Protocol):
     Delete: UnaryMethod[pb.ModelRef, pb.DeleteModelResponse]
     ListLoaded: UnaryMethod[pb.ListLoadedRequest, pb.ListLoadedResponse]
     Unload: UnaryMethod[pb.ModelRef, pb.UnloadResponse]
+    Load: UnaryMethod[pb.LoadRequest, pb.LoadedModel]
+    Configure: UnaryMethod[pb.ConfigureModelRequest, pb.ModelSettings]
     Convert: StreamMethod[pb.ConvertRequest, pb.PullProgress]
 
 

@@ -16,6 +16,16 @@ EDGED_TOKEN_FILE       bearer token for TCP (0600)                 config dir/to
 EDGED_THREADS          decode threads per worker                   physical cores
 EDGED_CONTEXT          context length (tokens) per loaded model    4096
 EDGED_KEEP_ALIVE       seconds an idle model stays loaded          300
+                       (-1: until stopped; 0: unload when idle)
+EDGED_MAX_LOADED       models loaded at once; loading one more     3
+                       unloads the least recently used idle one
+EDGED_MEMORY_LIMIT_MB  cap on the estimated memory of all loaded   none (only free
+                       models (MiB); 0 = no cap                    memory counts)
+EDGED_BACKEND          backend for every model unless a request    choose by hardware
+                       or the model's settings name one
+                       (llama.cpp, onnxruntime, openvino)
+EDGED_DEVICE           device likewise (cpu, cuda:0, gpu, gpu.1,   best for the backend
+                       npu; "gpu" also matches CUDA devices)
 EDGED_QUEUE_SIZE       waiting requests per model before refusing  64
 EDGED_PARALLEL         sequences per model (sessions resident,     4
                        streams decoded together)
@@ -27,6 +37,8 @@ EDGED_MAX_STREAMS      streaming calls (generate, pull) at once,   64
 EDGED_MAX_PROMPT_BYTES prompt/chat text per request (bytes)        4194304
 EDGED_MAX_TOKENS       largest max_tokens a request may ask for    32768
 EDGED_MAX_SESSIONS     sessions stored                             10000
+EDGED_GC_GRACE_S       age (s, by mtime) before gc removes an      3600
+                       unused blob or a temp/partial file
 =====================  ==========================================  ===============
 """
 
@@ -71,6 +83,9 @@ class EngineConfig:
     kv_dir: Path | None = None  # disk tier for saved session KV
     kv_ram_budget: int = 512 << 20
     kv_disk_budget: int = 2 << 30
+    max_loaded: int = 3  # models loaded at once
+    cache_dir: Path | None = None  # backends' own caches go in <cache_dir>/<backend>
+    memory_limit: int = 0  # bytes of estimated model memory in all; 0 = no cap
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,24 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class SelectionConfig:
+    """Global backend/device overrides (EDGED_BACKEND, EDGED_DEVICE)."""
+
+    backend: str = ""
+    device: str = ""
+
+
+def load_selection(env: Mapping[str, str] | None = None) -> SelectionConfig:
+    env = os.environ if env is None else env
+    backend = env.get("EDGED_BACKEND", "").strip()
+    device = env.get("EDGED_DEVICE", "").strip().lower()
+    for name, value in (("EDGED_BACKEND", backend), ("EDGED_DEVICE", device)):
+        if len(value) > 32 or not all(c.isalnum() or c in "._:-" for c in value):
+            raise ValueError(f"{name} is not a backend/device name: {value[:40]!r}")
+    return SelectionConfig(backend=backend, device=device)
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     paths: Paths
     engine: EngineConfig
@@ -92,6 +125,7 @@ class ServerConfig:
     tcp: str | None = None  # "127.0.0.1:PORT" when enabled
     grace_s: float = 10.0
     extra: Mapping[str, str] = field(default_factory=dict)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
 
 
 def _default_runtime_dir() -> Path:
@@ -165,12 +199,15 @@ def load_engine(
     return EngineConfig(
         threads=_int(env, "EDGED_THREADS", _physical_cores(), 1, 512),
         context_length=_int(env, "EDGED_CONTEXT", 4096, 256, 1 << 20),
-        keep_alive_s=float(_int(env, "EDGED_KEEP_ALIVE", 300, 0, 7 * 24 * 3600)),
+        keep_alive_s=float(_int(env, "EDGED_KEEP_ALIVE", 300, -1, 7 * 24 * 3600)),
         queue_size=_int(env, "EDGED_QUEUE_SIZE", 64, 1, 100_000),
         max_sequences=_int(env, "EDGED_PARALLEL", 4, 1, 256),
         kv_dir=cache / "kv",
+        cache_dir=cache,
         kv_ram_budget=_int(env, "EDGED_KV_RAM_MB", ram >> 20, 0, 1 << 24) << 20,
         kv_disk_budget=_int(env, "EDGED_KV_DISK_MB", disk >> 20, 0, 1 << 28) << 20,
+        max_loaded=_int(env, "EDGED_MAX_LOADED", 3, 1, 64),
+        memory_limit=_int(env, "EDGED_MEMORY_LIMIT_MB", 0, 0, 1 << 30) << 20,
     )
 
 
@@ -187,6 +224,12 @@ def load_limits(env: Mapping[str, str] | None = None) -> Limits:
     )
 
 
+def load_gc_grace(env: Mapping[str, str] | None = None) -> float:
+    """EDGED_GC_GRACE_S: seconds an unused blob or temp/partial file is kept."""
+    env = os.environ if env is None else env
+    return float(_int(env, "EDGED_GC_GRACE_S", 3600, 0, 10 * 365 * 24 * 3600))
+
+
 def load_server(env: Mapping[str, str] | None = None, **overrides: object) -> ServerConfig:
     env = os.environ if env is None else env
     cfg = ServerConfig(
@@ -194,5 +237,6 @@ def load_server(env: Mapping[str, str] | None = None, **overrides: object) -> Se
         engine=load_engine(env),
         limits=load_limits(env),
         tcp=env.get("EDGED_TCP") or None,
+        selection=load_selection(env),
     )
     return replace(cfg, **overrides)  # type: ignore[arg-type]

@@ -97,7 +97,9 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 "(EDGED_MAX_PROMPT_BYTES)"
             )
         tokens = _max_tokens(request)
-        if tokens > lim.max_tokens:
+        # Above what any request may ask (1 << 20) is a bad value: INVALID_ARGUMENT
+        # from the sampling validation. Below it, this daemon's limit applies.
+        if lim.max_tokens < tokens <= 1 << 20:
             return (
                 f"max_tokens {tokens} is above this daemon's limit of {lim.max_tokens} "
                 "(EDGED_MAX_TOKENS)"

@@ -1,9 +1,29 @@
-"""Which worker runs a request: model resolution, worker lifecycle, back-pressure.
+"""Which worker runs a request: worker lifecycle, memory, back-pressure.
 
-The scheduler takes its worker factory and hardware profile as arguments so
-that tests can hand it fakes. It keeps at most one worker per model digest,
-bounds the requests waiting on each, unloads idle workers after the keep-alive
-and replaces a worker that died.
+The scheduler takes its worker factory, hardware profile, memory estimate and
+memory probe as arguments so that tests can hand it fakes. It keeps at most
+one worker per model digest and bounds the requests waiting on each.
+
+Lifecycle rules (``edged ps`` shows the state they produce):
+
+- Before loading, the model's memory is estimated (weights + KV for the
+  context and sequences + overhead). When it does not fit in what is free
+  (the probe, plus what idle models would free, capped by
+  EDGED_MEMORY_LIMIT_MB) or EDGED_MAX_LOADED models are loaded, idle models
+  are unloaded least recently used first; never one that is streaming or has
+  requests queued, never a pinned one. If that is still not enough, the load
+  is refused with RESOURCE_EXHAUSTED saying what it needs and what is loaded,
+  and nothing is unloaded.
+- Keep-alive: each request sets its model's keep-alive (the request's own,
+  else the model's setting, else EDGED_KEEP_ALIVE). 0 unloads the model as
+  soon as it is idle; negative keeps it until it is stopped. A pinned model
+  (Models.Load pin, or the model's setting) is never unloaded for idleness or
+  to make room; only Unload stops it.
+- Context: a loaded worker serves every request whose context length is at
+  most the one it was loaded with; a request needing more replaces it (once
+  the requests running on it have finished). A request that names its backend
+  or device likewise replaces a worker running on another one.
+- A worker that died is replaced by the next request.
 """
 
 from __future__ import annotations
@@ -14,13 +34,17 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
+
+import psutil
 
 from edged.backends.base import Chunk, Done, Job, LoadSpec, ModelDescription
 from edged.backends.registry import BACKENDS, is_installed
 from edged.daemon.config import EngineConfig
-from edged.daemon.errors import FailedPrecondition, QueueFull
+from edged.daemon.errors import FailedPrecondition, QueueFull, ResourceExhausted
 from edged.daemon.hardware import HardwareProfile, select_backends
+from edged.daemon.memory import MemoryEstimate, estimate_memory, model_facts
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +83,91 @@ class ResolvedModel:
     sampling_defaults: tuple[tuple[str, float], ...] = ()
     backend: str = ""  # chosen by the caller; "" lets the scheduler choose
     device: str = "cpu"
+    gpu_layers: int = 0  # layers to offload on a GPU device; 0 or -1 there = all
+
+
+# (the model, its backend, the spec it would load with) -> the estimate. Reads
+# the model's header; runs in a thread.
+Estimator = Callable[[ResolvedModel, str, LoadSpec], MemoryEstimate]
+# device -> bytes free for a model on it now; None when unknown (not checked).
+MemoryProbe = Callable[[str], int | None]
+
+
+def estimate_model(model: ResolvedModel, backend: str, spec: LoadSpec) -> MemoryEstimate:
+    """The real estimate (:mod:`edged.daemon.memory`) from the model's header."""
+    facts = model_facts(Path(spec.model_path), model.format)
+    return estimate_memory(
+        facts,
+        context_length=spec.context_length,
+        sequences=spec.max_sequences,
+        backend=backend,
+        device=spec.device,
+    )
+
+
+def host_memory(device: str) -> int | None:
+    """Free RAM for host devices (CPU, integrated GPU, NPU); unknown for CUDA."""
+    if device.startswith("cuda"):
+        return None
+    return int(psutil.virtual_memory().available)
+
+
+def memory_pool(device: str) -> str:
+    """Devices that share one memory: every non-CUDA device uses host RAM."""
+    return device if device.startswith("cuda") else "host"
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What a request (or Models.Load) asks of the model's worker."""
+
+    context_length: int = 0  # 0 = EDGED_CONTEXT
+    keep_alive_s: float | None = None  # None = EDGED_KEEP_ALIVE; < 0 forever; 0 unload idle
+    pinned: bool = False  # the model's setting
+    pin: bool | None = None  # Models.Load's pin for this loaded instance; None leaves it
+    exact: bool = False  # backend/device were asked for: a worker on another is replaced
 
 
 @dataclass
 class _Loaded:
     worker: Worker
     model: ResolvedModel
+    need: MemoryEstimate | None
+    keep_alive_s: float
+    pinned_by_settings: bool = False
+    pinned_by_load: bool = False
+
+    @property
+    def pinned(self) -> bool:
+        return self.pinned_by_settings or self.pinned_by_load
+
+
+@dataclass(frozen=True)
+class LoadedInfo:
+    """One loaded model as ``edged ps`` shows it."""
+
+    model: ResolvedModel
+    worker: Worker
+    memory: MemoryEstimate | None
+    keep_alive_s: float
+    pinned: bool
+    expires_at: float | None  # unix time it unloads if it stays idle; None = not scheduled
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" or value >= 10 else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def describe_need(need: MemoryEstimate) -> str:
+    return (
+        f"about {_size(need.total_bytes)} (weights {_size(need.weights_bytes)}, KV cache "
+        f"{_size(need.kv_bytes)}, overhead {_size(need.overhead_bytes)})"
+    )
 
 
 class Scheduler:
@@ -76,6 +179,8 @@ class Scheduler:
         *,
         installed_backends: tuple[str, ...] | None = None,
         llama_cuda: bool = False,
+        estimate: Estimator | None = estimate_model,
+        memory_probe: MemoryProbe = host_memory,
     ) -> None:
         self._cfg = engine
         self._hw = hardware
@@ -86,55 +191,162 @@ class Scheduler:
             else tuple(b.name for b in BACKENDS if is_installed(b))
         )
         self._llama_cuda = llama_cuda
+        self._estimate = estimate
+        self._probe = memory_probe
         self._loaded: dict[str, _Loaded] = {}
         self._inflight: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._admission = asyncio.Lock()  # one load (and its evictions) at a time
         self._reaper: asyncio.Task[None] | None = None
+        self._poke = asyncio.Event()  # something changed: the reaper recomputes
+        self._stopping: set[asyncio.Task[None]] = set()
 
-    # ------------------------------------------------------------ workers
+    # ------------------------------------------------------------ keep-alive
 
     def start_reaper(self) -> None:
         if self._reaper is None:
             self._reaper = asyncio.get_running_loop().create_task(self._reap_idle())
 
+    def _idle(self, digest: str, entry: _Loaded) -> bool:
+        return entry.worker.active == 0 and self._inflight.get(digest, 0) == 0
+
+    def _due(self, digest: str, entry: _Loaded) -> float | None:
+        """Monotonic time the model unloads at if it stays idle; None = not scheduled."""
+        if entry.pinned or entry.keep_alive_s < 0 or not self._idle(digest, entry):
+            return None
+        return entry.worker.last_used + entry.keep_alive_s
+
     async def _reap_idle(self) -> None:
         while True:
-            await asyncio.sleep(min(5.0, max(0.5, self._cfg.keep_alive_s / 4)))
             now = time.monotonic()
+            wake = now + 60.0
             for digest, entry in list(self._loaded.items()):
-                w = entry.worker
-                idle = w.active == 0 and self._inflight.get(digest, 0) == 0
-                if not w.alive or (idle and now - w.last_used > self._cfg.keep_alive_s):
-                    log.info("unloading %s (idle)", entry.model.name)
-                    self._loaded.pop(digest, None)
-                    await w.stop()
+                if not entry.worker.alive:
+                    self._forget(digest, entry)
+                    continue
+                due = self._due(digest, entry)
+                if due is None:
+                    continue
+                if due <= now:
+                    log.info("unloading %s (idle for %.0f s)", entry.model.name, now - due)
+                    self._forget(digest, entry)
+                    self._stop_later(entry.worker)
+                else:
+                    wake = min(wake, due)
+            # sleep until the next expiry, or until something changes
+            self._poke.clear()
+            timer = asyncio.get_running_loop().call_later(
+                max(0.05, wake - time.monotonic()), self._poke.set
+            )
+            try:
+                await self._poke.wait()
+            finally:
+                timer.cancel()
 
-    async def _worker_for(self, model: ResolvedModel) -> _Loaded:
+    def _forget(self, digest: str, entry: _Loaded) -> None:
+        if self._loaded.get(digest) is entry:
+            del self._loaded[digest]
+
+    def _stop_later(self, worker: Worker) -> None:
+        """Stop a worker already forgotten, without waiting for its process to exit."""
+
+        async def stop() -> None:
+            try:
+                await worker.stop()
+            except Exception:  # a failed stop must not take the reaper down
+                log.exception("stopping the worker for %s failed", worker.label)
+
+        task = asyncio.get_running_loop().create_task(stop())
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+
+    # ------------------------------------------------------------ workers
+
+    def _context(self, options: LoadOptions) -> int:
+        return options.context_length or self._cfg.context_length
+
+    def _serves(self, entry: _Loaded, model: ResolvedModel, options: LoadOptions) -> str:
+        """Why ``entry`` cannot serve this request ("" when it can)."""
+        spec = entry.worker.spec
+        want = self._context(options)
+        if spec.context_length < want:
+            return f"it needs {want} tokens of context, the loaded worker has {spec.context_length}"
+        if options.exact and model.backend and entry.worker.backend != model.backend:
+            return f"{model.backend} was asked for, it runs on {entry.worker.backend}"
+        if options.exact and model.backend and spec.device != model.device:
+            return f"device {model.device} was asked for, it runs on {spec.device}"
+        return ""
+
+    def _touch(self, entry: _Loaded, options: LoadOptions) -> None:
+        keep = options.keep_alive_s
+        entry.keep_alive_s = self._cfg.keep_alive_s if keep is None else keep
+        entry.pinned_by_settings = options.pinned
+        if options.pin is not None:
+            entry.pinned_by_load = options.pin
+        self._poke.set()
+
+    async def _worker_for(self, model: ResolvedModel, options: LoadOptions) -> _Loaded:
         lock = self._locks.setdefault(model.digest, asyncio.Lock())
         async with lock:
             entry = self._loaded.get(model.digest)
             if entry is not None and entry.worker.alive:
-                return entry
-            if entry is not None:
-                self._loaded.pop(model.digest, None)
-            backend, device = self._choose(model)
-            spec = LoadSpec(
-                model_path=model.path,
-                model_digest=model.digest,
-                context_length=self._cfg.context_length,
-                threads=self._cfg.threads,
-                max_sequences=self._cfg.max_sequences,
-                device=device,
-                kv_dir=str(self._cfg.kv_dir) if self._cfg.kv_dir else None,
-                kv_ram_budget=self._cfg.kv_ram_budget,
-                kv_disk_budget=self._cfg.kv_disk_budget,
-            )
-            worker = self._factory(backend, spec, model.name)
-            log.info("loading %s on %s/%s", model.name, backend, device)
-            await worker.start()
-            entry = _Loaded(worker=worker, model=model)
+                why = self._serves(entry, model, options)
+                if not why:
+                    self._touch(entry, options)
+                    return entry
+                log.info("reloading %s: %s", model.name, why)
+                while entry.worker.alive and entry.worker.active > 0:
+                    await asyncio.sleep(0.05)  # let the streams running on it finish
+                self._forget(model.digest, entry)
+                await entry.worker.stop()
+            elif entry is not None:
+                self._forget(model.digest, entry)
+            async with self._admission:
+                entry = await self._load(model, options)
             self._loaded[model.digest] = entry
+            self._touch(entry, options)
             return entry
+
+    async def _load(self, model: ResolvedModel, options: LoadOptions) -> _Loaded:
+        backend, device = self._choose(model)
+        spec = LoadSpec(
+            model_path=model.path,
+            model_digest=model.digest,
+            context_length=self._context(options),
+            threads=self._cfg.threads,
+            max_sequences=self._cfg.max_sequences,
+            device=device,
+            kv_dir=str(self._cfg.kv_dir) if self._cfg.kv_dir else None,
+            kv_ram_budget=self._cfg.kv_ram_budget,
+            kv_disk_budget=self._cfg.kv_disk_budget,
+            cache_dir=str(self._cfg.cache_dir / backend) if self._cfg.cache_dir else None,
+            gpu_layers=gpu_layers_for(device, model.gpu_layers),
+        )
+        need = await self._need(model, backend, spec)
+        await self._make_room(model, device, need)
+        worker = self._factory(backend, spec, model.name)
+        log.info(
+            "loading %s on %s/%s (context %d%s)",
+            model.name,
+            backend,
+            device,
+            spec.context_length,
+            f", {describe_need(need)}" if need else "",
+        )
+        await worker.start()
+        worker.last_used = time.monotonic()
+        return _Loaded(worker=worker, model=model, need=need, keep_alive_s=self._cfg.keep_alive_s)
+
+    async def _need(
+        self, model: ResolvedModel, backend: str, spec: LoadSpec
+    ) -> MemoryEstimate | None:
+        if self._estimate is None:
+            return None
+        try:
+            return await asyncio.to_thread(self._estimate, model, backend, spec)
+        except (OSError, ValueError) as exc:  # unreadable header: load without the check
+            log.warning("cannot estimate the memory of %s: %s", model.name, exc)
+            return None
 
     def _choose(self, model: ResolvedModel) -> tuple[str, str]:
         if model.backend:
@@ -148,9 +360,110 @@ class Scheduler:
         why = "; ".join(r for c in choices for r in c.reasons)
         raise FailedPrecondition(f"no installed backend can run {model.name}: {why}")
 
+    # ------------------------------------------------------------ room
+
+    def _evictable(self, digest: str, entry: _Loaded) -> bool:
+        return entry.worker.alive and not entry.pinned and self._idle(digest, entry)
+
+    async def _make_room(
+        self, model: ResolvedModel, device: str, need: MemoryEstimate | None
+    ) -> None:
+        """Unload idle models (LRU first) until ``need`` fits; refuse if it cannot."""
+        if self._stopping:  # workers unloading now: let their memory come back first
+            await asyncio.gather(*self._stopping, return_exceptions=True)
+        others = [(d, e) for d, e in self._loaded.items() if d != model.digest and e.worker.alive]
+        candidates = sorted(
+            ((d, e) for d, e in others if self._evictable(d, e)),
+            key=lambda de: de[1].worker.last_used,
+        )
+        free = self._probe(device) if need is not None else None
+        limit = self._cfg.memory_limit if need is not None else 0
+        used = sum(e.need.total_bytes for _, e in others if e.need)
+        pool = memory_pool(device)
+        evict: list[tuple[str, _Loaded]] = []
+        freed_pool = freed_all = 0
+
+        def short() -> tuple[bool, bool, bool]:
+            total = need.total_bytes if need else 0
+            count = len(others) - len(evict) + 1 > self._cfg.max_loaded
+            memory = free is not None and total > free + freed_pool
+            capped = bool(limit) and used - freed_all + total > limit
+            return count, memory, capped
+
+        for digest, entry in candidates:
+            count, memory, capped = short()
+            if not (count or memory or capped):
+                break
+            size = entry.need.total_bytes if entry.need else 0
+            same_pool = memory_pool(entry.worker.spec.device) == pool
+            if count or (capped and size) or (memory and same_pool and size):
+                evict.append((digest, entry))
+                freed_all += size
+                freed_pool += size if same_pool else 0
+        count, memory, capped = short()
+        if count or memory or capped:
+            raise ResourceExhausted(
+                self._refusal(model, device, need, count, free, limit, used, others)
+            )
+        for digest, entry in evict:
+            self._forget(digest, entry)
+        for _, entry in evict:
+            log.info("unloading %s to make room for %s", entry.model.name, model.name)
+            await entry.worker.stop()
+
+    def _refusal(
+        self,
+        model: ResolvedModel,
+        device: str,
+        need: MemoryEstimate | None,
+        count: bool,
+        free: int | None,
+        limit: int,
+        used: int,
+        others: list[tuple[str, _Loaded]],
+    ) -> str:
+        loaded = ", ".join(self._what(d, e) for d, e in others) or "nothing else"
+        if count:
+            return (
+                f"cannot load {model.name}: {len(others)} "
+                f"model{'s are' if len(others) != 1 else ' is'} loaded "
+                f"(EDGED_MAX_LOADED={self._cfg.max_loaded}) and none can be unloaded now. "
+                f"Loaded: {loaded}. Retry when one is idle, stop one (edged stop MODEL) "
+                "or raise EDGED_MAX_LOADED"
+            )
+        assert need is not None
+        room: list[str] = []
+        if free is not None:
+            room.append(f"{_size(free)} of memory is free for {device}")
+        if limit:
+            room.append(
+                f"EDGED_MEMORY_LIMIT_MB allows {_size(limit)} for all models "
+                f"and {_size(used)} is in use"
+            )
+        return (
+            f"not enough memory to load {model.name} on {device}: it needs "
+            f"{describe_need(need)}, but {' and '.join(room)}, and no idle model can be "
+            f"unloaded to make room. Loaded: {loaded}. Stop a model (edged stop MODEL), "
+            "ask for a smaller context (--context N or EDGED_CONTEXT) or free memory"
+        )
+
+    def _what(self, digest: str, entry: _Loaded) -> str:
+        size = _size(entry.need.total_bytes) if entry.need else "size unknown"
+        if entry.pinned:
+            state = "pinned"
+        elif not self._idle(digest, entry):
+            n = max(entry.worker.active, self._inflight.get(digest, 0))
+            state = f"{n} request{'s' if n != 1 else ''} running or queued"
+        else:
+            state = "idle"
+        return f"{entry.model.name} ({size}, {state})"
+
     # ------------------------------------------------------------ requests
 
-    async def generate(self, model: ResolvedModel, job: Job) -> AsyncIterator[Chunk | Done]:
+    async def generate(
+        self, model: ResolvedModel, job: Job, options: LoadOptions | None = None
+    ) -> AsyncIterator[Chunk | Done]:
+        options = options or LoadOptions()
         limit = self._cfg.queue_size + self._cfg.max_sequences
         inflight = self._inflight.get(model.digest, 0)
         if inflight >= limit:
@@ -159,12 +472,30 @@ class Scheduler:
                 f"(limit {limit}, EDGED_QUEUE_SIZE); retry later"
             )
         self._inflight[model.digest] = inflight + 1
+        entry: _Loaded | None = None
         try:
-            entry = await self._worker_for(model)
+            entry = await self._worker_for(model, options)
             async for event in entry.worker.run(job):
                 yield event
         finally:
             self._inflight[model.digest] -= 1
+            if entry is not None:
+                self._after_request(model.digest, entry)
+
+    def _after_request(self, digest: str, entry: _Loaded) -> None:
+        """Keep-alive 0: an idle model is unloaded now (it leaves ps at once);
+        otherwise the reaper recomputes its expiry."""
+        due = self._due(digest, entry)
+        if due is not None and entry.keep_alive_s == 0 and self._loaded.get(digest) is entry:
+            log.info("unloading %s (keep-alive 0)", entry.model.name)
+            self._forget(digest, entry)
+            self._stop_later(entry.worker)
+        self._poke.set()
+
+    async def load(self, model: ResolvedModel, options: LoadOptions) -> LoadedInfo:
+        """Load a model now (or update a loaded one's keep-alive and pin)."""
+        entry = await self._worker_for(model, options)
+        return self._info(model.digest, entry)
 
     def describe(self, model: ResolvedModel) -> ModelDescription | None:
         entry = self._loaded.get(model.digest)
@@ -174,8 +505,28 @@ class Scheduler:
         entry = self._loaded.get(digest)
         return entry.worker if entry and entry.worker.alive else None
 
-    def loaded(self) -> list[tuple[ResolvedModel, Worker]]:
-        return [(e.model, e.worker) for e in self._loaded.values() if e.worker.alive]
+    def _info(self, digest: str, entry: _Loaded) -> LoadedInfo:
+        due = self._due(digest, entry)
+        return LoadedInfo(
+            model=entry.model,
+            worker=entry.worker,
+            memory=entry.need,
+            keep_alive_s=entry.keep_alive_s,
+            pinned=entry.pinned,
+            expires_at=None if due is None else time.time() + (due - time.monotonic()),
+        )
+
+    def loaded(self) -> list[LoadedInfo]:
+        return [self._info(d, e) for d, e in self._loaded.items() if e.worker.alive]
+
+    def apply_settings(self, digest: str, *, pinned: bool, keep_alive_s: float | None) -> None:
+        """A model's settings changed: its loaded worker takes the pin and keep-alive now
+        (None: EDGED_KEEP_ALIVE); context, backend and device apply at the next load."""
+        entry = self._loaded.get(digest)
+        if entry is not None:
+            entry.pinned_by_settings = pinned
+            entry.keep_alive_s = self._cfg.keep_alive_s if keep_alive_s is None else keep_alive_s
+            self._after_request(digest, entry)  # keep-alive 0 on an idle model: unload now
 
     def drop_session(self, digest: str, session_id: str) -> None:
         worker = self.worker_of(digest)
@@ -196,3 +547,12 @@ class Scheduler:
                 await self._reaper
         for digest in list(self._loaded):
             await self.unload(digest)
+        if self._stopping:
+            await asyncio.gather(*self._stopping, return_exceptions=True)
+
+
+def gpu_layers_for(device: str, wanted: int) -> int:
+    """Layers to offload: none on the CPU; ``wanted`` on a GPU, where 0 means all (-1)."""
+    if device in ("", "cpu"):
+        return 0
+    return wanted if wanted > 0 else -1

@@ -24,9 +24,9 @@ from grpc_reflection.v1alpha import reflection
 
 from edged.daemon.app import App, installed_backends
 from edged.daemon.auth import BearerTokenInterceptor
-from edged.daemon.config import ServerConfig
+from edged.daemon.config import ServerConfig, load_gc_grace
 from edged.daemon.errors import EdgedError, FailedPrecondition
-from edged.daemon.hardware import llama_cuda_built, probe
+from edged.daemon.hardware import HardwareMonitor, llama_cuda_built
 from edged.daemon.limits import LimitsInterceptor, server_options
 from edged.daemon.scheduler import Scheduler
 from edged.daemon.security import ensure_private_dir, load_or_create_token, parse_loopback
@@ -86,22 +86,33 @@ def _prepare_socket(path: Path) -> None:
 
 
 def build_app(cfg: ServerConfig) -> App:
-    hw = probe()
+    # The optional hardware probes (child processes) run in the background;
+    # the first selection waits for them.
+    monitor = HardwareMonitor().start()
     installed = tuple(installed_backends())
     llama_cuda = llama_cuda_built()
     scheduler = Scheduler(
-        cfg.engine, hw, WorkerHandle, installed_backends=installed, llama_cuda=llama_cuda
+        cfg.engine, monitor.basic, WorkerHandle, installed_backends=installed, llama_cuda=llama_cuda
     )
     ensure_private_dir(cfg.paths.data_dir)
     return App(
         config=cfg,
-        store=Store(cfg.paths.registry_dir),
+        store=Store(cfg.paths.registry_dir, gc_grace_s=load_gc_grace()),
         scheduler=scheduler,
         sessions=SessionStore(cfg.paths.sessions_dir),
-        hardware=hw,
+        monitor=monitor,
         installed=installed,
-        llama_cuda=llama_cuda,
     )
+
+
+def _collect_garbage(store: Store) -> None:
+    try:
+        removed = store.gc()
+    except (EdgedError, OSError) as exc:  # the store is unreadable: say so, serve on
+        log.info("start-up garbage collection skipped: %s", exc)
+        return
+    if removed:
+        log.info("start-up garbage collection removed %d unreferenced blob(s)", len(removed))
 
 
 def _add_services(server: grpc.aio.Server, app: App, health_servicer: object) -> None:
@@ -157,6 +168,9 @@ async def serve(cfg: ServerConfig, *, ready: asyncio.Event | None = None) -> Non
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     app.scheduler.start_reaper()
+    # Leftovers of pulls that a crash or a kill interrupted (older than the
+    # grace period, unreferenced) go now rather than at the next `edged rm`.
+    gc_task = asyncio.get_running_loop().run_in_executor(None, _collect_garbage, app.store)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -171,6 +185,8 @@ async def serve(cfg: ServerConfig, *, ready: asyncio.Event | None = None) -> Non
         await health_servicer.enter_graceful_shutdown()
         await asyncio.gather(*(s.stop(cfg.grace_s) for s in servers))
         await app.scheduler.close()
+        with contextlib.suppress(Exception):
+            await gc_task
         with contextlib.suppress(FileNotFoundError):
             cfg.paths.socket.unlink()
         log.info("stopped")

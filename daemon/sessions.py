@@ -46,6 +46,7 @@ class SessionRecord:
     history: list[Message] = field(default_factory=list)
     token_count: int = 0
     backend: str = ""  # requested at creation; "" = auto
+    device: str = ""  # requested at creation; "" = auto
 
     def messages(self, user_turn: str | None = None) -> tuple[Message, ...]:
         out: list[Message] = []
@@ -110,7 +111,12 @@ class SessionStore:
             raise
 
     def create(
-        self, model: str, model_digest: str, system_prompt: str, backend: str = ""
+        self,
+        model: str,
+        model_digest: str,
+        system_prompt: str,
+        backend: str = "",
+        device: str = "",
     ) -> SessionRecord:
         if len(system_prompt) > MAX_SYSTEM_PROMPT:
             raise InvalidArgument(f"the system prompt is over {MAX_SYSTEM_PROMPT} characters")
@@ -123,6 +129,7 @@ class SessionStore:
             created_unix_ms=now,
             updated_unix_ms=now,
             backend=backend,
+            device=device,
         )
         self._write(rec)
         self._cache[rec.id] = rec
@@ -150,7 +157,9 @@ class SessionStore:
         self._write(rec)
 
     def fork(self, parent: SessionRecord) -> SessionRecord:
-        child = self.create(parent.model, parent.model_digest, parent.system_prompt, parent.backend)
+        child = self.create(
+            parent.model, parent.model_digest, parent.system_prompt, parent.backend, parent.device
+        )
         child.history = list(parent.history)
         child.token_count = parent.token_count
         self._write(child)

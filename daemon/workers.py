@@ -57,6 +57,7 @@ class WorkerHandle:
         self._proc: Any = None
         self._conn: Connection | None = None
         self._dead = False
+        self._stopping = False  # stop() asked it to exit: its end is no crash
         self._ready: asyncio.Future[ModelDescription] | None = None
         self._calls: dict[int, asyncio.Future[Any]] = {}
 
@@ -142,15 +143,20 @@ class WorkerHandle:
             self._proc.join(timeout=0.5)
             code = self._proc.exitcode
         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        log.error("worker for %s (pid %s) ended: %s", self.label, self.pid, how)
+        if self._stopping:
+            log.info("worker for %s (pid %s) stopped", self.label, self.pid)
+        else:
+            log.error("worker for %s (pid %s) ended: %s", self.label, self.pid, how)
         if self._ready and not self._ready.done():
             self._ready.set_exception(
                 errors.Unavailable(f"the worker loading {self.label} crashed ({how})")
             )
-        crash = errors.WorkerCrashed(
+        crash: errors.EdgedError = errors.WorkerCrashed(
             f"the inference worker for {self.label} crashed ({how}); "
             "the request was stopped. Retry: the next request starts a new worker"
         )
+        if self._stopping:
+            crash = errors.Unavailable(f"{self.label} was unloaded; retry to load it again")
         for pending in self._requests.values():
             pending.queue.put_nowait(crash)
         for fut in self._calls.values():
@@ -215,6 +221,7 @@ class WorkerHandle:
     async def stop(self, timeout_s: float = 30.0) -> None:
         if self._proc is None:
             return
+        self._stopping = True
         if not self._dead and self._conn is not None:
             with contextlib.suppress(BrokenPipeError, OSError):
                 self._conn.send(("stop",))

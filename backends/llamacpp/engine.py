@@ -33,10 +33,12 @@ from edged.backends.llamacpp.native import (
     NativeContext,
     NativeModel,
     NativeSampler,
+    gpu_offload_supported,
+    offload_for,
     piece_buffer,
 )
 from edged.backends.textstream import TextStream
-from edged.daemon.errors import ContextOverflow, EdgedError, InvalidArgument
+from edged.daemon.errors import ContextOverflow, EdgedError, FailedPrecondition, InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,16 @@ class Request:
     cancelled: bool = False
 
 
+def offloaded_layers(n_gpu_layers: int, n_layer: int) -> int:
+    """Layers llama.cpp puts on the GPU: the repeating ones asked for, plus the
+    output layer once all of them are there (so at most ``n_layer + 1``)."""
+    if n_gpu_layers == 0:
+        return 0
+    if n_gpu_layers < 0:
+        return n_layer + 1
+    return min(n_gpu_layers, n_layer + 1)
+
+
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     i = 0
@@ -76,8 +88,15 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 class LlamaEngine:
     def __init__(self, spec: LoadSpec) -> None:
-        gpu_layers = 0 if spec.device == "cpu" else 999
-        self._model = NativeModel.load(spec.model_path, gpu_layers=gpu_layers)
+        offload = offload_for(spec.device, spec.gpu_layers)
+        if offload.n_gpu_layers and not gpu_offload_supported():
+            raise FailedPrecondition(
+                f"{spec.device} was asked for, but the installed llama.cpp cannot offload "
+                "to a GPU (it was built without CUDA: reinstall with ./install.sh on a "
+                "machine with the CUDA toolkit, or use --device cpu)"
+            )
+        self._model = NativeModel.load(spec.model_path, offload=offload)
+        self._gpu_layers = offloaded_layers(offload.n_gpu_layers, self._model.n_layer())
         train_ctx = self._model.n_ctx_train() or spec.context_length
         self._n_ctx_seq = min(spec.context_length, train_ctx)
         n_seq = max(1, spec.max_sequences)
@@ -115,6 +134,7 @@ class LlamaEngine:
             max_sequences=n_seq,
             batching=True,
             session_kv=True,
+            gpu_layers=self._gpu_layers,
         )
 
     # ------------------------------------------------------------ interface

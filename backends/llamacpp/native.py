@@ -45,16 +45,53 @@ def backend_init() -> None:
         _BACKEND_READY = True
 
 
+@dataclass(frozen=True)
+class Offload:
+    """How llama.cpp places a model: layers on the GPU and which GPU."""
+
+    n_gpu_layers: int  # llama_model_params.n_gpu_layers: 0 = CPU only, negative = all
+    main_gpu: int | None = None  # None: llama.cpp's default (split over every GPU)
+
+
+def offload_for(device: str, gpu_layers: int) -> Offload:
+    """``LoadSpec.device``/``gpu_layers`` -> llama.cpp's placement.
+
+    "cpu" keeps every layer on the CPU whatever ``gpu_layers`` says; "cuda" and
+    "cuda:N" offload ``gpu_layers`` layers (negative, or 0 meaning "not said",
+    offload all of them) to all GPUs or to GPU N only.
+    """
+    kind, _, index = device.partition(":")
+    if kind in ("", "cpu"):
+        return Offload(0)
+    if kind != "cuda":
+        raise FailedPrecondition(
+            f"the llama.cpp backend runs on cpu or cuda[:N], not on {device!r}"
+        )
+    if index and not index.isdigit():
+        raise FailedPrecondition(f"{device!r} is not a CUDA device (use cuda:0, cuda:1, ...)")
+    layers = gpu_layers if gpu_layers > 0 else -1
+    return Offload(layers, int(index) if index else None)
+
+
+def gpu_offload_supported() -> bool:
+    backend_init()
+    return bool(lc.llama_supports_gpu_offload())
+
+
 @dataclass
 class NativeModel:
     model: Any
     vocab: Any
 
     @classmethod
-    def load(cls, path: str, *, gpu_layers: int) -> NativeModel:
+    def load(cls, path: str, *, offload: Offload) -> NativeModel:
         backend_init()
         params = lc.llama_model_default_params()
-        params.n_gpu_layers = gpu_layers
+        params.n_gpu_layers = offload.n_gpu_layers
+        if offload.main_gpu is not None:
+            # one named GPU ("cuda:1"): everything on it, no split across GPUs
+            params.split_mode = lc.LLAMA_SPLIT_MODE_NONE
+            params.main_gpu = offload.main_gpu
         params.use_mmap = True
         model = lc.llama_model_load_from_file(path.encode(), params)
         if not model:
@@ -87,6 +124,9 @@ class NativeModel:
             if lc.llama_model_meta_val_str_by_index(self.model, i, vbuf, len(vbuf)) >= 0:
                 out[key] = vbuf.value.decode("utf-8", errors="replace")
         return out
+
+    def n_layer(self) -> int:
+        return int(lc.llama_model_n_layer(self.model))
 
     def n_ctx_train(self) -> int:
         return int(lc.llama_model_n_ctx_train(self.model))

@@ -16,6 +16,7 @@ import grpc
 
 from edged.daemon import errors
 from edged.daemon.cli import models, render, run, serve, service, system
+from edged.daemon.cli import store as store_cli
 from edged.daemon.cli.context import Context
 
 _EPILOG = """\
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.register(sub)
     models.register(sub)
     system.register(sub)
+    store_cli.register(sub)
     service.register(sub)
     return parser
 

@@ -1,4 +1,4 @@
-"""Model commands: pull, list, ps, show, rm, stop."""
+"""Model commands: pull, list, ps, show, rm, stop, load, config."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import grpc
 from edged.daemon import errors
 from edged.daemon.cli import render
 from edged.daemon.cli.context import Context
+from edged.daemon.cli.durations import human_duration, parse_duration, until
+from edged.daemon.cli.system import backend_lines
 from edged.daemon.client import ResponseStream
 from edged.v1 import edged_pb2 as pb
 
@@ -25,9 +27,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "Add a model to the local registry. SOURCE is a catalog name "
             "(smollm2, smollm2:135m-q4_1), an http(s) URL of a GGUF file, an http(s) "
             "URL ending in / of an ONNX Runtime GenAI folder, a Hugging Face repo "
-            "holding one (owner/repo or hf://owner/repo@revision; HF_ENDPOINT is "
-            "honoured), or a local GGUF file or ONNX folder (relative paths are "
-            "resolved here; the daemon reads them)."
+            "holding one (owner/repo or hf://owner/repo@revision), one GGUF file in a "
+            "Hugging Face repo (hf://owner/repo[@revision]/path/file.gguf; the token "
+            "from HF_TOKEN or `hf auth login`), or a local GGUF file or ONNX folder "
+            "(relative paths are resolved here; the daemon reads them). HF_ENDPOINT "
+            "is honoured."
         ),
     )
     p.add_argument("source", metavar="SOURCE")
@@ -55,9 +59,44 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("models", metavar="MODEL", nargs="+")
     p.set_defaults(func=cmd_rm)
 
-    p = sub.add_parser("stop", help="unload a running model")
+    p = sub.add_parser(
+        "stop",
+        help="unload a loaded model",
+        description="Unload MODEL now, pinned or not; streams still running on it end with "
+        "UNAVAILABLE. Says so when it was not loaded (exit status 0 either way).",
+    )
     p.add_argument("model", metavar="MODEL")
     p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser(
+        "load",
+        help="load a model now (and pin it, or set its keep-alive)",
+        description="Load MODEL into memory now, so the first request does not wait. On a "
+        "loaded model, updates its keep-alive and pin (a bigger --context reloads it).",
+    )
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument(
+        "--pin", action="store_true", help="never unload it for idleness or to make room"
+    )
+    add_lifecycle_options(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_load)
+
+    p = sub.add_parser(
+        "config",
+        help="show or change a model's settings (backend, device, keep-alive, pin, context)",
+        description="Per-model settings, kept in the registry and used by every request "
+        "that does not say otherwise (a request's own values win; EDGED_* are the "
+        "defaults). Without options, prints the current settings.",
+    )
+    p.add_argument("model", metavar="MODEL")
+    add_lifecycle_options(p)
+    pin = p.add_mutually_exclusive_group()
+    pin.add_argument("--pin", dest="pin", action="store_true", default=None, help="pin it")
+    pin.add_argument("--no-pin", dest="pin", action="store_false", help="unpin it")
+    p.add_argument("--reset", action="store_true", help="clear every setting first")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_config)
 
     p = sub.add_parser(
         "convert",
@@ -70,6 +109,38 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--to", choices=["onnx"], required=True, help="target format")
     p.add_argument("--json", action="store_true", help="print the model's info as JSON at the end")
     p.set_defaults(func=cmd_convert)
+
+
+def add_lifecycle_options(p: argparse.ArgumentParser) -> None:
+    """--backend/--device/--keep-alive/--context, as load, config and run take them."""
+    p.add_argument(
+        "--backend",
+        metavar="NAME",
+        help="llama.cpp, onnxruntime or openvino (default: the best for this hardware)",
+    )
+    p.add_argument("--device", metavar="DEV", help="cpu, cuda:0, gpu, npu (default: the best)")
+    p.add_argument(
+        "--keep-alive",
+        dest="keep_alive",
+        metavar="DURATION",
+        type=parse_duration,
+        help="how long it stays loaded once idle: 300, 30s, 5m, 1h, 0 (unload when idle), "
+        "-1 or forever (default: EDGED_KEEP_ALIVE, 5 minutes)",
+    )
+    p.add_argument(
+        "--context",
+        metavar="N",
+        type=int,
+        help="context tokens per sequence (default: EDGED_CONTEXT)",
+    )
+
+
+def _context(args: argparse.Namespace) -> int:
+    if args.context is None or args.context == 0:
+        return 0
+    if args.context < 0:
+        raise errors.InvalidArgument("--context must not be negative")
+    return int(args.context)
 
 
 def pull_source(source: str) -> str:
@@ -151,6 +222,11 @@ def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def memory_text(m: pb.LoadedModel) -> str:
+    estimate = render.human_bytes(m.memory.total_bytes) if m.memory.total_bytes else "?"
+    return f"{estimate} / {render.human_bytes(m.rss_bytes)}"
+
+
 def cmd_ps(ctx: Context, args: argparse.Namespace) -> int:
     reply = ctx.client().models.ListLoaded(pb.ListLoadedRequest())
     if args.json:
@@ -160,15 +236,27 @@ def cmd_ps(ctx: Context, args: argparse.Namespace) -> int:
         [
             m.model,
             m.backend,
-            m.device,
-            str(m.pid),
-            render.human_bytes(m.rss_bytes),
+            m.device + (f" ({m.gpu_layers} layers)" if m.gpu_layers else ""),
+            memory_text(m),
             str(m.context_length),
+            str(m.sessions),
             str(m.active_requests),
+            str(m.pid),
+            until(m.keep_alive_s, m.expires_unix_ms, m.pinned),
         ]
         for m in reply.models
     ]
-    headers = ["MODEL", "BACKEND", "DEVICE", "PID", "RSS", "CONTEXT", "ACTIVE"]
+    headers = [
+        "MODEL",
+        "BACKEND",
+        "DEVICE",
+        "MEMORY (EST / RSS)",
+        "CONTEXT",
+        "SESSIONS",
+        "ACTIVE",
+        "PID",
+        "UNTIL",
+    ]
     ctx.out(render.table(headers, rows))
     return 0
 
@@ -202,6 +290,21 @@ def _show_text(reply: pb.ShowModelResponse) -> str:
         ]
         table = render.table(["VARIANT", "FORMAT", "QUANT", "SIZE", "BACKENDS"], vrows)
         text += "\n\n  Variants\n" + "\n".join("    " + line for line in table.splitlines())
+    settings = settings_rows(reply.settings)
+    if settings:
+        text += "\n\n  Settings\n" + "\n".join(f"    {k:<18}{v}" for k, v in settings)
+    if reply.HasField("memory") and reply.memory.total_bytes:
+        mem = reply.memory
+        text += (
+            "\n\n  Memory (estimated for the chosen backend)\n"
+            f"    {render.human_bytes(mem.total_bytes)}"
+            f" = weights {render.human_bytes(mem.weights_bytes)}"
+            f" + KV {render.human_bytes(mem.kv_bytes)}"
+            f" + overhead {render.human_bytes(mem.overhead_bytes)}"
+        )
+    if reply.backends:
+        lines = backend_lines(reply.backends, "Backends")
+        text += "\n\n" + "\n".join("  " + line for line in lines)
     defaults = [(k, f"{reply.sampling_defaults[k]:g}") for k in sorted(reply.sampling_defaults)]
     if reply.system_prompt:
         defaults.insert(0, ("system prompt", reply.system_prompt))
@@ -244,5 +347,92 @@ def cmd_rm(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_stop(ctx: Context, args: argparse.Namespace) -> int:
-    ctx.client().models.Unload(pb.ModelRef(model=args.model))
+    client = ctx.client()
+    shown = client.models.Show(pb.ModelRef(model=args.model))  # NOT_FOUND when unknown
+    name = render.model_name(shown.model)
+    before = client.models.ListLoaded(pb.ListLoadedRequest()).models
+    if not any(m.model == name for m in before):
+        ctx.out(f"{name} is not loaded")
+        return 0
+    client.models.Unload(pb.ModelRef(model=args.model))
+    ctx.out(f"stopped {name}")
+    return 0
+
+
+def loaded_lines(m: pb.LoadedModel) -> list[str]:
+    memory = render.human_bytes(m.memory.total_bytes) if m.memory.total_bytes else "unknown"
+    return [
+        f"loaded {m.model} on {m.backend}/{m.device} (pid {m.pid})",
+        f"  context {m.context_length} tokens, memory about {memory} "
+        f"(now {render.human_bytes(m.rss_bytes)} resident)",
+        f"  unloads: {until(m.keep_alive_s, m.expires_unix_ms, m.pinned)}",
+    ]
+
+
+def cmd_load(ctx: Context, args: argparse.Namespace) -> int:
+    request = pb.LoadRequest(
+        model=args.model,
+        backend=args.backend or "",
+        device=args.device or "",
+        pin=args.pin,
+        context_length=_context(args),
+    )
+    if args.keep_alive is not None:
+        request.keep_alive_s = args.keep_alive
+    reply = ctx.client().models.Load(request, timeout=600)
+    if args.json:
+        render.print_json(render.to_dict(reply), ctx.stdout)
+    else:
+        ctx.out("\n".join(loaded_lines(reply)))
+    return 0
+
+
+def settings_rows(s: pb.ModelSettings) -> list[tuple[str, str]]:
+    rows = []
+    if s.backend:
+        rows.append(("backend", s.backend))
+    if s.device:
+        rows.append(("device", s.device))
+    if s.HasField("keep_alive_s"):
+        rows.append(("keep-alive", human_duration(s.keep_alive_s)))
+    if s.pinned:
+        rows.append(("pinned", "yes"))
+    if s.context_length:
+        rows.append(("context", str(s.context_length)))
+    return rows
+
+
+def cmd_config(ctx: Context, args: argparse.Namespace) -> int:
+    client = ctx.client()
+    shown = client.models.Show(pb.ModelRef(model=args.model))
+    name = render.model_name(shown.model)
+    settings = pb.ModelSettings() if args.reset else shown.settings
+    changed = args.reset
+    if args.backend is not None:
+        settings.backend = "" if args.backend == "auto" else args.backend
+        changed = True
+    if args.device is not None:
+        settings.device = "" if args.device == "auto" else args.device
+        changed = True
+    if args.keep_alive is not None:
+        settings.keep_alive_s = args.keep_alive
+        changed = True
+    if args.pin is not None:
+        settings.pinned = args.pin
+        changed = True
+    if args.context is not None:
+        settings.context_length = _context(args)
+        changed = True
+    if changed:
+        request = pb.ConfigureModelRequest(model=args.model, settings=settings)
+        settings = client.models.Configure(request)
+    if args.json:
+        render.print_json(render.to_dict(settings), ctx.stdout)
+        return 0
+    rows = settings_rows(settings)
+    if not rows:
+        ctx.out(f"{name}: no settings (the daemon's defaults apply)")
+        return 0
+    ctx.out(f"{name}:")
+    ctx.out("\n".join(f"  {k:<12}{v}" for k, v in rows))
     return 0

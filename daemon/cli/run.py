@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TextIO
 
 import grpc
@@ -12,6 +13,7 @@ import grpc
 from edged.daemon import errors
 from edged.daemon.cli import render
 from edged.daemon.cli.context import Context
+from edged.daemon.cli.durations import parse_duration
 from edged.daemon.client import Client, ResponseStream
 from edged.v1 import edged_pb2 as pb
 
@@ -49,10 +51,29 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--system", metavar="TEXT", help="system message")
     p.add_argument(
         "--backend",
-        choices=["auto", "llama.cpp", "onnx", "onnxruntime"],
+        choices=["auto", "llama.cpp", "onnx", "onnxruntime", "openvino"],
         default="auto",
         help="inference backend (default: the best for this hardware); 'onnx' converts the "
         "model to ONNX first when it has no ONNX variant yet",
+    )
+    p.add_argument(
+        "--device", metavar="DEV", default="", help="cpu, cuda:0, gpu, npu (default: the best)"
+    )
+    p.add_argument(
+        "--keep-alive",
+        dest="keep_alive",
+        metavar="DURATION",
+        type=parse_duration,
+        help="how long the model stays loaded once idle: 300, 5m, 1h, 0, -1/forever "
+        "(default: the model's setting, else EDGED_KEEP_ALIVE)",
+    )
+    p.add_argument(
+        "--context",
+        metavar="N",
+        type=int,
+        default=0,
+        help="context tokens per sequence (default: the model's setting, else EDGED_CONTEXT); "
+        "a loaded model with at least this much is reused",
     )
     group = p.add_argument_group("sampling")
     for flag, dest, kind, text in _SAMPLING:
@@ -98,9 +119,12 @@ def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
         prompt = ctx.stdin.read()
         if not prompt.strip():
             raise errors.InvalidArgument("the prompt read from stdin is empty")
+    if args.context < 0:
+        raise errors.InvalidArgument("--context must not be negative")
     backend = {"auto": "", "onnx": "onnxruntime"}.get(args.backend, args.backend)
     if backend == "onnxruntime":
         _ensure_onnx_variant(ctx, args.model)
+    lifecycle = Lifecycle(args.device, args.keep_alive, args.context)
     if prompt:
         return one_shot(
             ctx.client(),
@@ -113,10 +137,20 @@ def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
             err=ctx.stderr,
             verbose=args.verbose,
             as_json=args.json,
+            lifecycle=lifecycle,
         )
     if args.json:
         raise errors.InvalidArgument("--json needs a PROMPT (it does not apply to a chat)")
     client = ctx.client()
+    if args.context:
+        # sessions take the model's context setting: load it with this one first
+        # (later turns reuse it when it is at least that large)
+        load = pb.LoadRequest(
+            model=args.model, backend=backend, device=args.device, context_length=args.context
+        )
+        if args.keep_alive is not None:
+            load.keep_alive_s = args.keep_alive
+        client.models.Load(load, timeout=600)
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401  (line editing and history for input())
     return repl(
@@ -129,7 +163,17 @@ def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
         out=ctx.stdout,
         err=ctx.stderr,
         verbose=args.verbose,
+        lifecycle=lifecycle,
     )
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """`--device`, `--keep-alive`, `--context` as the requests carry them."""
+
+    device: str = ""
+    keep_alive_s: float | None = None
+    context_length: int = 0
 
 
 def _ensure_onnx_variant(ctx: Context, model: str) -> None:
@@ -178,12 +222,21 @@ def one_shot(
     err: TextIO,
     verbose: bool = False,
     as_json: bool = False,
+    lifecycle: Lifecycle | None = None,
 ) -> int:
+    life = lifecycle or Lifecycle()
     messages = [pb.ChatMessage(role="system", content=system)] if system else []
     messages.append(pb.ChatMessage(role="user", content=prompt))
     request = pb.GenerateRequest(
-        model=model, chat=pb.ChatMessages(messages=messages), sampling=sampling, backend=backend
+        model=model,
+        chat=pb.ChatMessages(messages=messages),
+        sampling=sampling,
+        backend=backend,
+        device=life.device,
+        context_length=life.context_length,
     )
+    if life.keep_alive_s is not None:
+        request.keep_alive_s = life.keep_alive_s
     call = client.inference.Generate(request)
     try:
         text, stats = stream_reply(call, None if as_json else out)
@@ -243,10 +296,12 @@ def _send(
     out: TextIO,
     err: TextIO,
     verbose: bool,
+    keep_alive_s: float | None = None,
 ) -> None:
-    call = client.sessions.Send(
-        pb.SendRequest(session_id=session_id, content=content, sampling=sampling)
-    )
+    request = pb.SendRequest(session_id=session_id, content=content, sampling=sampling)
+    if keep_alive_s is not None:
+        request.keep_alive_s = keep_alive_s
+    call = client.sessions.Send(request)
     try:
         text, stats = stream_reply(call, out)
     except KeyboardInterrupt:
@@ -282,9 +337,13 @@ def repl(
     out: TextIO,
     err: TextIO,
     verbose: bool = False,
+    lifecycle: Lifecycle | None = None,
 ) -> int:
     """The interactive loop. The session is deleted on every way out."""
-    create = pb.CreateSessionRequest(model=model, system_prompt=system, backend=backend)
+    life = lifecycle or Lifecycle()
+    create = pb.CreateSessionRequest(
+        model=model, system_prompt=system, backend=backend, device=life.device
+    )
     session_id = client.sessions.Create(create).id
     try:
         while True:
@@ -315,6 +374,7 @@ def repl(
                     out=out,
                     err=err,
                     verbose=verbose,
+                    keep_alive_s=life.keep_alive_s,
                 )
     finally:
         _delete_quietly(client, session_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+from collections.abc import Sequence
 
 import grpc
 
@@ -26,6 +27,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="show the hardware and the backend chosen for it",
         description="Show this machine's hardware and every backend, best first, with reasons.",
     )
+    p.add_argument(
+        "--model",
+        "-m",
+        default="",
+        help="rank the backends for this model (default: smollm2 when pulled)",
+    )
+    p.add_argument(
+        "--calibrate",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="MODEL",
+        help="measure every CPU backend on the model again (a short real generation each)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_hw)
 
@@ -38,34 +53,103 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_version)
 
 
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
 def _hw_text(hw: pb.HardwareResponse) -> str:
-    threads = f"{hw.cpu_cores} cores, {hw.cpu_threads} threads"
     memory = (
         f"{render.human_bytes(hw.memory_available_bytes)} available "
         f"of {render.human_bytes(hw.memory_total_bytes)}"
     )
     rows = [
         ("OS", f"{hw.os} ({hw.arch})"),
-        ("CPU", f"{hw.cpu or 'unknown'} ({threads})"),
-        ("CPU features", " ".join(hw.cpu_features) or "-"),
+        ("CPU", hw.cpu or "unknown"),
+        ("Cores", f"{hw.cpu_cores} physical, {hw.cpu_threads} logical"),
         ("Memory", memory),
-        ("GPUs", ", ".join(hw.gpus) or "none"),
     ]
     lines = [f"{key:<14}{value}" for key, value in rows]
-    lines += ["", "Backends (best first; * = used by default):"]
-    chosen = next((i for i, b in enumerate(hw.backends) if b.available), None)
-    for i, b in enumerate(hw.backends):
-        mark = "*" if i == chosen else " "
-        state = "available" if b.available else "not available"
-        lines.append(f"  {mark} {b.backend} on {b.device or '-'}: {state}")
-        lines += [f"      - {reason}" for reason in b.reasons]
-    if not hw.backends:
-        lines.append("  (none)")
+    if hw.isa:
+        lines += ["", "Instruction sets (reported by the CPU / usable by a process):"]
+        isa = [("  " + f.name, _yes(f.reported), _yes(f.usable), f.note) for f in hw.isa]
+        lines += render.table(("  name", "reported", "usable", "note"), isa).splitlines()
+    lines.append("")
+    gpus = [
+        f"  {g.index}: {g.name}, {render.human_bytes(g.vram_free_bytes)} free of "
+        f"{render.human_bytes(g.vram_total_bytes)}, driver {g.driver or '?'}, "
+        f"compute capability {g.compute_capability or '?'}"
+        for g in hw.nvidia_gpus
+    ]
+    lines += ["NVIDIA GPUs" + ("" if gpus else "   none"), *gpus]
+    devices = []
+    for d in hw.openvino_devices:
+        kind = f" ({d.type})" if d.type else ""
+        devices.append(f"  {d.name}: {d.full_name or '-'}{kind}")
+        devices += [f"      {k} = {v}" for k, v in sorted(d.properties.items())]
+    lines += ["OpenVINO devices" + ("" if devices else "   none"), *devices]
+    lines.append(f"ONNX Runtime providers   {', '.join(hw.onnx_providers) or 'none'}")
+    lines.append(f"llama.cpp GPU offload    {_yes(hw.llama_gpu_offload)}")
+    if hw.notes:
+        lines += ["", "Notes:", *(f"  - {n}" for n in hw.notes)]
+    lines.append("")
+    title = f"Backends for {hw.model}" if hw.model else ("Backends" if hw.backends else "")
+    lines += _backend_lines(hw.backends, title)
+    if hw.calibrations:
+        lines += ["", "Calibration (tokens/s; a 64-token prompt, then 32 tokens at temperature 0):"]
+        for c in hw.calibrations:
+            lines.append(
+                f"  {c.backend} {c.backend_version} on {c.device}: "
+                f"decode {c.decode_tokens_per_second:.1f}, prefill "
+                f"{c.prefill_tokens_per_second:.1f} (measured {render.ago(c.measured_unix_ms)})"
+            )
     return "\n".join(lines)
 
 
+def _choice_line(b: pb.BackendChoice) -> str:
+    facts = [b.fit] if b.fit else []
+    if b.memory_bytes:
+        facts.append(f"needs {render.human_bytes(b.memory_bytes)}")
+    if b.gpu_layers:
+        facts.append(f"{b.gpu_layers} layers on the GPU")
+    if b.calibrated_tokens_per_second:
+        facts.append(f"{b.calibrated_tokens_per_second:.1f} tokens/s measured")
+    return f"{b.backend} on {b.device or '-'}" + (f": {', '.join(facts)}" if facts else "")
+
+
+def _backend_lines(backends: Sequence[pb.BackendChoice], title: str) -> list[str]:
+    """The ranking: usable options best first (* = chosen), then the rejected ones."""
+    if not title:
+        return []
+    usable = [b for b in backends if b.available]
+    rejected = [b for b in backends if not b.available]
+    lines = [f"{title} (best first; * = used by default):"]
+    for i, b in enumerate(usable):
+        lines.append(f"  {'*' if i == 0 else ' '} {_choice_line(b)}")
+        lines += [f"      - {reason}" for reason in b.reasons]
+    if not usable:
+        lines.append("  (no backend can run it here)")
+    if rejected:
+        lines.append("  Rejected:")
+        for b in rejected:
+            lines.append(f"    x {_choice_line(b)}")
+            lines += [f"      - {reason}" for reason in b.reasons]
+    return lines
+
+
+def backend_lines(backends: Sequence[pb.BackendChoice], title: str) -> list[str]:
+    """For ``edged show``: the same ranking text as ``edged hw``."""
+    return _backend_lines(backends, title)
+
+
 def cmd_hw(ctx: Context, args: argparse.Namespace) -> int:
-    reply = ctx.client().system.Hardware(pb.HardwareRequest())
+    model = args.model
+    if isinstance(args.calibrate, str):
+        if model and model != args.calibrate:
+            ctx.err("edged: error: --model and --calibrate name different models")
+            return 2
+        model = args.calibrate
+    request = pb.HardwareRequest(model=model, calibrate=bool(args.calibrate))
+    reply = ctx.client().system.Hardware(request)
     if args.json:
         render.print_json(render.to_dict(reply), ctx.stdout)
     else:

@@ -10,13 +10,52 @@ from typing import Any
 from edged.backends.base import Chunk, Done, Job
 from edged.daemon.app import App
 from edged.daemon.convert import stats_to
-from edged.daemon.scheduler import ResolvedModel
+from edged.daemon.errors import InvalidArgument
+from edged.daemon.scheduler import LoadOptions, ResolvedModel
+from edged.models_registry.settings import MAX_CONTEXT, MIN_CONTEXT, check_keep_alive
+from edged.models_registry.settings import ModelSettings as Settings
 from edged.v1 import edged_pb2 as pb
 
 
 def deadline_of(context: Any) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.time() + float(remaining)
+
+
+def check_device(device: str) -> str:
+    """A request's device string, validated for shape (selection checks it exists)."""
+    if device:
+        Settings(device=device)  # raises InvalidArgument naming the valid forms
+    return device
+
+
+def load_options(
+    app: App,
+    model: ResolvedModel,
+    *,
+    keep_alive_s: float | None = None,
+    context_length: int = 0,
+    backend: str = "",
+    device: str = "",
+    pin: bool | None = None,
+) -> LoadOptions:
+    """What a request asks of its model's worker: the request's own values, else
+    the model's settings (Models.Configure), else the daemon's defaults."""
+    if keep_alive_s is not None:
+        check_keep_alive(keep_alive_s)
+    if context_length and not MIN_CONTEXT <= context_length <= MAX_CONTEXT:
+        raise InvalidArgument(
+            f"context_length must be 0 (the default) or between {MIN_CONTEXT} and "
+            f"{MAX_CONTEXT}, got {context_length}"
+        )
+    s = app.model_settings(model.name)
+    return LoadOptions(
+        context_length=context_length or s.context_length,
+        keep_alive_s=keep_alive_s if keep_alive_s is not None else s.keep_alive_s,
+        pinned=s.pinned,
+        pin=pin,
+        exact=bool(backend or device or s.backend or s.device),
+    )
 
 
 @dataclass
@@ -28,11 +67,15 @@ class Outcome:
 
 
 async def stream_generation(
-    app: App, model: ResolvedModel, job: Job, outcome: Outcome | None = None
+    app: App,
+    model: ResolvedModel,
+    job: Job,
+    outcome: Outcome | None = None,
+    options: LoadOptions | None = None,
 ) -> AsyncIterator[pb.GenerateChunk]:
     accepted = time.perf_counter()
     first: float | None = None
-    async for event in app.scheduler.generate(model, job):
+    async for event in app.scheduler.generate(model, job, options):
         if isinstance(event, Chunk):
             if first is None:
                 first = time.perf_counter()

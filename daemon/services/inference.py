@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,7 +12,12 @@ from edged.daemon.app import App
 from edged.daemon.convert import check_text, messages_from, sampling_from, with_system_prompt
 from edged.daemon.errors import InvalidArgument
 from edged.daemon.services import _errors
-from edged.daemon.services.generation import deadline_of, stream_generation
+from edged.daemon.services.generation import (
+    check_device,
+    deadline_of,
+    load_options,
+    stream_generation,
+)
 from edged.daemon.workers import next_request_id
 from edged.v1 import edged_pb2 as pb
 from edged.v1 import edged_pb2_grpc as pbg
@@ -27,7 +33,16 @@ class InferenceService(pbg.InferenceServicer):  # type: ignore[misc]
     ) -> AsyncIterator[pb.GenerateChunk]:
         if not request.model:
             raise InvalidArgument("model is required (for example: smollm2)")
-        model = self.app.resolve(request.model, request.backend)
+        device = check_device(request.device)
+        model = await asyncio.to_thread(self.app.resolve, request.model, request.backend, device)
+        options = load_options(
+            self.app,
+            model,
+            keep_alive_s=request.keep_alive_s if request.HasField("keep_alive_s") else None,
+            context_length=request.context_length,
+            backend=request.backend,
+            device=device,
+        )
         sampling = sampling_from(request.sampling, model.sampling_defaults)
         which = request.WhichOneof("input")
         if which == "prompt":
@@ -47,5 +62,5 @@ class InferenceService(pbg.InferenceServicer):  # type: ignore[misc]
             )
         else:
             raise InvalidArgument("set either prompt or chat")
-        async for chunk in stream_generation(self.app, model, job):
+        async for chunk in stream_generation(self.app, model, job, options=options):
             yield chunk

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -11,20 +14,26 @@ from typing import Any
 import psutil
 
 from edged.backends.base import Capabilities
-from edged.backends.registry import BACKENDS
+from edged.backends.registry import BACKENDS, backend_info
 from edged.daemon.app import App, variant_digest
-from edged.daemon.errors import InvalidArgument
+from edged.daemon.errors import EdgedError, FailedPrecondition, InvalidArgument
+from edged.daemon.hardware.report import show_fields
+from edged.daemon.memory import MemoryEstimate
+from edged.daemon.scheduler import LoadedInfo
 from edged.daemon.services import _errors
+from edged.daemon.services.generation import check_device, load_options
 from edged.models_registry.convert import convert_to_onnx
 from edged.models_registry.gguf import read_gguf_info
 from edged.models_registry.manifest import Manifest, Variant
 from edged.models_registry.names import ModelRef
 from edged.models_registry.progress import ProgressFn, PullProgress
 from edged.models_registry.pull import pull
+from edged.models_registry.settings import ModelSettings
 from edged.v1 import edged_pb2 as pb
 from edged.v1 import edged_pb2_grpc as pbg
 
 _END = object()
+log = logging.getLogger(__name__)
 
 
 def model_info(name: str, tag: str, m: Manifest) -> pb.ModelInfo:
@@ -56,6 +65,82 @@ def _caps(c: Capabilities) -> pb.BackendCapabilities:
         fork=c.fork,
         grammar=c.grammar,
         sampling=c.sampling,
+    )
+
+
+def settings_to(s: ModelSettings) -> pb.ModelSettings:
+    msg = pb.ModelSettings(
+        backend=s.backend, device=s.device, pinned=s.pinned, context_length=s.context_length
+    )
+    if s.keep_alive_s is not None:
+        msg.keep_alive_s = s.keep_alive_s
+    return msg
+
+
+def settings_from(msg: pb.ModelSettings) -> ModelSettings:
+    """Validate wire settings (InvalidArgument says what is wrong)."""
+    if msg.backend:
+        try:
+            backend_info(msg.backend)
+        except FailedPrecondition as exc:
+            raise InvalidArgument(str(exc)) from None
+    return ModelSettings(
+        backend=msg.backend,
+        device=msg.device,
+        keep_alive_s=msg.keep_alive_s if msg.HasField("keep_alive_s") else None,
+        pinned=msg.pinned,
+        context_length=msg.context_length,
+    )
+
+
+def memory_to(m: MemoryEstimate | None) -> pb.MemoryEstimate | None:
+    if m is None:
+        return None
+    return pb.MemoryEstimate(
+        weights_bytes=m.weights_bytes,
+        kv_bytes=m.kv_bytes,
+        overhead_bytes=m.overhead_bytes,
+        total_bytes=m.total_bytes,
+    )
+
+
+async def _sessions_on(info: LoadedInfo) -> int:
+    """How many sessions' KV the worker holds (resident or in its saved tiers)."""
+    try:
+        found = await asyncio.wait_for(info.worker.call("kv_locations"), 5.0)
+    except (EdgedError, asyncio.TimeoutError):
+        return 0
+    return len(found) if isinstance(found, dict) else 0
+
+
+def _rss(pid: int | None) -> int:
+    if not pid:
+        return 0
+    with contextlib.suppress(psutil.Error):
+        return int(psutil.Process(pid).memory_info().rss)
+    return 0
+
+
+async def loaded_to(info: LoadedInfo) -> pb.LoadedModel:
+    model, worker = info.model, info.worker
+    caps = worker.description.capabilities if worker.description else None
+    return pb.LoadedModel(
+        model=model.name,
+        digest=model.digest,
+        backend=caps.backend if caps else worker.backend,
+        device=caps.device if caps else worker.spec.device,
+        pid=worker.pid or 0,
+        rss_bytes=_rss(worker.pid),
+        context_length=caps.context_length if caps else 0,
+        active_requests=worker.active,
+        loaded_unix_ms=int(worker.loaded_at * 1000),
+        capabilities=_caps(caps) if caps else None,
+        memory=memory_to(info.memory),
+        sessions=await _sessions_on(info),
+        keep_alive_s=info.keep_alive_s,
+        expires_unix_ms=int(info.expires_at * 1000) if info.expires_at is not None else 0,
+        pinned=info.pinned,
+        gpu_layers=max(0, caps.gpu_layers) if caps else 0,
     )
 
 
@@ -137,6 +222,9 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
             system_prompt=manifest.system_prompt,
             sampling_defaults=dict(manifest.sampling),
             variants=[self._variant(v) for v in manifest.variants],
+            settings=settings_to(self.app.model_settings(str(ref))),
+            # backends (ranked, rejected ones with reasons) and memory: hardware/report.py
+            **await asyncio.to_thread(show_fields, self.app, str(ref)),
         )
 
     def _variant(self, v: Variant) -> pb.ModelVariant:
@@ -163,36 +251,49 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
             if variant_digest(v) not in others:
                 await self.app.scheduler.unload(variant_digest(v))
         self.app.store.delete(ref)
+        if self.app.settings is not None:
+            self.app.settings.remove(str(ref))
         return pb.DeleteModelResponse()
 
     @_errors.unary
     async def ListLoaded(
         self, request: pb.ListLoadedRequest, context: Any
     ) -> pb.ListLoadedResponse:
-        out = []
-        for model, worker in self.app.scheduler.loaded():
-            caps = worker.description.capabilities if worker.description else None
-            rss = 0
-            if worker.pid:
-                try:
-                    rss = psutil.Process(worker.pid).memory_info().rss
-                except psutil.Error:
-                    rss = 0
-            out.append(
-                pb.LoadedModel(
-                    model=model.name,
-                    digest=model.digest,
-                    backend=caps.backend if caps else worker.backend,
-                    device=caps.device if caps else worker.spec.device,
-                    pid=worker.pid or 0,
-                    rss_bytes=rss,
-                    context_length=caps.context_length if caps else 0,
-                    active_requests=worker.active,
-                    loaded_unix_ms=int(worker.loaded_at * 1000),
-                    capabilities=_caps(caps) if caps else None,
-                )
+        infos = self.app.scheduler.loaded()
+        return pb.ListLoadedResponse(models=await asyncio.gather(*map(loaded_to, infos)))
+
+    @_errors.unary
+    async def Load(self, request: pb.LoadRequest, context: Any) -> pb.LoadedModel:
+        if not request.model:
+            raise InvalidArgument("model is required (for example: smollm2)")
+        device = check_device(request.device)
+        model = await asyncio.to_thread(self.app.resolve, request.model, request.backend, device)
+        options = load_options(
+            self.app,
+            model,
+            keep_alive_s=request.keep_alive_s if request.HasField("keep_alive_s") else None,
+            context_length=request.context_length,
+            backend=request.backend,
+            device=device,
+            pin=request.pin,
+        )
+        started = time.monotonic()
+        info = await self.app.scheduler.load(model, options)
+        log.info("Load %s: ready in %.1f s", model.name, time.monotonic() - started)
+        return await loaded_to(info)
+
+    @_errors.unary
+    async def Configure(self, request: pb.ConfigureModelRequest, context: Any) -> pb.ModelSettings:
+        ref, manifest = self.app.store.resolve(request.model)
+        settings = settings_from(request.settings)
+        if self.app.settings is None:
+            raise FailedPrecondition("this daemon keeps no model settings")
+        await asyncio.to_thread(self.app.settings.put, str(ref), settings)
+        for v in manifest.variants:  # a loaded model's pin and keep-alive change now
+            self.app.scheduler.apply_settings(
+                variant_digest(v), pinned=settings.pinned, keep_alive_s=settings.keep_alive_s
             )
-        return pb.ListLoadedResponse(models=out)
+        return settings_to(settings)
 
     @_errors.unary
     async def Unload(self, request: pb.ModelRef, context: Any) -> pb.UnloadResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,7 +11,13 @@ from edged.daemon.app import App
 from edged.daemon.convert import check_text, sampling_from
 from edged.daemon.errors import EdgedError, InvalidArgument
 from edged.daemon.services import _errors
-from edged.daemon.services.generation import Outcome, deadline_of, stream_generation
+from edged.daemon.services.generation import (
+    Outcome,
+    check_device,
+    deadline_of,
+    load_options,
+    stream_generation,
+)
 from edged.daemon.sessions import SessionRecord
 from edged.daemon.workers import next_request_id
 from edged.v1 import edged_pb2 as pb
@@ -52,9 +59,10 @@ class SessionsService(pbg.SessionsServicer):  # type: ignore[misc]
     async def Create(self, request: pb.CreateSessionRequest, context: Any) -> pb.Session:
         if not request.model:
             raise InvalidArgument("model is required (for example: smollm2)")
-        model = self.app.resolve(request.model, request.backend)
+        device = check_device(request.device)
+        model = await asyncio.to_thread(self.app.resolve, request.model, request.backend, device)
         system = check_text("the system prompt", request.system_prompt) or model.system_prompt
-        rec = self.app.sessions.create(model.name, model.digest, system, request.backend)
+        rec = self.app.sessions.create(model.name, model.digest, system, request.backend, device)
         return session_to(rec)
 
     @_errors.stream
@@ -64,7 +72,14 @@ class SessionsService(pbg.SessionsServicer):  # type: ignore[misc]
             raise InvalidArgument("the message is empty")
         rec = self.app.sessions.get(request.session_id)
         async with self.app.sessions.lock(rec.id):
-            model = self.app.resolve(rec.model, rec.backend)
+            model = await asyncio.to_thread(self.app.resolve, rec.model, rec.backend, rec.device)
+            options = load_options(
+                self.app,
+                model,
+                keep_alive_s=request.keep_alive_s if request.HasField("keep_alive_s") else None,
+                backend=rec.backend,
+                device=rec.device,
+            )
             sampling = sampling_from(request.sampling, model.sampling_defaults)
             if model.digest != rec.model_digest:
                 # the name now points at other weights: the old KV is meaningless
@@ -78,7 +93,7 @@ class SessionsService(pbg.SessionsServicer):  # type: ignore[misc]
                 deadline=deadline_of(context),
             )
             outcome = Outcome()
-            async for chunk in stream_generation(self.app, model, job, outcome):
+            async for chunk in stream_generation(self.app, model, job, outcome, options):
                 yield chunk
             done = outcome.done
             if done is not None and done.stats.finish_reason != "cancelled":

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-import psutil
-
-from edged.daemon.app import App
+from edged.daemon.app import App, Ranking
+from edged.daemon.errors import NotFound
+from edged.daemon.hardware.report import hardware_response
 from edged.daemon.services import _errors
 from edged.v1 import edged_pb2 as pb
 from edged.v1 import edged_pb2_grpc as pbg
+
+DEFAULT_MODEL = "smollm2"
 
 
 def edged_version() -> str:
@@ -23,6 +26,7 @@ def edged_version() -> str:
 class SystemService(pbg.SystemServicer):  # type: ignore[misc]
     def __init__(self, app: App) -> None:
         self.app = app
+        self._calibrating = asyncio.Lock()
 
     @_errors.unary
     async def Version(self, request: pb.VersionRequest, context: Any) -> pb.VersionResponse:
@@ -30,22 +34,34 @@ class SystemService(pbg.SystemServicer):  # type: ignore[misc]
 
     @_errors.unary
     async def Hardware(self, request: pb.HardwareRequest, context: Any) -> pb.HardwareResponse:
-        hw = self.app.hardware
-        choices = self.app.backend_choices(["gguf", "onnx"])
-        return pb.HardwareResponse(
-            os=hw.os,
-            arch=hw.arch,
-            cpu=hw.cpu,
-            cpu_cores=hw.cores,
-            cpu_threads=hw.threads,
-            cpu_features=sorted(hw.cpu_features),
-            memory_total_bytes=hw.memory_total,
-            memory_available_bytes=int(psutil.virtual_memory().available),
-            gpus=list(hw.nvidia_gpus),
-            backends=[
-                pb.BackendChoice(
-                    backend=c.backend, device=c.device, available=c.available, reasons=c.reasons
-                )
-                for c in choices
-            ],
+        """Probe again, rank backends for the model (``smollm2`` if pulled) and
+        calibrate it when asked or when it never was on this machine."""
+        hw = await asyncio.to_thread(self.app.monitor.refresh)
+        name = request.model or DEFAULT_MODEL
+        notes: list[str] = []
+        try:
+            ranking: Ranking | None = await asyncio.to_thread(
+                self.app.rank, name, "", "", hardware=hw
+            )
+        except NotFound:
+            if request.model:
+                raise
+            ranking = None
+            notes.append(f"no model ranked: {DEFAULT_MODEL} is not pulled (edged hw --model M)")
+        if ranking is not None and (request.calibrate or self.app.needs_calibration(ranking)):
+            async with self._calibrating:
+                ranking, outcomes = await self.app.calibrate(name, force=request.calibrate)
+            notes += [
+                f"calibration of {o.target.backend} on {o.target.device} failed: {o.error}"
+                for o in outcomes
+                if o.error
+            ]
+        if ranking is None:
+            return hardware_response(hw, notes=notes)
+        return hardware_response(
+            hw,
+            model=ranking.name,
+            choices=ranking.choices,
+            calibrations=ranking.calibrations,
+            notes=notes,
         )

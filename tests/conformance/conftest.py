@@ -1,7 +1,8 @@
 """One suite every installed backend must pass, against the real SmolLM2.
 
-llama.cpp runs the pulled GGUF; ONNX Runtime runs the int4 ONNX variant that
-Models.Convert makes from it (once per test run, cached between modules).
+llama.cpp and OpenVINO run the pulled GGUF; ONNX Runtime runs the int4 ONNX
+variant that Models.Convert makes from it (once per test run, cached between
+modules). OpenVINO's compiled-model cache is shared by every daemon of the run.
 """
 
 from __future__ import annotations
@@ -17,9 +18,19 @@ from tests.conftest import Daemon, clone_store, start_daemon
 
 BACKENDS = [
     name
-    for name, module in (("llama.cpp", "llama_cpp"), ("onnxruntime", "onnxruntime_genai"))
+    for name, module in (
+        ("llama.cpp", "llama_cpp"),
+        ("onnxruntime", "onnxruntime_genai"),
+        ("openvino", "openvino_genai"),
+    )
     if importlib.util.find_spec(module) is not None
 ]
+
+
+@pytest.fixture(scope="session")
+def openvino_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One EDGED_CACHE_DIR for the run: a later OpenVINO load finds the compiled model."""
+    return tmp_path_factory.mktemp("openvino-cache")
 
 
 @pytest.fixture(scope="session")
@@ -48,10 +59,13 @@ def bd(
     backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Daemon, str]]:
     """A daemon whose smollm2 has the variant ``backend`` runs, and that name."""
-    fixture = "smollm2_store" if backend == "llama.cpp" else "onnx_store"
+    fixture = "onnx_store" if backend == "onnxruntime" else "smollm2_store"
     store: Path = request.getfixturevalue(fixture)
     root = tmp_path_factory.mktemp(f"conf-{backend}")
     clone_store(store, root / "data")
-    d = start_daemon(root, EDGED_PARALLEL="4")
+    extra = {"EDGED_PARALLEL": "4"}
+    if backend == "openvino":
+        extra["EDGED_CACHE_DIR"] = str(request.getfixturevalue("openvino_cache"))
+    d = start_daemon(root, **extra)
     yield d, backend
     d.stop()

@@ -150,7 +150,7 @@ def test_session_recall_and_cached_tokens(bd: tuple[Daemon, str]) -> None:
         assert st2.cached_prompt_tokens >= st1.prompt_tokens
     else:
         assert st2.cached_prompt_tokens == 0
-    reply3, _ = send(d, sid, "Repeat the secret word once more.")
+    reply3, _ = send(d, sid, "Say the secret word again.")
     assert "saxophone" in reply3.lower()
     fork = d.sessions.Fork(pb.SessionRef(session_id=sid), timeout=30)
     assert (fork.kv_location == "resident") == caps(d, backend).fork

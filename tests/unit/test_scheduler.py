@@ -66,7 +66,7 @@ class FakeWorker:
 def make(queue: int = 1, seqs: int = 1) -> Scheduler:
     FakeWorker.started.clear()
     cfg = EngineConfig(threads=1, queue_size=queue, max_sequences=seqs, keep_alive_s=300)
-    return Scheduler(cfg, HW, FakeWorker, installed_backends=("llama.cpp",))
+    return Scheduler(cfg, HW, FakeWorker, installed_backends=("llama.cpp",), estimate=None)
 
 
 def job(i: int) -> Job:
@@ -120,7 +120,9 @@ def test_unload_and_no_backend() -> None:
         await t
         assert await s.unload(MODEL.digest) and FakeWorker.started[0].stopped
         assert s.loaded() == []
-        none = Scheduler(EngineConfig(threads=1), HW, FakeWorker, installed_backends=())
+        none = Scheduler(
+            EngineConfig(threads=1), HW, FakeWorker, installed_backends=(), estimate=None
+        )
         with pytest.raises(FailedPrecondition, match="not installed"):
             await drain(none, job(2))
 

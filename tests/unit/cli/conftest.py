@@ -83,6 +83,7 @@ class FakeState:
     chunks: list[str] = field(default_factory=lambda: ["Hel", "lo", " world"])
     cancelled: threading.Event = field(default_factory=threading.Event)
     sessions: set[str] = field(default_factory=set)
+    loaded: bool = True  # ListLoaded reports one model
 
     def record(self, method: str, request: Any, context: grpc.ServicerContext) -> None:
         self.calls.append(Call(method, request, dict(context.invocation_metadata())))
@@ -186,12 +187,34 @@ class Models(pbg.ModelsServicer):  # type: ignore[misc]
             rss_bytes=180_000_000,
             context_length=4096,
             active_requests=1,
+            memory=pb.MemoryEstimate(total_bytes=250_000_000),
+            sessions=2,
+            keep_alive_s=300,
         )
-        return pb.ListLoadedResponse(models=[loaded])
+        return pb.ListLoadedResponse(models=[loaded] if self.state.loaded else [])
 
     def Unload(self, request: pb.ModelRef, context: Any) -> pb.UnloadResponse:
         self.state.record("Unload", request, context)
         return pb.UnloadResponse()
+
+    def Load(self, request: pb.LoadRequest, context: Any) -> pb.LoadedModel:
+        self.state.record("Load", request, context)
+        return pb.LoadedModel(
+            model="smollm2:135m",
+            backend="llama.cpp",
+            device="cpu",
+            pid=4242,
+            context_length=request.context_length or 4096,
+            memory=pb.MemoryEstimate(total_bytes=250_000_000),
+            rss_bytes=180_000_000,
+            keep_alive_s=request.keep_alive_s if request.HasField("keep_alive_s") else 300,
+            expires_unix_ms=int(time.time() * 1000) + 300_500,
+            pinned=request.pin,
+        )
+
+    def Configure(self, request: pb.ConfigureModelRequest, context: Any) -> pb.ModelSettings:
+        self.state.record("Configure", request, context)
+        return request.settings
 
 
 class System(pbg.SystemServicer):  # type: ignore[misc]

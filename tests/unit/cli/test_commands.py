@@ -198,8 +198,14 @@ def test_list_json(fake: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None
 def test_ps(fake: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ps"]) == 0
     header, row = capsys.readouterr().out.splitlines()
-    assert header.split() == ["MODEL", "BACKEND", "DEVICE", "PID", "RSS", "CONTEXT", "ACTIVE"]
-    assert row.split() == ["smollm2:135m", "llama.cpp", "cpu", "4242", "180", "MB", "4096", "1"]
+    assert header.split() == [
+        "MODEL", "BACKEND", "DEVICE", "MEMORY", "(EST", "/", "RSS)", "CONTEXT", "SESSIONS",
+        "ACTIVE", "PID", "UNTIL",
+    ]  # fmt: skip
+    assert row.split() == [
+        "smollm2:135m", "llama.cpp", "cpu", "250", "MB", "/", "180", "MB", "4096", "2", "1",
+        "4242", "in", "use,", "then", "5", "minutes",
+    ]  # fmt: skip
     assert main(["ps", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["models"][0]["pid"] == 4242
@@ -221,6 +227,7 @@ def test_show(fake: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["show", "smollm2", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert set(doc) == {
+        "backends",
         "model",
         "chat_template",
         "metadata",
@@ -235,10 +242,10 @@ def test_show(fake: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
 def test_hw(fake: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["hw"]) == 0
     out = capsys.readouterr().out
-    assert "CPU           Fake CPU (2 cores, 4 threads)" in out
+    assert "CPU           Fake CPU\nCores         2 physical, 4 logical" in out
     assert "Memory        8.0 GB available of 16 GB" in out
-    assert "  * llama.cpp on cpu: available\n      - avx2 build" in out
-    assert "    onnxruntime-genai on cpu: not available" in out
+    assert "  * llama.cpp on cpu\n      - avx2 build" in out
+    assert "  Rejected:\n    x onnxruntime-genai on cpu\n      - onnxruntime-genai is not" in out
     assert main(["hw", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["cpu_features"] == ["avx2", "fma"]
@@ -280,6 +287,7 @@ def test_rm_reports_each_model(fake: FakeDaemon, capsys: pytest.CaptureFixture[s
 def test_stop_unloads(fake: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["stop", "smollm2"]) == 0
     assert [r.model for r in fake.requests("Unload")] == ["smollm2"]
+    assert capsys.readouterr().out == "stopped smollm2:135m\n"
 
 
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,1 @@
+"""OpenVINO GenAI backend (GGUF or OpenVINO IR, on Intel CPU, GPU and NPU)."""

@@ -1,0 +1,125 @@
+"""Protobuf views of hardware, choices, estimates and calibrations.
+
+System.Hardware builds its reply with :func:`hardware_response`; Models.Show
+fills its ``backends`` and ``memory`` fields with :func:`show_fields`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from edged.daemon.memory import MemoryEstimate
+from edged.v1 import edged_pb2 as pb
+
+from .profile import HardwareProfile
+from .select import Choice
+
+if TYPE_CHECKING:
+    from edged.daemon.app import App, Ranking
+    from edged.daemon.calibration import Calibration
+
+
+def choice_pb(c: Choice) -> pb.BackendChoice:
+    return pb.BackendChoice(
+        backend=c.backend,
+        device=c.device,
+        available=c.available,
+        reasons=list(c.reasons),
+        fit=c.fit,
+        memory_bytes=max(0, c.memory_bytes),
+        gpu_layers=max(0, c.gpu_layers),
+        calibrated_tokens_per_second=c.tokens_per_second,
+    )
+
+
+def memory_pb(est: MemoryEstimate | None) -> pb.MemoryEstimate | None:
+    if est is None:
+        return None
+    return pb.MemoryEstimate(
+        weights_bytes=est.weights_bytes,
+        kv_bytes=est.kv_bytes,
+        overhead_bytes=est.overhead_bytes,
+        total_bytes=est.total_bytes,
+    )
+
+
+def calibration_pb(c: Calibration) -> pb.Calibration:
+    return pb.Calibration(
+        model_digest=c.model_digest,
+        backend=c.backend,
+        device=c.device,
+        backend_version=c.backend_version,
+        decode_tokens_per_second=c.decode_tokens_per_second,
+        prefill_tokens_per_second=c.prefill_tokens_per_second,
+        measured_unix_ms=c.measured_unix_ms,
+    )
+
+
+def hardware_response(
+    hw: HardwareProfile,
+    *,
+    model: str = "",
+    choices: Sequence[Choice] = (),
+    calibrations: Iterable[Calibration] = (),
+    notes: Iterable[str] = (),
+) -> pb.HardwareResponse:
+    return pb.HardwareResponse(
+        os=hw.os,
+        arch=hw.arch,
+        cpu=hw.cpu,
+        cpu_cores=hw.cores,
+        cpu_threads=hw.threads,
+        cpu_features=sorted(hw.cpu_features),
+        memory_total_bytes=hw.memory_total,
+        memory_available_bytes=hw.memory_available,
+        gpus=[g.name for g in hw.nvidia_gpus]
+        + [f"{d.name}: {d.full_name}" for d in hw.openvino_devices if d.kind != "cpu"],
+        backends=[choice_pb(c) for c in choices],
+        isa=[
+            pb.IsaFeature(name=f.name, reported=f.reported, usable=f.usable, note=f.note)
+            for f in hw.isa
+        ],
+        nvidia_gpus=[
+            pb.NvidiaGpu(
+                index=g.index,
+                name=g.name,
+                vram_total_bytes=g.vram_total,
+                vram_free_bytes=g.vram_free,
+                driver=g.driver,
+                compute_capability=g.compute_capability,
+            )
+            for g in hw.nvidia_gpus
+        ],
+        openvino_devices=[
+            pb.AcceleratorDevice(
+                name=d.name, full_name=d.full_name, type=d.type, properties=dict(d.properties)
+            )
+            for d in hw.openvino_devices
+        ],
+        onnx_providers=list(hw.onnx_providers),
+        llama_gpu_offload=hw.llama_gpu_offload,
+        notes=[*hw.notes, *notes],
+        model=model,
+        calibrations=[calibration_pb(c) for c in calibrations],
+    )
+
+
+def ranking_fields(app: App, ranking: Ranking) -> dict[str, Any]:
+    """``backends`` and ``memory`` for a reply, from an existing ranking."""
+    fields: dict[str, Any] = {"backends": [choice_pb(c) for c in ranking.choices]}
+    memory = memory_pb(app.memory_estimate(ranking))
+    if memory is not None:
+        fields["memory"] = memory
+    return fields
+
+
+def show_fields(app: App, model: str) -> dict[str, Any]:
+    """The ShowModelResponse fields this module owns: ``backends`` (ranked for
+    this machine, every rejected option with its reason) and ``memory`` (the
+    estimate for the chosen backend and the model's settings). Blocking (reads
+    model headers, may wait for the start-up probe): call it in a thread::
+
+        pb.ShowModelResponse(..., **await asyncio.to_thread(show_fields, app, name))
+    """
+    return ranking_fields(app, app.rank(model))

@@ -1,0 +1,135 @@
+"""Calibration: cached per (machine, model, backend version), re-run on demand."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from edged.backends.base import Job, Stats
+from edged.daemon.calibration import (
+    DECODE_TOKENS,
+    TIMED_RUNS,
+    CalibrationCache,
+    Target,
+    calibrate,
+    machine_key,
+)
+from edged.daemon.errors import WorkerCrashed
+from edged.daemon.hardware import basic_profile
+from edged.daemon.hardware.profile import IsaFeature
+
+DIGEST = "sha256:" + "a" * 64
+
+
+class Runner:
+    """A stand-in for the worker: records the jobs, returns given speeds."""
+
+    def __init__(self, speeds: dict[str, float], fail: Sequence[str] = ()) -> None:
+        self.speeds, self.fail = speeds, set(fail)
+        self.jobs: list[tuple[str, Job]] = []
+
+    async def __call__(self, backend: str, device: str, jobs: Sequence[Job]) -> list[Stats]:
+        if backend in self.fail:
+            raise WorkerCrashed(f"the {backend} worker crashed")
+        self.jobs += [(backend, j) for j in jobs]
+        tps = self.speeds[backend]
+        return [
+            Stats(
+                prompt_tokens=64,
+                completion_tokens=j.sampling.max_tokens,
+                decode_tokens_per_second=tps,
+                prefill_tokens_per_second=tps * 10,
+            )
+            for j in jobs
+        ]
+
+
+def run(coro: object) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+TARGETS = [Target("llama.cpp", "cpu", "0.3.36"), Target("openvino", "cpu", "2026.4")]
+
+
+def test_measures_then_caches(tmp_path: Path) -> None:
+    cache = CalibrationCache(tmp_path)
+    runner = Runner({"llama.cpp": 80.0, "openvino": 60.0})
+    out = run(calibrate(runner, TARGETS, model_digest=DIGEST, machine="m1", cache=cache))
+    assert [o.result.decode_tokens_per_second for o in out if o.result] == [80.0, 60.0]  # type: ignore[union-attr]
+    # a warm-up and TIMED_RUNS timed greedy runs per backend
+    timed = [j for _, j in runner.jobs if j.sampling.max_tokens == DECODE_TOKENS]
+    assert len(timed) == 2 * TIMED_RUNS and len(runner.jobs) == 2 * (1 + TIMED_RUNS)
+    assert all(j.sampling.temperature == 0.0 and j.prompt for _, j in runner.jobs)
+    again = Runner({"llama.cpp": 1.0, "openvino": 1.0})
+    out2 = run(calibrate(again, TARGETS, model_digest=DIGEST, machine="m1", cache=cache))
+    assert again.jobs == [] and all(o.cached for o in out2)  # type: ignore[union-attr]
+    forced = run(
+        calibrate(again, TARGETS, model_digest=DIGEST, machine="m1", cache=cache, force=True)
+    )
+    assert [o.result.decode_tokens_per_second for o in forced] == [1.0, 1.0]  # type: ignore[union-attr]
+    data = json.loads((tmp_path / "calibration.json").read_text())
+    assert len(data["entries"]) == 2
+
+
+def test_key_includes_machine_model_and_backend_version(tmp_path: Path) -> None:
+    cache = CalibrationCache(tmp_path)
+    runner = Runner({"llama.cpp": 80.0, "openvino": 60.0})
+    run(calibrate(runner, TARGETS[:1], model_digest=DIGEST, machine="m1", cache=cache))
+    assert cache.get("m1", DIGEST, TARGETS[0]) is not None
+    assert cache.get("m2", DIGEST, TARGETS[0]) is None
+    assert cache.get("m1", "sha256:" + "b" * 64, TARGETS[0]) is None
+    assert cache.get("m1", DIGEST, replace(TARGETS[0], version="0.3.37")) is None
+
+
+def test_a_failing_backend_is_reported_not_cached(tmp_path: Path) -> None:
+    cache = CalibrationCache(tmp_path)
+    runner = Runner({"llama.cpp": 80.0}, fail=["openvino"])
+    out = run(calibrate(runner, TARGETS, model_digest=DIGEST, machine="m1", cache=cache))
+    assert out[0].result is not None and "crashed" in out[1].error  # type: ignore[index]
+    assert cache.get("m1", DIGEST, TARGETS[1]) is None
+
+
+def test_a_corrupt_cache_reads_as_empty(tmp_path: Path) -> None:
+    (tmp_path / "calibration.json").write_text("{not json")
+    cache = CalibrationCache(tmp_path)
+    assert cache.get("m1", DIGEST, TARGETS[0]) is None
+    run(
+        calibrate(
+            Runner({"llama.cpp": 5.0}), TARGETS[:1], model_digest=DIGEST, machine="m1", cache=cache
+        )
+    )
+    assert cache.get("m1", DIGEST, TARGETS[0]) is not None
+
+
+def test_machine_key_changes_with_usable_isa() -> None:
+    hw = basic_profile()
+    with_amx = replace(hw, isa=(IsaFeature("amx", True, True),))
+    without = replace(hw, isa=(IsaFeature("amx", True, False),))
+    assert machine_key(with_amx) != machine_key(without)
+    assert machine_key(hw) == machine_key(basic_profile())
+
+
+def test_the_best_timed_run_counts(tmp_path: Path) -> None:
+    """A run slowed down by another process must not decide the ranking."""
+
+    class Noisy(Runner):
+        async def __call__(self, backend: str, device: str, jobs: Sequence[Job]) -> list[Stats]:
+            out = await super().__call__(backend, device, jobs)
+            # the second timed run was undisturbed; the others were slowed 10x
+            return [
+                replace(
+                    s, decode_tokens_per_second=s.decode_tokens_per_second / (1 if i == 2 else 10)
+                )
+                for i, s in enumerate(out)
+            ]
+
+    cache = CalibrationCache(tmp_path)
+    out = run(
+        calibrate(
+            Noisy({"llama.cpp": 80.0}), TARGETS[:1], model_digest=DIGEST, machine="m", cache=cache
+        )
+    )
+    assert out[0].result.decode_tokens_per_second == 80.0  # type: ignore[union-attr]

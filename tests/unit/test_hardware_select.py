@@ -1,0 +1,299 @@
+"""Backend selection: table tests over recorded hardware profiles (fixtures/hardware)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from edged.daemon.hardware import (
+    BackendSpec,
+    Choice,
+    HardwareProfile,
+    Overrides,
+    VariantInfo,
+    pick_overrides,
+    rank_backends,
+    select_backends,
+)
+from edged.daemon.hardware.profile import profile_from_dict, profile_to_dict
+from edged.daemon.hardware.select import device_matches
+from edged.daemon.memory import ModelFacts
+
+NONE = Overrides()
+FIXTURES = Path(__file__).parent / "fixtures" / "hardware"
+
+# SmolLM2-135M Q4_1 as read from its GGUF header.
+SMOLLM2 = ModelFacts(
+    weights_bytes=96_576_768, n_layer=30, n_embd=576, n_head=9, n_head_kv=3,
+    head_dim_k=64, head_dim_v=64, n_ff=1536, n_vocab=49152, context_train=8192,
+    layer_bytes=2_216_448,
+)  # fmt: skip
+# An 8B llama-3 Q4_K_M (shape from its config; ~4.6 GiB of weights).
+LLAMA8B = ModelFacts(
+    weights_bytes=4_920_734_000, n_layer=32, n_embd=4096, n_head=32, n_head_kv=8,
+    head_dim_k=128, head_dim_v=128, n_ff=14336, n_vocab=128256, context_train=131072,
+    layer_bytes=136_000_000,
+)  # fmt: skip
+
+ALL = (
+    BackendSpec("llama.cpp", ("gguf",), True, "run ./install.sh", "0.3.36"),
+    BackendSpec("onnxruntime", ("onnx",), True, "pip install 'edged[onnx]'", "0.18.0"),
+    BackendSpec("openvino", ("gguf", "openvino"), True, "pip install 'edged[openvino]'", "2026.4"),
+)
+
+
+def profile(name: str) -> HardwareProfile:
+    return profile_from_dict(json.loads((FIXTURES / f"{name}.json").read_text()))
+
+
+def gguf(facts: ModelFacts = SMOLLM2) -> list[VariantInfo]:
+    return [VariantInfo("gguf", "gguf", facts.weights_bytes + 2_000_000, facts)]
+
+
+def rank(
+    hw: HardwareProfile,
+    variants: list[VariantInfo] | None = None,
+    backends: tuple[BackendSpec, ...] = ALL,
+    *,
+    ctx: int = 4096,
+    seqs: int = 4,
+    overrides: Overrides = NONE,
+    calibrations: dict[tuple[str, str], float] | None = None,
+) -> list[Choice]:
+    choices = rank_backends(
+        hw,
+        variants if variants is not None else gguf(),
+        backends,
+        context_length=ctx,
+        sequences=seqs,
+        overrides=overrides,
+        calibrations=calibrations,
+    )
+    # invariants of every ranking: available ones first, every rejection explained
+    avail = [c.available for c in choices]
+    assert avail == sorted(avail, reverse=True)
+    assert all(c.reasons for c in choices)
+    return choices
+
+
+def first(choices: list[Choice]) -> tuple[str, str, bool]:
+    c = choices[0]
+    return c.backend, c.device, c.available
+
+
+def find(choices: list[Choice], backend: str, device: str) -> Choice:
+    return next(c for c in choices if c.backend == backend and c.device == device)
+
+
+def test_fixtures_round_trip() -> None:
+    for path in FIXTURES.glob("*.json"):
+        hw = profile_from_dict(json.loads(path.read_text()))
+        assert profile_from_dict(profile_to_dict(hw)) == hw, path.name
+
+
+# ------------------------------------------------------------------ CPU only
+
+
+def test_cpu_only_uncalibrated_uses_the_static_order() -> None:
+    choices = rank(profile("cpu_only"))
+    assert first(choices) == ("llama.cpp", "cpu", True)
+    assert [c.backend for c in choices if c.available] == ["llama.cpp", "openvino"]
+    assert any("not calibrated" in r for r in choices[0].reasons)
+    onnx = find(choices, "onnxruntime", "cpu")
+    assert not onnx.available and any("edged convert" in r for r in onnx.reasons)
+    cuda = find(choices, "llama.cpp", "cuda")
+    assert not cuda.available and "no NVIDIA GPU" in cuda.reasons[0]
+    assert "NVML Shared Library Not Found" in cuda.reasons[0]
+    assert not find(choices, "openvino", "gpu").available
+    assert not find(choices, "openvino", "npu").available
+
+
+def test_cpu_only_calibration_picks_the_faster_backend() -> None:
+    choices = rank(
+        profile("cpu_only"), calibrations={("openvino", "cpu"): 15.0, ("llama.cpp", "cpu"): 3.5}
+    )
+    assert first(choices) == ("openvino", "cpu", True)
+    assert choices[0].tokens_per_second == 15.0
+    assert any("calibrated on this machine: 15.0" in r for r in choices[0].reasons)
+    assert choices[1].backend == "llama.cpp"
+
+
+def test_a_calibrated_backend_ranks_before_an_uncalibrated_one() -> None:
+    choices = rank(profile("cpu_only"), calibrations={("openvino", "cpu"): 1.0})
+    assert first(choices) == ("openvino", "cpu", True)
+
+
+def test_cpu_memory_estimate_and_too_big_for_ram() -> None:
+    hw = profile("cpu_only")
+    c = rank(hw)[0]
+    assert c.fit == "fits" and 300 << 20 < c.memory_bytes < 700 << 20
+    tiny = replace(hw, memory_total=2 << 30, memory_available=1 << 30)
+    choices = rank(tiny, gguf(LLAMA8B))
+    llama = find(choices, "llama.cpp", "cpu")
+    assert not llama.available and llama.fit == "no"
+    assert any("RAM" in r for r in llama.reasons)
+
+
+# ------------------------------------------------------------------ NVIDIA
+
+
+def test_nvidia_dgpu_beats_the_intel_igpu() -> None:
+    choices = rank(profile("nvidia_dgpu_intel_igpu"))
+    assert first(choices) == ("llama.cpp", "cuda:0", True)
+    top = choices[0]
+    assert top.fit == "fits" and top.gpu_layers == SMOLLM2.n_layer + 1
+    assert "RTX 4090" in top.reasons[0]
+    igpu = find(choices, "openvino", "gpu")
+    assert igpu.available and choices.index(igpu) == 1
+    ort_cuda = find(choices, "onnxruntime", "cuda:0")
+    assert not ort_cuda.available and "CPU only" in ort_cuda.reasons[0]
+
+
+def test_nvidia_without_a_cuda_build_says_why() -> None:
+    hw = replace(profile("nvidia_dgpu_intel_igpu"), llama_gpu_offload=False)
+    choices = rank(hw)
+    cuda = find(choices, "llama.cpp", "cuda:0")
+    assert not cuda.available and any("without CUDA" in r for r in cuda.reasons)
+    assert first(choices) == ("openvino", "gpu", True)
+
+
+def test_small_vram_gpu_few_layers_ranks_after_the_cpu() -> None:
+    choices = rank(profile("small_vram_gpu"), gguf(LLAMA8B))
+    assert first(choices) == ("llama.cpp", "cpu", True)
+    cuda = find(choices, "llama.cpp", "cuda:0")
+    assert cuda.available and cuda.fit == "partial"
+    assert 0 < cuda.gpu_layers < LLAMA8B.n_layer // 2
+    why = " ".join(cuda.reasons)
+    assert f"of {LLAMA8B.n_layer} layers fit" in why and "CPU ranks first" in why
+
+
+def test_small_vram_gpu_holds_a_small_model_whole() -> None:
+    choices = rank(profile("small_vram_gpu"))
+    assert first(choices) == ("llama.cpp", "cuda:0", True)
+    assert choices[0].fit == "fits"
+
+
+def test_partial_offload_with_most_layers_ranks_first() -> None:
+    hw = profile("small_vram_gpu")
+    gpu = replace(hw.nvidia_gpus[0], vram_total=6 << 30, vram_free=5 << 30)
+    choices = rank(replace(hw, nvidia_gpus=(gpu,)), gguf(LLAMA8B))
+    top = choices[0]
+    assert (top.backend, top.device, top.fit) == ("llama.cpp", "cuda:0", "partial")
+    assert LLAMA8B.n_layer // 2 <= top.gpu_layers < LLAMA8B.n_layer
+    # less context means more layers fit
+    smaller = rank(replace(hw, nvidia_gpus=(gpu,)), gguf(LLAMA8B), ctx=1024, seqs=1)[0]
+    assert smaller.gpu_layers > top.gpu_layers
+
+
+def test_gpu_that_cannot_hold_one_layer_is_rejected() -> None:
+    hw = profile("small_vram_gpu")
+    gpu = replace(hw.nvidia_gpus[0], vram_free=300 << 20)
+    choices = rank(replace(hw, nvidia_gpus=(gpu,)), gguf(LLAMA8B))
+    cuda = find(choices, "llama.cpp", "cuda:0")
+    assert not cuda.available and cuda.fit == "no"
+    assert any("not even one layer" in r for r in cuda.reasons)
+    assert first(choices) == ("llama.cpp", "cpu", True)
+
+
+def test_two_gpus_most_free_vram_first() -> None:
+    hw = profile("nvidia_dgpu_intel_igpu")
+    busy = replace(hw.nvidia_gpus[0], index=1, name="NVIDIA RTX A2000", vram_free=1 << 30)
+    choices = rank(replace(hw, nvidia_gpus=(busy, hw.nvidia_gpus[0])))
+    assert [c.device for c in choices[:2]] == ["cuda:0", "cuda:1"]
+
+
+# ------------------------------------------------------------------ Intel GPU / NPU
+
+
+def test_intel_igpu_and_npu_only() -> None:
+    choices = rank(profile("intel_igpu_npu"))
+    assert first(choices) == ("openvino", "gpu", True)
+    assert any("integrated GPU ranks above" in r for r in choices[0].reasons)
+    npu = find(choices, "openvino", "npu")
+    assert not npu.available and any("OpenVINO IR" in r for r in npu.reasons)
+    assert choices[1].device == "cpu"
+
+
+def test_npu_with_an_ir_variant_ranks_between_igpu_and_cpu() -> None:
+    ir = VariantInfo("openvino-int4", "openvino", 90_000_000, SMOLLM2)
+    choices = rank(profile("intel_igpu_npu"), [*gguf(), ir])
+    devices = [c.device for c in choices if c.available]
+    assert devices[:3] == ["gpu", "npu", "cpu"]
+    assert find(choices, "openvino", "npu").variant == "openvino-int4"
+
+
+def test_discrete_intel_gpu_beats_the_integrated_one() -> None:
+    choices = rank(profile("intel_arc_dgpu_igpu"))
+    assert [c.device for c in choices[:3]] == ["gpu.1", "gpu.0", "cpu"]
+    assert "discrete" in choices[0].reasons[0]
+
+
+def test_openvino_not_installed_says_how_to_install() -> None:
+    backends = (ALL[0], ALL[1], replace(ALL[2], installed=False))
+    choices = rank(profile("intel_igpu_npu"), backends=backends)
+    assert first(choices) == ("llama.cpp", "cpu", True)
+    gpu = find(choices, "openvino", "gpu")
+    assert not gpu.available and any("pip install" in r for r in gpu.reasons)
+
+
+# ------------------------------------------------------------------ overrides
+
+
+def test_override_precedence_request_model_global() -> None:
+    req, model, glob = (
+        Overrides("onnxruntime", "", "the request"),
+        Overrides("openvino", "gpu", "the model"),
+        Overrides("llama.cpp", "cuda:0", "EDGED_BACKEND"),
+    )
+    assert pick_overrides(req, model, glob).backend == "onnxruntime"
+    assert pick_overrides(req, model, glob).device == ""  # the model's device was for openvino
+    assert pick_overrides(Overrides(), model, glob) == Overrides("openvino", "gpu", "the model")
+    assert pick_overrides(Overrides(), Overrides(), glob).backend == "llama.cpp"
+    # a request naming only a device keeps the model's backend
+    only_device = pick_overrides(Overrides("", "cpu", "the request"), model, glob)
+    assert (only_device.backend, only_device.device) == ("openvino", "cpu")
+
+
+def test_backend_override_wins_over_the_hardware_default() -> None:
+    ov = Overrides("openvino", "", "the request")
+    choices = rank(profile("nvidia_dgpu_intel_igpu"), overrides=ov)
+    assert first(choices) == ("openvino", "gpu", True)
+    cuda = find(choices, "llama.cpp", "cuda:0")
+    assert not cuda.available and "the request asks for openvino" in cuda.reasons[-1]
+
+
+def test_device_override_cpu_on_a_gpu_machine() -> None:
+    ov = Overrides("", "cpu", "EDGED_BACKEND/EDGED_DEVICE")
+    choices = rank(profile("nvidia_dgpu_intel_igpu"), overrides=ov)
+    assert first(choices) == ("llama.cpp", "cpu", True)
+    assert any("asked for by EDGED_BACKEND/EDGED_DEVICE" in r for r in choices[0].reasons)
+
+
+def test_override_that_cannot_run_is_not_silently_ignored() -> None:
+    ov = Overrides("onnxruntime", "", "the request")
+    choices = rank(profile("cpu_only"), overrides=ov)
+    assert first(choices) == ("onnxruntime", "cpu", False)
+    assert any("no onnx variant" in r for r in choices[0].reasons)
+
+
+@pytest.mark.parametrize(
+    ("wanted", "device", "ok"),
+    [
+        ("gpu", "gpu.1", True),
+        ("gpu", "cuda:0", True),
+        ("cuda", "cuda:1", True),
+        ("cuda:0", "cuda:1", False),
+        ("npu", "gpu", False),
+        ("CPU", "cpu", True),
+    ],
+)
+def test_device_matching(wanted: str, device: str, ok: bool) -> None:
+    assert device_matches(wanted, device) is ok
+
+
+def test_legacy_select_backends_entry_point() -> None:
+    choices = select_backends(profile("cpu_only"), ["gguf"], ["llama.cpp"])
+    assert first(choices) == ("llama.cpp", "cpu", True)
