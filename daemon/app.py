@@ -245,12 +245,6 @@ class App:
                 out.append(found)
         return out
 
-    def needs_calibration(self, ranking: Ranking) -> bool:
-        have = {c.backend for c in ranking.calibrations}
-        return any(
-            c.available and c.device == "cpu" and c.backend not in have for c in _cpu(ranking)
-        )
-
     async def calibrate(
         self, model: str, *, force: bool = False
     ) -> tuple[Ranking, list[calibration.Outcome]]:

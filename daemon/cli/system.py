@@ -141,6 +141,14 @@ def backend_lines(backends: Sequence[pb.BackendChoice], title: str) -> list[str]
     return _backend_lines(backends, title)
 
 
+def _uncalibrated(reply: pb.HardwareResponse) -> bool:
+    """A model was ranked and some CPU backend that can run it has no figure."""
+    return bool(reply.model) and any(
+        b.available and b.device == "cpu" and not b.calibrated_tokens_per_second
+        for b in reply.backends
+    )
+
+
 def cmd_hw(ctx: Context, args: argparse.Namespace) -> int:
     model = args.model
     if isinstance(args.calibrate, str):
@@ -149,7 +157,16 @@ def cmd_hw(ctx: Context, args: argparse.Namespace) -> int:
             return 2
         model = args.calibrate
     request = pb.HardwareRequest(model=model, calibrate=bool(args.calibrate))
-    reply = ctx.client().system.Hardware(request)
+    client = ctx.client()
+    reply = client.system.Hardware(request)
+    if not request.calibrate and _uncalibrated(reply):
+        ctx.err(
+            f"edged: measuring the CPU backends for {reply.model} once on this machine "
+            "(cached; `edged hw --calibrate` measures again)..."
+        )
+        request.calibrate = True
+        request.model = reply.model
+        reply = client.system.Hardware(request)
     if args.json:
         render.print_json(render.to_dict(reply), ctx.stdout)
     else:

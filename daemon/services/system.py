@@ -35,7 +35,9 @@ class SystemService(pbg.SystemServicer):  # type: ignore[misc]
     @_errors.unary
     async def Hardware(self, request: pb.HardwareRequest, context: Any) -> pb.HardwareResponse:
         """Probe again, rank backends for the model (``smollm2`` if pulled) and
-        calibrate it when asked or when it never was on this machine."""
+        calibrate it when asked. Without ``calibrate`` this answers in about the
+        time the probes take; ``edged hw`` asks for a calibration itself the
+        first time a model has none on this machine."""
         hw = await asyncio.to_thread(self.app.monitor.refresh)
         name = request.model or DEFAULT_MODEL
         notes: list[str] = []
@@ -48,7 +50,7 @@ class SystemService(pbg.SystemServicer):  # type: ignore[misc]
                 raise
             ranking = None
             notes.append(f"no model ranked: {DEFAULT_MODEL} is not pulled (edged hw --model M)")
-        if ranking is not None and (request.calibrate or self.app.needs_calibration(ranking)):
+        if ranking is not None and request.calibrate:
             async with self._calibrating:
                 ranking, outcomes = await self.app.calibrate(name, force=request.calibrate)
             notes += [
