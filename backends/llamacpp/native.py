@@ -15,6 +15,7 @@ import llama_cpp as lc
 import numpy as np
 
 from edged.backends.base import Sampling
+from edged.backends.llamacpp import threadpool
 from edged.daemon.errors import ContextOverflow, FailedPrecondition, Internal, InvalidModelFile
 
 _BACKEND_READY = False
@@ -198,6 +199,7 @@ class NativeContext:
         self.n_batch = n_batch
         self.batch = lc.llama_batch_init(n_batch, 0, 1)
         self.n_ctx = int(lc.llama_n_ctx(self.ctx))
+        self._pool = threadpool.attach(self.ctx, threads)
 
     def seq_rm(self, seq: int, p0: int, p1: int = -1) -> None:
         if not lc.llama_memory_seq_rm(self.mem, seq, p0, p1):
@@ -239,6 +241,8 @@ class NativeContext:
 
     def free(self) -> None:
         if self.ctx:
+            if self._pool is not None:
+                self._pool.free()
             lc.llama_batch_free(self.batch)
             lc.llama_free(self.ctx)
             self.ctx = None
