@@ -85,6 +85,9 @@ class Body:
     sent: int = 0
     complete: bool = False
     range_header: str = ""
+    # Set when the handler has finished with this body: the client can read
+    # the last byte before the server thread records ``complete``.
+    finished: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -101,8 +104,13 @@ class Registry:
         return self.url + path
 
     def served(self, path: str) -> list[Body]:
+        """The bodies sent for ``path``, once their handlers are done (2 s at most)."""
         with self.lock:
-            return [b for b in self.bodies if b.path == path]
+            bodies = [b for b in self.bodies if b.path == path]
+        deadline = time.monotonic() + 2.0
+        for b in bodies:
+            b.finished.wait(max(0.0, deadline - time.monotonic()))
+        return bodies
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -166,7 +174,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = Body(path, status, start, end, range_header=self.headers.get("Range", ""))
         with reg.lock:
             reg.bodies.append(body)
-        self._body(b, body, min(end, len(b.data)), overrun)
+        try:
+            self._body(b, body, min(end, len(b.data)), overrun)
+        finally:
+            body.finished.set()
 
     def _body(self, b: Behavior, body: Body, stop: int, overrun: int) -> None:
         pos = body.start
