@@ -45,6 +45,7 @@ from edged.daemon.config import EngineConfig
 from edged.daemon.errors import FailedPrecondition, QueueFull, ResourceExhausted
 from edged.daemon.hardware import HardwareProfile, select_backends
 from edged.daemon.memory import MemoryEstimate, estimate_memory, model_facts
+from edged.daemon.units import human_bytes
 
 log = logging.getLogger(__name__)
 
@@ -154,19 +155,10 @@ class LoadedInfo:
     expires_at: float | None  # unix time it unloads if it stays idle; None = not scheduled
 
 
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" or value >= 10 else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
-
-
 def describe_need(need: MemoryEstimate) -> str:
     return (
-        f"about {_size(need.total_bytes)} (weights {_size(need.weights_bytes)}, KV cache "
-        f"{_size(need.kv_bytes)}, overhead {_size(need.overhead_bytes)})"
+        f"about {human_bytes(need.total_bytes)} (weights {human_bytes(need.weights_bytes)}, "
+        f"KV cache {human_bytes(need.kv_bytes)}, overhead {human_bytes(need.overhead_bytes)})"
     )
 
 
@@ -434,11 +426,11 @@ class Scheduler:
         assert need is not None
         room: list[str] = []
         if free is not None:
-            room.append(f"{_size(free)} of memory is free for {device}")
+            room.append(f"{human_bytes(free)} of memory is free for {device}")
         if limit:
             room.append(
-                f"EDGED_MEMORY_LIMIT_MB allows {_size(limit)} for all models "
-                f"and {_size(used)} is in use"
+                f"EDGED_MEMORY_LIMIT_MB allows {human_bytes(limit)} for all models "
+                f"and {human_bytes(used)} is in use"
             )
         return (
             f"not enough memory to load {model.name} on {device}: it needs "
@@ -448,7 +440,7 @@ class Scheduler:
         )
 
     def _what(self, digest: str, entry: _Loaded) -> str:
-        size = _size(entry.need.total_bytes) if entry.need else "size unknown"
+        size = human_bytes(entry.need.total_bytes) if entry.need else "size unknown"
         if entry.pinned:
             state = "pinned"
         elif not self._idle(digest, entry):

@@ -20,21 +20,10 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from edged.daemon.units import human_bytes as human_bytes  # the CLI formats sizes here
 from edged.v1 import edged_pb2 as pb
 
 # ---------------------------------------------------------------- units
-
-
-def human_bytes(n: int) -> str:
-    """Decimal units, as Ollama prints them: ``91 MB``, ``4.7 GB``."""
-    if n < 1000:
-        return f"{n} B"
-    value = float(n)
-    for unit in ("KB", "MB", "GB", "TB", "PB"):
-        value /= 1000
-        if value < 1000 or unit == "PB":
-            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
-    raise AssertionError("unreachable")
 
 
 def human_count(n: int) -> str:

@@ -17,8 +17,7 @@ from edged.backends.base import Capabilities
 from edged.backends.registry import BACKENDS, backend_info
 from edged.daemon.app import App, variant_digest
 from edged.daemon.errors import EdgedError, FailedPrecondition, InvalidArgument
-from edged.daemon.hardware.report import show_fields
-from edged.daemon.memory import MemoryEstimate
+from edged.daemon.hardware.report import memory_pb, show_fields
 from edged.daemon.scheduler import LoadedInfo
 from edged.daemon.services import _errors
 from edged.daemon.services.generation import check_device, load_options
@@ -93,17 +92,6 @@ def settings_from(msg: pb.ModelSettings) -> ModelSettings:
     )
 
 
-def memory_to(m: MemoryEstimate | None) -> pb.MemoryEstimate | None:
-    if m is None:
-        return None
-    return pb.MemoryEstimate(
-        weights_bytes=m.weights_bytes,
-        kv_bytes=m.kv_bytes,
-        overhead_bytes=m.overhead_bytes,
-        total_bytes=m.total_bytes,
-    )
-
-
 async def _sessions_on(info: LoadedInfo) -> int:
     """How many sessions' KV the worker holds (resident or in its saved tiers)."""
     try:
@@ -135,7 +123,7 @@ async def loaded_to(info: LoadedInfo) -> pb.LoadedModel:
         active_requests=worker.active,
         loaded_unix_ms=int(worker.loaded_at * 1000),
         capabilities=_caps(caps) if caps else None,
-        memory=memory_to(info.memory),
+        memory=memory_pb(info.memory),
         sessions=await _sessions_on(info),
         keep_alive_s=info.keep_alive_s,
         expires_unix_ms=int(info.expires_at * 1000) if info.expires_at is not None else 0,
