@@ -132,6 +132,9 @@ class Job:
     messages: tuple[Message, ...] = ()
     session_id: str | None = None
     deadline: float | None = None  # time.time() after which it must not start
+    # how long (s) the worker may hold this request's text to send it with what
+    # follows (fewer messages); its first text and its end always go at once
+    stream_interval_s: float = 0.0
 
 
 @dataclass(frozen=True)

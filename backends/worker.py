@@ -18,7 +18,8 @@ import signal
 import time
 from multiprocessing.connection import Connection
 
-from edged.backends.base import Chunk, Engine, Event, Failed, Job, LoadSpec
+from edged.backends.base import Engine, Failed, Job, LoadSpec
+from edged.backends.outbox import Outbox
 from edged.backends.registry import create_engine
 from edged.daemon.errors import EdgedError
 
@@ -48,43 +49,12 @@ def worker_main(conn: Connection, backend: str, spec: LoadSpec) -> None:
         engine.close()
 
 
-# Text chunks of a request already streaming are sent at most this often (the
-# first chunk and every end of a request go at once). Each message costs the
-# daemon and the client CPU that competes with decoding for the same cores;
-# 50 ms (20 updates a second) still reads as smooth streaming.
-FLUSH_INTERVAL_S = 0.05
-
-
-def merge_chunks(events: list[Event]) -> list[Event]:
-    """Join consecutive chunks of the same request (order otherwise kept)."""
-    out: list[Event] = []
-    last_chunk: dict[int, int] = {}
-    for ev in events:
-        if isinstance(ev, Chunk) and ev.request_id in last_chunk:
-            i = last_chunk[ev.request_id]
-            prev = out[i]
-            assert isinstance(prev, Chunk)
-            out[i] = Chunk(ev.request_id, prev.text + ev.text, prev.tokens + ev.tokens)
-            continue
-        if isinstance(ev, Chunk):
-            last_chunk[ev.request_id] = len(out)
-        else:
-            last_chunk.pop(ev.request_id, None)
-        out.append(ev)
-    return out
-
-
 def _loop(conn: Connection, eng: Engine) -> None:
-    held: list[Event] = []
-    streaming: set[int] = set()  # requests that already sent their first chunk
-    last_flush = 0.0
+    outbox = Outbox()
 
     def flush() -> None:
-        nonlocal held, last_flush
-        if held:
-            conn.send(("events", merge_chunks(held)))
-            held = []
-        last_flush = time.monotonic()
+        if outbox:
+            conn.send(("events", outbox.take()))
 
     while True:
         if not eng.has_work():
@@ -96,6 +66,7 @@ def _loop(conn: Connection, eng: Engine) -> None:
             kind = msg[0]
             if kind == "submit":
                 job: Job = msg[1]
+                outbox.expect(job)
                 eng.submit(job)
             elif kind == "cancel":
                 eng.cancel(msg[1])
@@ -112,19 +83,12 @@ def _loop(conn: Connection, eng: Engine) -> None:
         except EdgedError as exc:
             log.exception("engine step failed")
             events = [Failed(-1, type(exc).__name__, str(exc))]
-        if not events:
-            continue
-        held.extend(events)
-        urgent = False
-        for ev in events:
-            if isinstance(ev, Chunk):
-                if ev.request_id not in streaming:
-                    streaming.add(ev.request_id)
-                    urgent = True
-            else:
-                streaming.discard(ev.request_id)
-                urgent = True
-        if urgent or time.monotonic() - last_flush >= FLUSH_INTERVAL_S:
+        if events:
+            now = time.monotonic()
+            outbox.add(events, now)
+            if outbox.due(now):
+                flush()
+        elif outbox.due(time.monotonic()):
             flush()
 
 

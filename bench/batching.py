@@ -198,13 +198,59 @@ def batched_bench(
     ]
 
 
+def paired(ratios: list[float]) -> dict[str, float]:
+    """The spread of per-round ratios: each compares two runs taken side by side."""
+    qs = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {
+        "median": statistics.median(ratios),
+        "q1": qs[0],
+        "q3": qs[2],
+        "min": min(ratios),
+        "max": max(ratios),
+        "rounds": len(ratios),
+    }
+
+
+def alternate(round_: int, a: Any, b: Any) -> tuple[Any, Any]:
+    """Run ``a`` and ``b`` in A-B order on even rounds and B-A on odd ones, so a
+    steady drift in the machine's background load favours neither."""
+    if round_ % 2 == 0:
+        ra = a()
+        rb = b()
+    else:
+        rb = b()
+        ra = a()
+    return ra, rb
+
+
+def single_vs_tg(
+    d: Any, bin_dir: Path, model: Path, threads: int, tokens: int, runs: int
+) -> dict[str, Any]:
+    """Single-stream decode through the daemon against llama-bench tg, paired."""
+    pairs = [
+        alternate(
+            i,
+            lambda: single_stream(d, tokens),
+            lambda: llama_bench_tg(bin_dir, model, threads, tokens),
+        )
+        for i in range(runs)
+    ]
+    return {
+        "client_decode_tps": statistics.median(s.decode_tps for s, _ in pairs),
+        "worker_decode_tps": statistics.median(s.stats.decode_tokens_per_second for s, _ in pairs),
+        "llama_bench_tg": statistics.median(tg for _, tg in pairs),
+        "ratio_client": paired([s.decode_tps / tg for s, tg in pairs]),
+        "ratio_worker": paired([s.stats.decode_tokens_per_second / tg for s, tg in pairs]),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--streams", default="1,4,8")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--ctx", type=int, default=2048, help="context per sequence/slot")
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=9, help="rounds of side-by-side runs")
     ap.add_argument("--llama-bin", type=Path, default=os.environ.get("EDGED_LLAMA_BIN"))
     ns = ap.parse_args(argv)
     streams = [int(x) for x in ns.streams.split(",")]
@@ -216,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         "slots": slots,
         "ctx_per_slot": ns.ctx,
         "max_tokens": ns.tokens,
+        "rounds": ns.runs,
     }
     with private_daemon(ns.threads, EDGED_PARALLEL=str(slots), EDGED_CONTEXT=str(ns.ctx)) as (
         d,
@@ -230,48 +277,42 @@ def main(argv: list[str] | None = None) -> int:
             ]
             out["llama_cpp"] = "skipped: no llama.cpp binaries (--llama-bin / EDGED_LLAMA_BIN)"
         else:
-            # Single stream against llama-bench tg128, first on a fresh KV cache
-            # (llama-bench's own condition), interleaved run by run.
-            fresh, tgs = [], []
-            for _ in range(ns.runs):
-                fresh.append(single_stream(d, ns.tokens))
-                tgs.append(llama_bench_tg(bin_dir, model, ns.threads, ns.tokens))
-            # Interleave the two servers run by run: the machine's background load
-            # drifts, so only measurements taken side by side compare fairly.
+            # Single stream against llama-bench tg, first on a fresh KV cache
+            # (llama-bench's own condition).
+            out["single_stream_fresh"] = single_vs_tg(
+                d, bin_dir, model, ns.threads, ns.tokens, ns.runs
+            )
+            # The machine's background load drifts by more than the gaps being
+            # measured, so every figure that counts is a ratio of two runs taken
+            # side by side (order alternating), summarised over the rounds.
             with llama_server(bin_dir, model, ns.threads, slots, ns.ctx) as port:
                 rows_e: dict[int, list[dict[str, float]]] = {n: [] for n in streams}
                 rows_s: dict[int, list[dict[str, float]]] = {n: [] for n in streams}
-                for _ in range(ns.runs):
+                for i in range(ns.runs):
                     for n in streams:
-                        rows_e[n].append(edged_aggregate(d, n, ns.tokens))
-                        rows_s[n].append(server_aggregate(port, n, ns.tokens))
+                        e, s = alternate(
+                            i,
+                            lambda n=n: edged_aggregate(d, n, ns.tokens),
+                            lambda n=n: server_aggregate(port, n, ns.tokens),
+                        )
+                        rows_e[n].append(e)
+                        rows_s[n].append(s)
             out["edged"] = [median_row(rows_e[n]) for n in streams]
             out["llama_server"] = [median_row(rows_s[n]) for n in streams]
             out["ratio_vs_llama_server"] = {
-                str(n): out["edged"][i]["aggregate_tps"] / out["llama_server"][i]["aggregate_tps"]
-                for i, n in enumerate(streams)
+                str(n): paired(
+                    [
+                        e["aggregate_tps"] / s["aggregate_tps"]
+                        for e, s in zip(rows_e[n], rows_s[n], strict=True)
+                    ]
+                )
+                for n in streams
             }
             # Again after the many-stream runs: the idle sequences still hold
             # their prompts and replies (kept for prefix reuse).
-            after = []
-            for _ in range(ns.runs):
-                after.append(single_stream(d, ns.tokens))
-                tgs.append(llama_bench_tg(bin_dir, model, ns.threads, ns.tokens))
-            tg = statistics.median(tgs)
-            out["llama_bench_tg"] = tg
-            out["edged_single_stream"] = {}
-            out["ratio_single_stream_vs_llama_bench"] = {}
-            for label, runs in (("fresh", fresh), ("after_load", after)):
-                client = statistics.median(s.decode_tps for s in runs)
-                worker = statistics.median(s.stats.decode_tokens_per_second for s in runs)
-                out["edged_single_stream"][label] = {
-                    "client_decode_tps": client,
-                    "worker_decode_tps": worker,
-                }
-                out["ratio_single_stream_vs_llama_bench"][label] = {
-                    "client": client / tg,
-                    "worker": worker / tg,
-                }
+            out["single_stream_after_load"] = single_vs_tg(
+                d, bin_dir, model, ns.threads, ns.tokens, ns.runs
+            )
             d.models.Unload(pb.ModelRef(model="smollm2"), timeout=60)
             out["llama_batched_bench"] = batched_bench(
                 bin_dir, model, ns.threads, ns.ctx, streams, ns.tokens

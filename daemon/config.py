@@ -29,6 +29,9 @@ EDGED_DEVICE           device likewise (cpu, cuda:0, gpu, gpu.1,   best for the 
 EDGED_QUEUE_SIZE       waiting requests per model before refusing  64
 EDGED_PARALLEL         sequences per model (sessions resident,     4
                        streams decoded together)
+EDGED_STREAM_INTERVAL_MS
+                       longest a request's text is held to be     100
+                       sent with what follows (0: every token)
 EDGED_KV_RAM_MB        saved session KV kept in RAM (MiB)          10% of free RAM, <= 2048
 EDGED_KV_DISK_MB       saved session KV kept on disk (MiB)         10% of free disk, <= 8192
 EDGED_MAX_MESSAGE_MB   largest gRPC message accepted or sent       16
@@ -53,6 +56,7 @@ from pathlib import Path
 import platformdirs
 
 APP = "edged"
+MAX_STREAM_INTERVAL_MS = 10_000
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class EngineConfig:
     max_loaded: int = 3  # models loaded at once
     cache_dir: Path | None = None  # backends' own caches go in <cache_dir>/<backend>
     memory_limit: int = 0  # bytes of estimated model memory in all; 0 = no cap
+    stream_interval_ms: int = 100  # default for a request's stream_interval_ms
 
 
 @dataclass(frozen=True)
@@ -208,6 +213,7 @@ def load_engine(
         kv_disk_budget=_int(env, "EDGED_KV_DISK_MB", disk >> 20, 0, 1 << 28) << 20,
         max_loaded=_int(env, "EDGED_MAX_LOADED", 3, 1, 64),
         memory_limit=_int(env, "EDGED_MEMORY_LIMIT_MB", 0, 0, 1 << 30) << 20,
+        stream_interval_ms=_int(env, "EDGED_STREAM_INTERVAL_MS", 100, 0, MAX_STREAM_INTERVAL_MS),
     )
 
 

@@ -36,8 +36,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description=(
             "Run the edged daemon in the foreground until interrupted. Each flag "
             "overrides the environment variable named in its help; other settings "
-            "(EDGED_KEEP_ALIVE, EDGED_QUEUE_SIZE, EDGED_KV_RAM_MB, EDGED_KV_DISK_MB) "
-            "come from the environment only."
+            "(EDGED_KEEP_ALIVE, EDGED_QUEUE_SIZE, EDGED_KV_RAM_MB, EDGED_KV_DISK_MB, "
+            "EDGED_STREAM_INTERVAL_MS, ...; the README lists them all) come from the "
+            "environment only."
         ),
     )
     for flag, env, metavar, text in _FLAGS:

@@ -9,6 +9,7 @@ from typing import Any
 
 from edged.backends.base import Chunk, Done, Job
 from edged.daemon.app import App
+from edged.daemon.config import MAX_STREAM_INTERVAL_MS
 from edged.daemon.convert import stats_to
 from edged.daemon.errors import InvalidArgument
 from edged.daemon.scheduler import LoadOptions, ResolvedModel
@@ -27,6 +28,19 @@ def check_device(device: str) -> str:
     if device:
         Settings(device=device)  # raises InvalidArgument naming the valid forms
     return device
+
+
+def stream_interval_s(app: App, request: Any) -> float:
+    """A request's ``stream_interval_ms`` (else the daemon's default) in seconds."""
+    if not request.HasField("stream_interval_ms"):
+        return app.config.engine.stream_interval_ms / 1000.0
+    ms = int(request.stream_interval_ms)
+    if ms > MAX_STREAM_INTERVAL_MS:
+        raise InvalidArgument(
+            f"stream_interval_ms must be at most {MAX_STREAM_INTERVAL_MS} (10 s), got {ms}; "
+            "0 sends every token at once"
+        )
+    return ms / 1000.0
 
 
 def load_options(

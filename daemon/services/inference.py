@@ -17,6 +17,7 @@ from edged.daemon.services.generation import (
     deadline_of,
     load_options,
     stream_generation,
+    stream_interval_s,
 )
 from edged.daemon.workers import next_request_id
 from edged.v1 import edged_pb2 as pb
@@ -43,24 +44,24 @@ class InferenceService(pbg.InferenceServicer):  # type: ignore[misc]
             backend=request.backend,
             device=device,
         )
-        sampling = sampling_from(request.sampling, model.sampling_defaults)
         which = request.WhichOneof("input")
         if which == "prompt":
             prompt = check_text("the prompt", request.prompt)
             if not prompt.strip():
                 raise InvalidArgument("the prompt is empty")
-            job = Job(next_request_id(), sampling, prompt=prompt, deadline=deadline_of(context))
+            text: dict[str, Any] = {"prompt": prompt}
         elif which == "chat":
             messages = messages_from(request.chat)
             validate_messages(messages)
-            messages = with_system_prompt(messages, model.system_prompt)
-            job = Job(
-                next_request_id(),
-                sampling,
-                messages=messages,
-                deadline=deadline_of(context),
-            )
+            text = {"messages": with_system_prompt(messages, model.system_prompt)}
         else:
             raise InvalidArgument("set either prompt or chat")
+        job = Job(
+            next_request_id(),
+            sampling_from(request.sampling, model.sampling_defaults),
+            deadline=deadline_of(context),
+            stream_interval_s=stream_interval_s(self.app, request),
+            **text,
+        )
         async for chunk in stream_generation(self.app, model, job, options=options):
             yield chunk

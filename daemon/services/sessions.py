@@ -17,6 +17,7 @@ from edged.daemon.services.generation import (
     deadline_of,
     load_options,
     stream_generation,
+    stream_interval_s,
 )
 from edged.daemon.sessions import SessionRecord
 from edged.daemon.workers import next_request_id
@@ -70,6 +71,7 @@ class SessionsService(pbg.SessionsServicer):  # type: ignore[misc]
         content = check_text("the message", request.content)
         if not content.strip():
             raise InvalidArgument("the message is empty")
+        interval = stream_interval_s(self.app, request)
         rec = self.app.sessions.get(request.session_id)
         async with self.app.sessions.lock(rec.id):
             model = await asyncio.to_thread(self.app.resolve, rec.model, rec.backend, rec.device)
@@ -91,6 +93,7 @@ class SessionsService(pbg.SessionsServicer):  # type: ignore[misc]
                 messages=rec.messages(content),
                 session_id=rec.id,
                 deadline=deadline_of(context),
+                stream_interval_s=interval,
             )
             outcome = Outcome()
             async for chunk in stream_generation(self.app, model, job, outcome, options):

@@ -148,3 +148,35 @@ def test_system_version_and_hardware(daemon: Daemon) -> None:
     assert hw.cpu_threads >= 1 and hw.memory_total_bytes > 0
     assert hw.backends[0].backend == "llama.cpp" and hw.backends[0].available
     assert hw.backends[0].reasons
+
+
+def test_stream_interval_trades_chunks_for_fewer_messages(daemon: Daemon) -> None:
+    def run(**interval: int) -> tuple[str, pb.GenerationStats, int]:
+        req = pb.GenerateRequest(
+            model="smollm2",
+            prompt="Once upon a time",
+            sampling=pb.SamplingParams(max_tokens=40, temperature=0.0),
+            **interval,  # type: ignore[arg-type]
+        )
+        return collect(daemon.inference.Generate(req, timeout=120))
+
+    every_text, every_stats, every_n = run(stream_interval_ms=0)
+    held_text, held_stats, held_n = run(stream_interval_ms=10_000)
+    _, default_stats, default_n = run()
+    assert every_stats.completion_tokens == held_stats.completion_tokens == 40
+    assert held_text == every_text
+    # 0: a chunk per token (a token ending mid-character waits for the next)
+    assert every_n >= every_stats.completion_tokens - 3
+    # 10 s: the first text at once, the rest with the end
+    assert held_n == 2
+    assert held_stats.time_to_first_token_ms < 0.5 * held_stats.total_ms
+    # the default (100 ms) holds text between the two
+    assert 2 <= default_n < default_stats.completion_tokens
+
+
+def test_stream_interval_over_ten_seconds_is_refused(daemon: Daemon) -> None:
+    req = pb.GenerateRequest(model="smollm2", prompt="hi", stream_interval_ms=10_001)
+    with pytest.raises(grpc.RpcError) as err:
+        collect(daemon.inference.Generate(req, timeout=60))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "stream_interval_ms" in (err.value.details() or "")

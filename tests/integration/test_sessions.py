@@ -90,3 +90,15 @@ def test_sessions_survive_a_restart(tmp_path, smollm2_store) -> None:  # type: i
         assert stats3.kv_source == "rebuilt"
     finally:
         d3.stop()
+
+
+def test_a_session_turn_honours_stream_interval(daemon: Daemon) -> None:
+    sid = daemon.sessions.Create(pb.CreateSessionRequest(model="smollm2"), timeout=30).id
+    req = pb.SendRequest(
+        session_id=sid,
+        content="Tell me a story about a cat.",
+        sampling=pb.SamplingParams(temperature=0.0, max_tokens=24),
+        stream_interval_ms=0,
+    )
+    _, stats, n = collect(daemon.sessions.Send(req, timeout=120))
+    assert stats.completion_tokens > 3 and n >= stats.completion_tokens - 3
