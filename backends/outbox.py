@@ -16,7 +16,8 @@ from edged.backends.base import Chunk, Event, Job
 
 
 def merge_chunks(events: list[Event]) -> list[Event]:
-    """Join consecutive chunks of the same request (order otherwise kept)."""
+    """Join each request's chunks up to its end into one (its text in order;
+    different requests' events are independent streams)."""
     out: list[Event] = []
     last_chunk: dict[int, int] = {}
     for ev in events:
@@ -73,7 +74,7 @@ class Outbox:
         return self._due is not None and now >= self._due
 
     def take(self) -> list[Event]:
-        """Everything held, consecutive chunks of a request merged."""
+        """Everything held, each request's chunks merged (:func:`merge_chunks`)."""
         out = merge_chunks(self._held)
         self._held = []
         self._due = None

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from edged.backends.base import Job, Sampling, Stats
+from edged.daemon.config import MAX_STREAM_INTERVAL_MS
 from edged.daemon.errors import EdgedError, Internal
 from edged.daemon.hardware.profile import HardwareProfile
 
@@ -41,6 +42,9 @@ DECODE_TOKENS = 32
 # decode threads of llama.cpp suffer most from a busy CPU), so the fastest of a
 # few short runs is the steadiest figure to compare backends by.
 TIMED_RUNS = 3
+# Nobody reads a calibration run's text: the worker holds it to the end, so no
+# message to the daemon competes with the decoding being measured.
+HOLD_TEXT_S = MAX_STREAM_INTERVAL_MS / 1000.0
 WARMUP_PROMPT = "The weather today is"
 # About 64 tokens with the usual BPE vocabularies; a plain continuation (no chat
 # template) so that greedy decoding does not stop early.
@@ -191,10 +195,16 @@ async def calibrate(
 
 async def measure(run: RunGeneration, t: Target, *, model_digest: str, machine: str) -> Calibration:
     warmup = Job(
-        request_id=0, sampling=Sampling(max_tokens=4, temperature=0.0), prompt=WARMUP_PROMPT
+        request_id=0,
+        sampling=Sampling(max_tokens=4, temperature=0.0),
+        prompt=WARMUP_PROMPT,
+        stream_interval_s=HOLD_TEXT_S,
     )
     timed = Job(
-        request_id=0, sampling=Sampling(max_tokens=DECODE_TOKENS, temperature=0.0), prompt=PROMPT
+        request_id=0,
+        sampling=Sampling(max_tokens=DECODE_TOKENS, temperature=0.0),
+        prompt=PROMPT,
+        stream_interval_s=HOLD_TEXT_S,
     )
     results = await run(t.backend, t.device, [warmup] + [timed] * TIMED_RUNS)
     if len(results) != 1 + TIMED_RUNS:
