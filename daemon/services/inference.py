@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,9 +12,8 @@ from edged.daemon.convert import check_text, messages_from, sampling_from, with_
 from edged.daemon.errors import InvalidArgument
 from edged.daemon.services import _errors
 from edged.daemon.services.generation import (
-    check_device,
     deadline_of,
-    load_options,
+    resolve_request,
     stream_generation,
     stream_interval_s,
 )
@@ -32,18 +30,7 @@ class InferenceService(pbg.InferenceServicer):  # type: ignore[misc]
     async def Generate(
         self, request: pb.GenerateRequest, context: Any
     ) -> AsyncIterator[pb.GenerateChunk]:
-        if not request.model:
-            raise InvalidArgument("model is required (for example: smollm2)")
-        device = check_device(request.device)
-        model = await asyncio.to_thread(self.app.resolve, request.model, request.backend, device)
-        options = load_options(
-            self.app,
-            model,
-            keep_alive_s=request.keep_alive_s if request.HasField("keep_alive_s") else None,
-            context_length=request.context_length,
-            backend=request.backend,
-            device=device,
-        )
+        model, options = await resolve_request(self.app, request)
         which = request.WhichOneof("input")
         if which == "prompt":
             prompt = check_text("the prompt", request.prompt)

@@ -20,7 +20,7 @@ from edged.daemon.errors import EdgedError, FailedPrecondition, InvalidArgument
 from edged.daemon.hardware.report import memory_pb, show_fields
 from edged.daemon.scheduler import LoadedInfo
 from edged.daemon.services import _errors
-from edged.daemon.services.generation import check_device, load_options
+from edged.daemon.services.generation import resolve_request
 from edged.models_registry.convert import convert_to_onnx
 from edged.models_registry.gguf import read_gguf_info
 from edged.models_registry.manifest import Manifest, Variant
@@ -252,19 +252,7 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
 
     @_errors.unary
     async def Load(self, request: pb.LoadRequest, context: Any) -> pb.LoadedModel:
-        if not request.model:
-            raise InvalidArgument("model is required (for example: smollm2)")
-        device = check_device(request.device)
-        model = await asyncio.to_thread(self.app.resolve, request.model, request.backend, device)
-        options = load_options(
-            self.app,
-            model,
-            keep_alive_s=request.keep_alive_s if request.HasField("keep_alive_s") else None,
-            context_length=request.context_length,
-            backend=request.backend,
-            device=device,
-            pin=request.pin,
-        )
+        model, options = await resolve_request(self.app, request, pin=request.pin)
         started = time.monotonic()
         info = await self.app.scheduler.load(model, options)
         log.info("Load %s: ready in %.1f s", model.name, time.monotonic() - started)
