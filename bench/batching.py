@@ -4,11 +4,16 @@ single-stream decode against llama-bench tg128 and llama-batched-bench.
 
     .venv/bin/python -m bench.batching [--threads 2] [--streams 1,4,8] [--tokens 128]
         [--llama-bin DIR]   # llama-server / llama-bench / llama-batched-bench
+        [--kv per-slot|unified]   # llama.cpp's KV layout (edged: per-slot)
 
 The llama.cpp binaries are not part of edged and are not built by CI: build them
 from the sources the llama-cpp-python sdist carries (bench/README.md says how)
 and point --llama-bin (or EDGED_LLAMA_BIN) at the folder. Without them the
 comparisons are reported as skipped. Prints one JSON object.
+
+``--kv per-slot`` (the default) runs llama-server and llama-batched-bench with
+one KV stream per slot, as edged does and as llama-server does by default for
+an explicit ``-np``; ``--kv unified`` passes ``-kvu`` (one shared cache).
 """
 
 from __future__ import annotations
@@ -102,7 +107,9 @@ def server_aggregate(port: int, n: int, tokens: int) -> dict[str, float]:
 
 
 @contextmanager
-def llama_server(bin_dir: Path, model: Path, threads: int, slots: int, ctx: int) -> Iterator[int]:
+def llama_server(
+    bin_dir: Path, model: Path, threads: int, slots: int, ctx: int, kv_flags: list[str]
+) -> Iterator[int]:
     port = free_port()
     env = dict(os.environ, LD_LIBRARY_PATH=str(bin_dir))
     proc = subprocess.Popen(
@@ -118,7 +125,7 @@ def llama_server(bin_dir: Path, model: Path, threads: int, slots: int, ctx: int)
             str(slots),
             "-c",
             str(ctx * slots),
-            "-kvu",
+            *kv_flags,
             "--host",
             "127.0.0.1",
             "--port",
@@ -185,12 +192,18 @@ def llama_bench_tg(bin_dir: Path, model: Path, threads: int, tokens: int) -> flo
 
 
 def batched_bench(
-    bin_dir: Path, model: Path, threads: int, ctx: int, streams: list[int], tokens: int
+    bin_dir: Path,
+    model: Path,
+    threads: int,
+    ctx: int,
+    streams: list[int],
+    tokens: int,
+    kv_flags: list[str],
 ) -> list[dict[str, float]]:
     npl = ",".join(str(n) for n in streams)
     text = run_tool(bin_dir, "llama-batched-bench", "-m", model, "-t", threads, "-tb", threads,
                     "-c", ctx * max(streams), "-b", 2048, "-ub", 512, "-npp", 16, "-ntg", tokens,
-                    "-npl", npl, "-kvu", "--output-format", "jsonl")  # fmt: skip
+                    "-npl", npl, *kv_flags, "--output-format", "jsonl")  # fmt: skip
     rows = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     return [
         {"streams": r["pl"], "decode_aggregate_tps": r["speed_tg"], "total_tps": r["speed"]}
@@ -252,7 +265,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ctx", type=int, default=2048, help="context per sequence/slot")
     ap.add_argument("--runs", type=int, default=9, help="rounds of side-by-side runs")
     ap.add_argument("--llama-bin", type=Path, default=os.environ.get("EDGED_LLAMA_BIN"))
+    ap.add_argument(
+        "--kv",
+        choices=("per-slot", "unified"),
+        default="per-slot",
+        help="llama.cpp's KV layout: one stream per slot (as edged) or -kvu",
+    )
     ns = ap.parse_args(argv)
+    kv_flags = ["-kvu"] if ns.kv == "unified" else []
     streams = [int(x) for x in ns.streams.split(",")]
     slots = max(streams)
     out: dict[str, Any] = {
@@ -263,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         "ctx_per_slot": ns.ctx,
         "max_tokens": ns.tokens,
         "rounds": ns.runs,
+        "llama_cpp_kv": ns.kv,
     }
     with private_daemon(ns.threads, EDGED_PARALLEL=str(slots), EDGED_CONTEXT=str(ns.ctx)) as (
         d,
@@ -285,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             # The machine's background load drifts by more than the gaps being
             # measured, so every figure that counts is a ratio of two runs taken
             # side by side (order alternating), summarised over the rounds.
-            with llama_server(bin_dir, model, ns.threads, slots, ns.ctx) as port:
+            with llama_server(bin_dir, model, ns.threads, slots, ns.ctx, kv_flags) as port:
                 rows_e: dict[int, list[dict[str, float]]] = {n: [] for n in streams}
                 rows_s: dict[int, list[dict[str, float]]] = {n: [] for n in streams}
                 for i in range(ns.runs):
@@ -315,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             d.models.Unload(pb.ModelRef(model="smollm2"), timeout=60)
             out["llama_batched_bench"] = batched_bench(
-                bin_dir, model, ns.threads, ns.ctx, streams, ns.tokens
+                bin_dir, model, ns.threads, ns.ctx, streams, ns.tokens, kv_flags
             )
     json.dump(out, sys.stdout, indent=2)
     print()

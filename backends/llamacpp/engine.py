@@ -5,6 +5,8 @@ is decoding plus a chunk of prompt for requests still prefilling, so new
 requests join between steps and long prompts never stall running streams.
 Sessions keep their sequence (and so their KV) between turns; a turn
 evaluates only the tokens after the longest prefix already in the sequence.
+Each sequence has its own KV stream, and the running sequences are kept on
+consecutive ids so that a step decodes as one graph (layout.py).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from edged.backends.base import (
 )
 from edged.backends.chat_template import ChatTemplate
 from edged.backends.kvstore import KVTiers, SavedState
+from edged.backends.llamacpp.layout import compaction_swaps, keeps_one_run
 from edged.backends.llamacpp.native import (
     NativeContext,
     NativeModel,
@@ -38,7 +41,13 @@ from edged.backends.llamacpp.native import (
     piece_buffer,
 )
 from edged.backends.textstream import TextStream
-from edged.daemon.errors import ContextOverflow, EdgedError, FailedPrecondition, InvalidArgument
+from edged.daemon.errors import (
+    ContextOverflow,
+    EdgedError,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +95,17 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+def in_sequence_order(
+    entries: list[tuple[int, int, int, bool]], outputs: list[tuple[Request, int]]
+) -> tuple[list[tuple[int, int, int, bool]], list[tuple[Request, int]]]:
+    """The batch sorted by sequence (stable, so positions stay in order), with
+    the output indices following their entries. llama.cpp puts consecutive
+    sequence ids into one micro-batch only when they come in that order."""
+    order = sorted(range(len(entries)), key=lambda i: entries[i][2])
+    moved_to = {old: new for new, old in enumerate(order)}
+    return [entries[i] for i in order], [(r, moved_to[i]) for r, i in outputs]
+
+
 class LlamaEngine:
     def __init__(self, spec: LoadSpec) -> None:
         offload = offload_for(spec.device, spec.gpu_layers)
@@ -99,7 +119,7 @@ class LlamaEngine:
         self._gpu_layers = offloaded_layers(offload.n_gpu_layers, self._model.n_layer())
         train_ctx = self._model.n_ctx_train() or spec.context_length
         self._n_ctx_seq = min(spec.context_length, train_ctx)
-        n_seq = max(1, spec.max_sequences)
+        n_seq = self._n_seq = max(1, spec.max_sequences)
         self._ctx = NativeContext(
             self._model,
             n_ctx=self._n_ctx_seq * n_seq,
@@ -167,7 +187,7 @@ class LlamaEngine:
         if src is not None and not src.busy:
             target = self._free_slot(exclude=src)
             if target is not None:
-                self._ctx.seq_cp(src.seq, target.seq, -1, -1)
+                self._ctx.copy_seq(src.seq, target.seq)
                 target.tokens = list(src.tokens)
                 target.session_id = new_id
                 target.last_used = time.monotonic()
@@ -191,6 +211,8 @@ class LlamaEngine:
         for r in [r for r in self._active if r.cancelled]:
             self._finish(r, "cancelled", events)
         self._waiting.admit(lambda job: self._admit(job, events), events)
+        if self._active:
+            self._compact(events)
         if self._active:
             self._decode_step(events)
         return events
@@ -251,7 +273,14 @@ class LlamaEngine:
                     return None if slot.busy else slot
         free = [s for s in self._slots if not s.busy and s.session_id is None]
         if free:
-            return max(free, key=lambda s: (common_prefix(s.tokens, prompt), -s.last_used))
+            busy = self._busy()
+
+            def preference(s: Slot) -> tuple[int, bool, float]:
+                cached = common_prefix(s.tokens, prompt)
+                useful = cached if cached >= MIN_SHARED_PREFIX else 0
+                return (useful, keeps_one_run(busy, s.seq), -s.last_used)
+
+            return max(free, key=preference)
         return self._free_slot(exclude=None)
 
     def _free_slot(self, exclude: Slot | None) -> Slot | None:
@@ -259,9 +288,10 @@ class LlamaEngine:
         idle = [s for s in self._slots if not s.busy and s is not exclude]
         if not idle:
             return None
+        busy = self._busy()
         unowned = [s for s in idle if s.session_id is None]
         if unowned:
-            slot = min(unowned, key=lambda s: s.last_used)
+            slot = min(unowned, key=lambda s: (not keeps_one_run(busy, s.seq), s.last_used))
         else:
             slot = min(idle, key=lambda s: s.last_used)
             self._evict(slot)
@@ -305,7 +335,8 @@ class LlamaEngine:
         if best is None:
             return
         self._clear(target)
-        self._ctx.seq_cp(best.seq, target.seq, 0, best_n)
+        self._ctx.copy_seq(best.seq, target.seq)
+        self._ctx.seq_rm(target.seq, best_n, -1)
         target.tokens = list(prompt[:best_n])
 
     def _start(self, job: Job, slot: Slot, prompt: list[int]) -> None:
@@ -341,6 +372,54 @@ class LlamaEngine:
                 t=Timing(len(prompt), cached, kv_source, time.perf_counter()),
             )
         )
+
+    # ------------------------------------------------------------ layout
+
+    def _busy(self) -> list[bool]:
+        return [s.busy for s in self._slots]
+
+    def _compact(self, events: list[Event]) -> None:
+        """Swap contents so the running sequences sit on consecutive ids.
+
+        A gap (a request finished between two running ones, or a session
+        resident away from the others) would make every following step decode
+        as one more graph; one copy of the cached tokens is cheaper.
+        """
+        weights = [len(s.tokens) for s in self._slots]
+        swaps = compaction_swaps(self._busy(), weights)
+        try:
+            for a, b in swaps:
+                self._swap(self._slots[a], self._slots[b])
+        except EdgedError as exc:  # never seen; fail what runs rather than mix sequences
+            log.error("moving sequences failed: %s", exc)
+            for r in list(self._active):
+                events.append(Failed(r.job.request_id, type(exc).__name__, str(exc)))
+                self._drop(r)
+            for slot in self._slots:
+                slot.session_id = None
+                slot.tokens.clear()
+                self._ctx.seq_rm(slot.seq, 0, -1)
+
+    def _swap(self, a: Slot, b: Slot) -> None:
+        """Exchange two slots' KV and bookkeeping (requests follow their slot)."""
+        saved_b = self._ctx.seq_state(b.seq) if b.tokens else None
+        if a.tokens:
+            self._ctx.copy_seq(a.seq, b.seq)
+        else:
+            self._ctx.seq_rm(b.seq, 0, -1)
+        if saved_b is None:
+            self._ctx.seq_rm(a.seq, 0, -1)
+        elif not self._ctx.set_seq_state(a.seq, saved_b):
+            raise Internal(f"llama.cpp could not move sequence {b.seq} to {a.seq}")
+        a.tokens, b.tokens = b.tokens, a.tokens
+        a.session_id, b.session_id = b.session_id, a.session_id
+        a.busy, b.busy = b.busy, a.busy
+        a.last_used, b.last_used = b.last_used, a.last_used
+        for r in self._active:
+            if r.slot is a:
+                r.slot = b
+            elif r.slot is b:
+                r.slot = a
 
     # ------------------------------------------------------------ decoding
 
@@ -385,6 +464,7 @@ class LlamaEngine:
             self._finish(r, "context_full", events)
         if not entries:
             return
+        entries, outputs = in_sequence_order(entries, outputs)
         try:
             self._ctx.decode(entries)
         except EdgedError as exc:
@@ -451,9 +531,12 @@ class LlamaEngine:
         """Saved states are only ever restored into the same model and settings."""
         material = "|".join(
             [
-                "edged-kv-1",
+                "edged-kv-2",  # 2: per-sequence KV streams
                 self._spec.model_digest,
                 f"ctx={self._n_ctx_seq}",
+                # a state records the stream count, and llama.cpp refuses one
+                # saved with another
+                f"streams={self._n_seq}",
                 hashlib.sha256(self._template.source.encode()).hexdigest(),
             ]
         )

@@ -176,7 +176,16 @@ class NativeModel:
 
 
 class NativeContext:
-    """One llama.cpp context with ``n_seq`` sequences sharing a unified KV cache."""
+    """One llama.cpp context with ``n_seq`` sequences, each with its own KV stream.
+
+    Per-sequence streams (``kv_unified = false``) keep an idle session's cells
+    out of every other sequence's attention: with one unified cache a lone
+    stream scans the cells of every resident session (measured: 5-8% slower
+    decode after a multi-session load, bench/README.md). The price is that a
+    batch only decodes as one graph when its sequences are consecutive (see
+    layout.py), and copies between sequences move data instead of sharing
+    cells (``copy_seq``).
+    """
 
     def __init__(
         self, model: NativeModel, *, n_ctx: int, n_seq: int, n_batch: int, threads: int
@@ -188,7 +197,7 @@ class NativeContext:
         params.n_seq_max = n_seq
         params.n_threads = threads
         params.n_threads_batch = threads
-        params.kv_unified = True
+        params.kv_unified = False
         params.no_perf = True
         self.ctx = lc.llama_init_from_model(model.model, params)
         if not self.ctx:
@@ -200,27 +209,45 @@ class NativeContext:
         self.batch = lc.llama_batch_init(n_batch, 0, 1)
         self.n_ctx = int(lc.llama_n_ctx(self.ctx))
         self._pool = threadpool.attach(self.ctx, threads)
+        self._scratch = bytearray()
 
     def seq_rm(self, seq: int, p0: int, p1: int = -1) -> None:
         if not lc.llama_memory_seq_rm(self.mem, seq, p0, p1):
             raise Internal("llama.cpp refused to trim a sequence")
 
-    def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
-        lc.llama_memory_seq_cp(self.mem, src, dst, p0, p1)
-
-    def seq_state(self, seq: int) -> bytes:
-        """A copy of one sequence's KV state (llama_state_seq_get_data)."""
+    def _read_state(self, seq: int) -> tuple[Any, int]:
+        """One sequence's KV state in the reusable scratch buffer: (buffer, size)."""
         size = int(lc.llama_state_seq_get_size(self.ctx, seq))
-        buf = (ctypes.c_uint8 * size)()
+        if len(self._scratch) < size:
+            self._scratch = bytearray(size)
+        buf = (ctypes.c_uint8 * size).from_buffer(self._scratch)
         n = int(lc.llama_state_seq_get_data(self.ctx, buf, size, seq))
         if n == 0 and size:
             raise Internal("llama.cpp could not save a sequence state")
+        return buf, n
+
+    def seq_state(self, seq: int) -> bytes:
+        """A copy of one sequence's KV state (llama_state_seq_get_data)."""
+        buf, n = self._read_state(seq)
         return bytes(memoryview(buf)[:n])
 
     def set_seq_state(self, seq: int, data: bytes) -> bool:
         """Load a saved state into ``seq``; False when llama.cpp refuses it."""
         buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
         return int(lc.llama_state_seq_set_data(self.ctx, buf, len(data), seq)) > 0
+
+    def copy_seq(self, src: int, dst: int) -> None:
+        """Make ``dst`` hold exactly what ``src`` holds, now.
+
+        llama.cpp's own ``seq_cp`` between streams only takes whole buffers
+        (a partial range aborts the process) and defers the copy to the next
+        decode, so a state read before then would see stale data. Going
+        through the sequence state is synchronous and costs what the source
+        holds, not the whole stream.
+        """
+        buf, n = self._read_state(src)
+        if int(lc.llama_state_seq_set_data(self.ctx, buf, n, dst)) <= 0:
+            raise Internal(f"llama.cpp could not copy sequence {src} to {dst}")
 
     def decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
         """Decode ``(token, pos, seq, want_logits)`` entries as one batch."""
