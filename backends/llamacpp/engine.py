@@ -143,6 +143,7 @@ class LlamaEngine:
             disk_budget=spec.kv_disk_budget,
         )
         self._slots = [Slot(seq=i) for i in range(n_seq)]
+        self._layout_changed = False  # a request started or ended since the last compaction
         self._waiting = WaitQueue()
         self._active: list[Request] = []
         self._piece = piece_buffer()
@@ -211,7 +212,8 @@ class LlamaEngine:
         for r in [r for r in self._active if r.cancelled]:
             self._finish(r, "cancelled", events)
         self._waiting.admit(lambda job: self._admit(job, events), events)
-        if self._active:
+        if self._layout_changed:
+            self._layout_changed = False
             self._compact(events)
         if self._active:
             self._decode_step(events)
@@ -357,6 +359,7 @@ class LlamaEngine:
             else:
                 kv_source = "prefix" if cached > 0 else "none"
         slot.busy = True
+        self._layout_changed = True
         slot.session_id = job.session_id
         seed = job.sampling.seed
         if seed is None:
@@ -517,6 +520,7 @@ class LlamaEngine:
         self._active.remove(r)
         slot = r.slot
         slot.busy = False
+        self._layout_changed = True
         slot.last_used = time.monotonic()
         if r.job.session_id is None:
             slot.session_id = None
