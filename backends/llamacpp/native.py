@@ -209,7 +209,6 @@ class NativeContext:
         self.batch = lc.llama_batch_init(n_batch, 0, 1)
         self.n_ctx = int(lc.llama_n_ctx(self.ctx))
         self._pool = threadpool.attach(self.ctx, threads)
-        self._scratch = bytearray()
         self._n_vocab = int(lc.llama_vocab_n_tokens(model.vocab))
         self._rows: dict[int, int] = {}  # batch index -> row of the last decode's logits
         self._logits: Any = None  # numpy view of those rows, made on first use
@@ -219,11 +218,13 @@ class NativeContext:
             raise Internal("llama.cpp refused to trim a sequence")
 
     def _read_state(self, seq: int) -> tuple[Any, int]:
-        """One sequence's KV state in the reusable scratch buffer: (buffer, size)."""
+        """One sequence's KV state in a fresh buffer: (buffer, bytes used).
+
+        Not kept between calls: a long session's state is as large as its KV
+        (~23 KB a token on SmolLM2), memory the daemon's accounting does not
+        hold for the worker."""
         size = int(lc.llama_state_seq_get_size(self.ctx, seq))
-        if len(self._scratch) < size:
-            self._scratch = bytearray(size)
-        buf = (ctypes.c_uint8 * size).from_buffer(self._scratch)
+        buf = (ctypes.c_uint8 * size)()
         n = int(lc.llama_state_seq_get_data(self.ctx, buf, size, seq))
         if n == 0 and size:
             raise Internal("llama.cpp could not save a sequence state")
@@ -282,7 +283,8 @@ class NativeContext:
             if not addr:
                 raise Internal("llama.cpp returned no logits")
             flat = (ctypes.c_float * (rows * self._n_vocab)).from_address(addr)
-            self._logits = np.frombuffer(flat, dtype=np.float32).reshape(rows, self._n_vocab)
+            view = np.frombuffer(memoryview(flat), dtype=np.float32)
+            self._logits = view.reshape(rows, self._n_vocab)
         return self._logits[self._rows[index]]
 
     def free(self) -> None:
