@@ -83,12 +83,10 @@ def _loop(conn: Connection, eng: Engine) -> None:
         except EdgedError as exc:
             log.exception("engine step failed")
             events = [Failed(-1, type(exc).__name__, str(exc))]
+        now = time.monotonic()
         if events:
-            now = time.monotonic()
             outbox.add(events, now)
-            if outbox.due(now):
-                flush()
-        elif outbox.due(time.monotonic()):
+        if outbox.due(now):
             flush()
 
 

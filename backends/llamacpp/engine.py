@@ -119,7 +119,7 @@ class LlamaEngine:
         self._gpu_layers = offloaded_layers(offload.n_gpu_layers, self._model.n_layer())
         train_ctx = self._model.n_ctx_train() or spec.context_length
         self._n_ctx_seq = min(spec.context_length, train_ctx)
-        n_seq = self._n_seq = max(1, spec.max_sequences)
+        n_seq = max(1, spec.max_sequences)
         self._ctx = NativeContext(
             self._model,
             n_ctx=self._n_ctx_seq * n_seq,
@@ -136,13 +136,13 @@ class LlamaEngine:
         self._bos_text = bos
         self._has_template = bool(self._model.meta("tokenizer.chat_template"))
         self._spec = spec
+        self._slots = [Slot(seq=i) for i in range(n_seq)]
         self._tiers = KVTiers(
             self._state_key(),
             Path(spec.kv_dir) if spec.kv_dir else None,
             ram_budget=spec.kv_ram_budget,
             disk_budget=spec.kv_disk_budget,
         )
-        self._slots = [Slot(seq=i) for i in range(n_seq)]
         self._layout_changed = False  # a request started or ended since the last compaction
         self._waiting = WaitQueue()
         self._active: list[Request] = []
@@ -395,13 +395,9 @@ class LlamaEngine:
                 self._swap(self._slots[a], self._slots[b])
         except EdgedError as exc:  # never seen; fail what runs rather than mix sequences
             log.error("moving sequences failed: %s", exc)
-            for r in list(self._active):
-                events.append(Failed(r.job.request_id, type(exc).__name__, str(exc)))
-                self._drop(r)
+            self._fail_all(exc, events)
             for slot in self._slots:
-                slot.session_id = None
-                slot.tokens.clear()
-                self._ctx.seq_rm(slot.seq, 0, -1)
+                self._clear(slot)
 
     def _swap(self, a: Slot, b: Slot) -> None:
         """Exchange two slots' KV and bookkeeping (requests follow their slot)."""
@@ -471,9 +467,7 @@ class LlamaEngine:
         try:
             self._ctx.decode(entries)
         except EdgedError as exc:
-            for r in list(self._active):
-                events.append(Failed(r.job.request_id, type(exc).__name__, str(exc)))
-                self._drop(r)
+            self._fail_all(exc, events)
             return
         for slot, toks in appended:
             slot.tokens.extend(toks)
@@ -515,6 +509,11 @@ class LlamaEngine:
         self._drop(r)
         events.extend(r.t.final_events(r.job, r.stream, reason))
 
+    def _fail_all(self, exc: EdgedError, events: list[Event]) -> None:
+        for r in list(self._active):
+            events.append(Failed(r.job.request_id, type(exc).__name__, str(exc)))
+            self._drop(r)
+
     def _drop(self, r: Request) -> None:
         r.sampler.free()
         self._active.remove(r)
@@ -540,7 +539,7 @@ class LlamaEngine:
                 f"ctx={self._n_ctx_seq}",
                 # a state records the stream count, and llama.cpp refuses one
                 # saved with another
-                f"streams={self._n_seq}",
+                f"streams={len(self._slots)}",
                 hashlib.sha256(self._template.source.encode()).hexdigest(),
             ]
         )

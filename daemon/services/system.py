@@ -52,7 +52,7 @@ class SystemService(pbg.SystemServicer):  # type: ignore[misc]
             notes.append(f"no model ranked: {DEFAULT_MODEL} is not pulled (edged hw --model M)")
         if ranking is not None and request.calibrate:
             async with self._calibrating:
-                ranking, outcomes = await self.app.calibrate(name, force=request.calibrate)
+                ranking, outcomes = await self.app.calibrate(name, force=True)
             notes += [
                 f"calibration of {o.target.backend} on {o.target.device} failed: {o.error}"
                 for o in outcomes
