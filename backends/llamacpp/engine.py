@@ -38,7 +38,6 @@ from edged.backends.llamacpp.native import (
     NativeSampler,
     gpu_offload_supported,
     offload_for,
-    piece_buffer,
 )
 from edged.backends.textstream import TextStream
 from edged.daemon.errors import (
@@ -146,7 +145,6 @@ class LlamaEngine:
         self._layout_changed = False  # a request started or ended since the last compaction
         self._waiting = WaitQueue()
         self._active: list[Request] = []
-        self._piece = piece_buffer()
         self._caps = Capabilities(
             backend="llama.cpp",
             device=spec.device,
@@ -487,7 +485,7 @@ class LlamaEngine:
             return
         r.t.completion += 1
         r.t.unsent += 1
-        text = r.stream.feed(self._model.piece(token, self._piece))
+        text = r.stream.feed(self._model.piece(token))
         if r.stream.matched is not None:
             r.pending = None
             if text:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import llama_cpp as lc
@@ -36,6 +36,19 @@ def _log_callback_silence() -> None:
 
 
 _QUIET: Any = None
+
+
+# llama_get_logits returning the address as an int: llama-cpp-python's binding
+# returns a float pointer, and turning that into an address (ctypes.cast) costs
+# more than the call itself right after a decode, when Python's caches are cold.
+def _logits_address_getter() -> Any:
+    address = ctypes.cast(lc.llama_get_logits, ctypes.c_void_p).value
+    if not address:
+        raise ImportError("llama_cpp has no llama_get_logits")
+    return ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p)(address)
+
+
+_GET_LOGITS_ADDR = _logits_address_getter()
 
 
 def backend_init() -> None:
@@ -83,6 +96,11 @@ def gpu_offload_supported() -> bool:
 class NativeModel:
     model: Any
     vocab: Any
+    # Per-token answers that never change for a loaded model, filled as tokens
+    # are generated (at most one entry per vocabulary token): a ctypes call
+    # right after a decode costs ~10 us, and every stream makes two a token.
+    _pieces: dict[int, bytes] = field(default_factory=dict, repr=False)
+    _eog: dict[int, bool] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, path: str, *, offload: Offload) -> NativeModel:
@@ -146,7 +164,10 @@ class NativeModel:
         return bool(lc.llama_vocab_get_add_bos(self.vocab))
 
     def is_eog(self, token: int) -> bool:
-        return bool(lc.llama_vocab_is_eog(self.vocab, token))
+        eog = self._eog.get(token)
+        if eog is None:
+            eog = self._eog[token] = bool(lc.llama_vocab_is_eog(self.vocab, token))
+        return eog
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         data = text.encode("utf-8")
@@ -161,13 +182,20 @@ class NativeModel:
                 raise Internal("tokenization failed")
         return list(buf[:n])
 
-    def piece(self, token: int, buf: Any) -> bytes:
+    def piece(self, token: int) -> bytes:
+        """A generated token's bytes (special tokens render as empty)."""
+        data = self._pieces.get(token)
+        if data is None:
+            data = self._pieces[token] = self._piece(token)
+        return data
+
+    def _piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
         n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
         if n < 0:
-            big = ctypes.create_string_buffer(-n)
-            n = lc.llama_token_to_piece(self.vocab, token, big, len(big), 0, False)
-            return big.raw[:n]
-        return bytes(buf.raw[:n])
+            buf = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        return buf.raw[:n]
 
     def free(self) -> None:
         if self.model:
@@ -212,6 +240,8 @@ class NativeContext:
         self._n_vocab = int(lc.llama_vocab_n_tokens(model.vocab))
         self._rows: dict[int, int] = {}  # batch index -> row of the last decode's logits
         self._logits: Any = None  # numpy view of those rows, made on first use
+        self._view: tuple[int, int, Any] = (0, 0, None)  # (address, rows, view) kept across decodes
+        self._best: Any = None  # argmax of every row of the last decode, made on first use
 
     def seq_rm(self, seq: int, p0: int, p1: int = -1) -> None:
         if not lc.llama_memory_seq_rm(self.mem, seq, p0, p1):
@@ -266,6 +296,7 @@ class NativeContext:
         b.n_tokens = len(entries)
         self._rows = {i: row for row, i in enumerate(i for i, e in enumerate(entries) if e[3])}
         self._logits = None
+        self._best = None
         rc = lc.llama_decode(self.ctx, b)
         if rc == 1:
             raise ContextOverflow("the KV cache is full: too many tokens in flight at once")
@@ -278,14 +309,24 @@ class NativeContext:
         serves every row: llama.cpp stores them in batch order."""
         if self._logits is None:
             rows = len(self._rows)
-            ptr = lc.llama_get_logits(self.ctx)
-            addr = ctypes.cast(ptr, ctypes.c_void_p).value
+            addr = _GET_LOGITS_ADDR(self.ctx)
             if not addr:
                 raise Internal("llama.cpp returned no logits")
-            flat = (ctypes.c_float * (rows * self._n_vocab)).from_address(addr)
-            view = np.frombuffer(memoryview(flat), dtype=np.float32)
-            self._logits = view.reshape(rows, self._n_vocab)
+            if self._view[:2] != (addr, rows):
+                # llama.cpp keeps its logits buffer until it needs a larger one
+                flat = (ctypes.c_float * (rows * self._n_vocab)).from_address(addr)
+                view = np.frombuffer(memoryview(flat), dtype=np.float32)
+                self._view = (addr, rows, view.reshape(rows, self._n_vocab))
+            self._logits = self._view[2]
         return self._logits[self._rows[index]]
+
+    def greedy(self, index: int) -> int:
+        """The most likely token for batch entry ``index`` (the first maximum).
+        One argmax over every row of the decode serves all greedy requests."""
+        if self._best is None:
+            self.logits(index)
+            self._best = self._logits.argmax(axis=1)
+        return int(self._best[self._rows[index]])
 
     def free(self) -> None:
         if self.ctx:
@@ -325,14 +366,10 @@ class NativeSampler:
 
     def sample(self, ctx: NativeContext, index: int) -> int:
         if self._argmax:
-            return int(ctx.logits(index).argmax())
+            return ctx.greedy(index)
         return int(lc.llama_sampler_sample(self.chain, ctx.ctx, index))
 
     def free(self) -> None:
         if self.chain:
             lc.llama_sampler_free(self.chain)
             self.chain = None
-
-
-def piece_buffer() -> Any:
-    return ctypes.create_string_buffer(256)
