@@ -14,8 +14,10 @@ worker -> daemon: ("ready", ModelDescription) | ("load_failed", error, message)
 from __future__ import annotations
 
 import logging
+import select
 import signal
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 
 from edged.backends.base import Engine, Failed, Job, LoadSpec
@@ -49,8 +51,28 @@ def worker_main(conn: Connection, backend: str, spec: LoadSpec) -> None:
         engine.close()
 
 
+def _readable(conn: Connection) -> Callable[[float | None], bool]:
+    """``conn.poll`` for a loop that asks between every two decode steps.
+
+    ``Connection.poll`` builds and tears down a selector on each call (~40 us
+    right after a decode, 0.4% of a single-stream step here); one poll object
+    registered once answers the same question with one system call. Where
+    ``select.poll`` is missing (Windows) the pipe's own poll is used.
+    """
+    if not hasattr(select, "poll"):
+        return conn.poll
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+
+    def readable(timeout: float | None) -> bool:
+        return bool(poller.poll(None if timeout is None else timeout * 1000.0))
+
+    return readable
+
+
 def _loop(conn: Connection, eng: Engine) -> None:
     outbox = Outbox()
+    readable = _readable(conn)
 
     def flush() -> None:
         if outbox:
@@ -60,7 +82,7 @@ def _loop(conn: Connection, eng: Engine) -> None:
         if not eng.has_work():
             flush()
         timeout: float | None = 0.0 if eng.has_work() else None
-        while conn.poll(timeout):
+        while readable(timeout):
             msg = conn.recv()
             timeout = 0.0
             kind = msg[0]
