@@ -50,7 +50,23 @@ def timed(stream: Any) -> Timed:
             stats = chunk.stats
         elif first is None:
             first = time.perf_counter()
-    end = time.perf_counter()
+    return _timing(t0, first, time.perf_counter(), stats)
+
+
+async def timed_async(stream: Any) -> Timed:
+    """:func:`timed` for a grpc.aio stream."""
+    t0 = time.perf_counter()
+    first = None
+    stats = None
+    async for chunk in stream:
+        if chunk.HasField("stats"):
+            stats = chunk.stats
+        elif first is None:
+            first = time.perf_counter()
+    return _timing(t0, first, time.perf_counter(), stats)
+
+
+def _timing(t0: float, first: float | None, end: float, stats: Any) -> Timed:
     assert stats is not None
     first = first or end
     n = stats.completion_tokens
