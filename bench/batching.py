@@ -265,13 +265,13 @@ def alternate(round_: int, a: Any, b: Any) -> tuple[Any, Any]:
 
 
 def single_vs_tg(
-    d: StreamClient, bin_dir: Path, model: Path, threads: int, tokens: int, runs: int
+    client: StreamClient, bin_dir: Path, model: Path, threads: int, tokens: int, runs: int
 ) -> dict[str, Any]:
     """Single-stream decode through the daemon against llama-bench tg, paired."""
     pairs = [
         alternate(
             i,
-            lambda: single_stream(d, tokens),
+            lambda: single_stream(client, tokens),
             lambda: llama_bench_tg(bin_dir, model, threads, tokens),
         )
         for i in range(runs)
@@ -317,12 +317,12 @@ def main(argv: list[str] | None = None) -> int:
         daemon,
         model,
     ):
-        d = StreamClient(daemon.socket)
-        edged_aggregate(d, 1, 8)  # warm-up: loads the worker
+        client = StreamClient(daemon.socket)
+        edged_aggregate(client, 1, 8)  # warm-up: loads the worker
         bin_dir = Path(ns.llama_bin) if ns.llama_bin else None
         if bin_dir is None or not (bin_dir / "llama-server").exists():
             out["edged"] = [
-                median_row([edged_aggregate(d, n, ns.tokens) for _ in range(ns.runs)])
+                median_row([edged_aggregate(client, n, ns.tokens) for _ in range(ns.runs)])
                 for n in streams
             ]
             out["llama_cpp"] = "skipped: no llama.cpp binaries (--llama-bin / EDGED_LLAMA_BIN)"
@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             # Single stream against llama-bench tg, first on a fresh KV cache
             # (llama-bench's own condition).
             out["single_stream_fresh"] = single_vs_tg(
-                d, bin_dir, model, ns.threads, ns.tokens, ns.runs
+                client, bin_dir, model, ns.threads, ns.tokens, ns.runs
             )
             # The machine's background load drifts by more than the gaps being
             # measured, so every figure that counts is a ratio of two runs taken
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
                     for n in streams:
                         e, s = alternate(
                             i,
-                            lambda n=n: edged_aggregate(d, n, ns.tokens),
+                            lambda n=n: edged_aggregate(client, n, ns.tokens),
                             lambda n=n: server_aggregate(port, n, ns.tokens),
                         )
                         rows_e[n].append(e)
@@ -361,13 +361,13 @@ def main(argv: list[str] | None = None) -> int:
             # Again after the many-stream runs: the idle sequences still hold
             # their prompts and replies (kept for prefix reuse).
             out["single_stream_after_load"] = single_vs_tg(
-                d, bin_dir, model, ns.threads, ns.tokens, ns.runs
+                client, bin_dir, model, ns.threads, ns.tokens, ns.runs
             )
             daemon.models.Unload(pb.ModelRef(model="smollm2"), timeout=60)
             out["llama_batched_bench"] = batched_bench(
                 bin_dir, model, ns.threads, ns.ctx, streams, ns.tokens, kv_flags
             )
-        d.close()
+        client.close()
     json.dump(out, sys.stdout, indent=2)
     print()
     return 0
