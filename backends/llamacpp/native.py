@@ -303,10 +303,10 @@ class NativeContext:
         if rc != 0:
             raise Internal(f"llama.cpp decode failed (code {rc})")
 
-    def logits(self, index: int) -> Any:
-        """The last decode's logits for batch entry ``index`` (a numpy view,
-        valid until the next decode). One llama_get_logits call per decode
-        serves every row: llama.cpp stores them in batch order."""
+    def _all_rows(self) -> Any:
+        """The last decode's logits as one (rows, vocab) numpy view, valid until
+        the next decode. One llama_get_logits call per decode serves every row:
+        llama.cpp stores them in batch order."""
         if self._logits is None:
             rows = len(self._rows)
             addr = _GET_LOGITS_ADDR(self.ctx)
@@ -318,14 +318,18 @@ class NativeContext:
                 view = np.frombuffer(memoryview(flat), dtype=np.float32)
                 self._view = (addr, rows, view.reshape(rows, self._n_vocab))
             self._logits = self._view[2]
-        return self._logits[self._rows[index]]
+        return self._logits
+
+    def logits(self, index: int) -> Any:
+        """The last decode's logits for batch entry ``index`` (a numpy view,
+        valid until the next decode)."""
+        return self._all_rows()[self._rows[index]]
 
     def greedy(self, index: int) -> int:
         """The most likely token for batch entry ``index`` (the first maximum).
         One argmax over every row of the decode serves all greedy requests."""
         if self._best is None:
-            self.logits(index)
-            self._best = self._logits.argmax(axis=1)
+            self._best = self._all_rows().argmax(axis=1)
         return int(self._best[self._rows[index]])
 
     def free(self) -> None:
