@@ -8,7 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-${XDG_CACHE_HOME:-$HOME/.cache}/edged/llama.cpp-bench}"
 PY="${PYTHON:-.venv/bin/python}"
-VERSION=$("$PY" -c "import importlib.util,sys; s=importlib.util.spec_from_file_location('b','installer/llama_build.py'); m=importlib.util.module_from_spec(s); s.loader.exec_module(m); print(m.LLAMA_CPP_PYTHON_VERSION)")
+# The installer is a script, not an installed module: ask it (loading it by file
+# spec without registering it in sys.modules crashes its dataclasses).
+VERSION=$("$PY" installer/llama_build.py --print-version)
 ARGS=$("$PY" installer/llama_build.py --print-args)
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT

@@ -24,7 +24,7 @@ choice and its reason are printed; the wheel-cache key includes the CUDA flags
 and the toolkit version.
 
 This module is stdlib-only: it runs before edged itself is installed.
-Usage: ``python installer/llama_build.py [--print-args] [--rebuild]``.
+Usage: ``python installer/llama_build.py [--print-args] [--print-version] [--rebuild]``.
 """
 
 from __future__ import annotations
@@ -339,9 +339,15 @@ def ensure_wheel(args: list[str], rebuild: bool, toolkit: str | None = None) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--print-args", action="store_true", help="print CMake args and exit")
+    parser.add_argument(
+        "--print-version", action="store_true", help="print the pinned llama-cpp-python version"
+    )
     parser.add_argument("--rebuild", action="store_true", help="ignore the wheel cache")
     parser.add_argument("--wheel-only", action="store_true", help="build, do not install")
     ns = parser.parse_args(argv)
+    if ns.print_version:
+        print(LLAMA_CPP_PYTHON_VERSION)
+        return 0
     cpuinfo_path = Path("/proc/cpuinfo")
     cpuinfo = cpuinfo_path.read_text() if cpuinfo_path.exists() else None
     cuda = decide_cuda(os.environ, probe_cuda(os.environ))
