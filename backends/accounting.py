@@ -1,4 +1,4 @@
-"""Per-request bookkeeping shared by the engines: queue expiry and final stats."""
+"""Per-request bookkeeping shared by the engines: the wait queue and final stats."""
 
 from __future__ import annotations
 
@@ -22,6 +22,15 @@ def expired(job: Job) -> Failed | None:
     return Failed(job.request_id, "DeadlineExceeded", "the deadline passed while queued")
 
 
+@dataclass(eq=False)
+class Waiting:
+    """A job in the queue, with its prompt once encoded (a job that waits for
+    room is tokenized once, not at every step)."""
+
+    job: Job
+    prompt: list[int] | None = None
+
+
 class WaitQueue:
     """Jobs submitted but not started: FIFO, cancellable, deadlines honoured.
 
@@ -31,34 +40,37 @@ class WaitQueue:
     """
 
     def __init__(self) -> None:
-        self._jobs: deque[Job] = deque()
+        self._jobs: deque[Waiting] = deque()
         self._cancelled: list[Job] = []
 
     def __bool__(self) -> bool:
         return bool(self._jobs or self._cancelled)
 
+    def __len__(self) -> int:
+        return len(self._jobs)
+
     def submit(self, job: Job) -> None:
-        self._jobs.append(job)
+        self._jobs.append(Waiting(job))
 
     def cancel(self, request_id: int) -> None:
-        for job in list(self._jobs):
-            if job.request_id == request_id:
+        for w in list(self._jobs):
+            if w.job.request_id == request_id:
                 log.info("request %d cancelled while queued: never started", request_id)
-                self._jobs.remove(job)
-                self._cancelled.append(job)
+                self._jobs.remove(w)
+                self._cancelled.append(w.job)
 
-    def admit(self, start: Callable[[Job], bool], events: list[Event]) -> None:
+    def admit(self, start: Callable[[Waiting], bool], events: list[Event]) -> None:
         for job in self._cancelled:
             events.append(Done(job.request_id, Stats(finish_reason="cancelled")))
         self._cancelled.clear()
-        waiting: deque[Job] = deque()
+        waiting: deque[Waiting] = deque()
         while self._jobs:
-            job = self._jobs.popleft()
-            late = expired(job)
+            w = self._jobs.popleft()
+            late = expired(w.job)
             if late is not None:
                 events.append(late)
-            elif not start(job):
-                waiting.append(job)
+            elif not start(w):
+                waiting.append(w)
         self._jobs = waiting
 
 

@@ -7,7 +7,7 @@ for several requests. That is the shape continuous batching needs; an engine
 without batching simply runs one request per step.
 
 Nothing here imports a backend library. Library exceptions are translated into
-:mod:`edged.daemon.errors` types at the engine's edge.
+:mod:`edged.common.errors` types at the engine's edge.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from edged.daemon.errors import InvalidArgument
+from edged.common.errors import InvalidArgument
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_LEN = 256
@@ -167,7 +167,7 @@ class Done:
 @dataclass(frozen=True)
 class Failed:
     request_id: int
-    error: str  # an edged.daemon.errors class name
+    error: str  # an edged.common.errors class name
     message: str
 
 

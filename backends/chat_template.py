@@ -13,7 +13,7 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from edged.backends.base import Message
-from edged.daemon.errors import FailedPrecondition, InvalidArgument
+from edged.common.errors import FailedPrecondition, InvalidArgument
 
 ROLES = frozenset({"system", "user", "assistant"})
 

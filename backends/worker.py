@@ -4,11 +4,7 @@ A native crash here (a segfault in a backend library, an out-of-memory kill)
 ends this process only; the daemon sees the pipe close and fails the streams
 that were running on it with UNAVAILABLE.
 
-Protocol over a ``multiprocessing`` pipe (pickled tuples):
-daemon -> worker: ("submit", Job) | ("cancel", id) | ("drop_session", sid) | ("stop",)
-                  | ("call", call_id, method, args)   method in CALLABLE
-worker -> daemon: ("ready", ModelDescription) | ("load_failed", error, message)
-                  | ("events", [Event, ...]) | ("reply", call_id, ok, value)
+The pipe carries the typed messages of :mod:`edged.backends.worker_protocol`.
 """
 
 from __future__ import annotations
@@ -20,14 +16,30 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 
-from edged.backends.base import Engine, Failed, Job, LoadSpec
+from edged.backends.base import Engine, LoadSpec
 from edged.backends.outbox import Outbox
 from edged.backends.registry import create_engine
-from edged.daemon.errors import EdgedError
+from edged.backends.worker_protocol import (
+    Call,
+    CallFailed,
+    Cancel,
+    DropSession,
+    Events,
+    Forked,
+    ForkSession,
+    FromWorker,
+    KvLocations,
+    ListKv,
+    LoadFailed,
+    Ready,
+    StepFailed,
+    Stop,
+    Submit,
+    ToWorker,
+)
+from edged.common.errors import EdgedError
 
 log = logging.getLogger("edged.worker")
-
-CALLABLE = frozenset({"fork_session", "kv_locations"})
 
 
 def worker_main(conn: Connection, backend: str, spec: LoadSpec) -> None:
@@ -36,13 +48,13 @@ def worker_main(conn: Connection, backend: str, spec: LoadSpec) -> None:
     try:
         engine = create_engine(backend, spec)
     except EdgedError as exc:
-        conn.send(("load_failed", type(exc).__name__, str(exc)))
+        conn.send(LoadFailed(type(exc).__name__, str(exc)))
         return
     except Exception as exc:  # a library failure we did not anticipate
         log.exception("loading the model failed")
-        conn.send(("load_failed", "Internal", f"the {backend} backend failed to load: {exc}"))
+        conn.send(LoadFailed("Internal", f"the {backend} backend failed to load: {exc}"))
         return
-    conn.send(("ready", engine.describe()))
+    conn.send(Ready(engine.describe()))
     try:
         _loop(conn, engine)
     except (EOFError, BrokenPipeError, ConnectionResetError):
@@ -74,37 +86,43 @@ def _loop(conn: Connection, eng: Engine) -> None:
     outbox = Outbox()
     readable = _readable(conn)
 
+    def send(msg: FromWorker) -> None:
+        conn.send(msg)
+
     def flush() -> None:
         if outbox:
-            conn.send(("events", outbox.take()))
+            send(Events(outbox.take()))
 
     while True:
         if not eng.has_work():
             flush()
         timeout: float | None = 0.0 if eng.has_work() else None
         while readable(timeout):
-            msg = conn.recv()
+            msg: ToWorker = conn.recv()
             timeout = 0.0
-            kind = msg[0]
-            if kind == "submit":
-                job: Job = msg[1]
-                outbox.expect(job)
-                eng.submit(job)
-            elif kind == "cancel":
-                eng.cancel(msg[1])
-            elif kind == "drop_session":
-                eng.drop_session(msg[1])
-            elif kind == "call":
-                flush()
-                conn.send(_call(eng, msg[1], msg[2], msg[3]))
-            elif kind == "stop":
-                flush()
-                return
+            match msg:
+                case Submit(job=job):
+                    outbox.expect(job)
+                    eng.submit(job)
+                case Cancel(request_id=rid):
+                    eng.cancel(rid)
+                case DropSession(session_id=sid):
+                    eng.drop_session(sid)
+                case ForkSession() | ListKv():
+                    flush()
+                    send(_answer(eng, msg))
+                case Stop():
+                    flush()
+                    return
+                case _:
+                    log.error("ignoring an unknown message from the daemon: %r", type(msg))
         try:
             events = list(eng.step())
         except EdgedError as exc:
             log.exception("engine step failed")
-            events = [Failed(-1, type(exc).__name__, str(exc))]
+            flush()
+            send(StepFailed(type(exc).__name__, str(exc)))
+            events = []
         now = time.monotonic()
         if events:
             outbox.add(events, now)
@@ -112,10 +130,10 @@ def _loop(conn: Connection, eng: Engine) -> None:
             flush()
 
 
-def _call(eng: Engine, call_id: int, method: str, args: tuple[object, ...]) -> tuple[object, ...]:
-    if method not in CALLABLE:
-        return ("reply", call_id, False, ("Internal", f"unknown worker call {method!r}"))
+def _answer(eng: Engine, call: Call) -> FromWorker:
     try:
-        return ("reply", call_id, True, getattr(eng, method)(*args))
+        if isinstance(call, ForkSession):
+            return Forked(call.call_id, eng.fork_session(call.source_id, call.new_id))
+        return KvLocations(call.call_id, eng.kv_locations())
     except EdgedError as exc:
-        return ("reply", call_id, False, (type(exc).__name__, str(exc)))
+        return CallFailed(call.call_id, type(exc).__name__, str(exc))

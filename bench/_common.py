@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edged.v1 import edged_pb2 as pb
-from tests.conftest import Daemon, start_daemon
+from harness.daemon import Daemon, start_daemon
 
 
 @contextmanager

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from llama_cpp import Llama
 
-    from tests.conftest import start_daemon
+    from harness.daemon import start_daemon
 
     with tempfile.TemporaryDirectory(prefix="edged-bench-") as tmp:
         os.environ["EDGED_TEST_THREADS"] = str(ns.threads)

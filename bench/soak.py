@@ -38,7 +38,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bench._common import private_daemon
 from edged.v1 import edged_pb2 as pb
 from edged.v1 import edged_pb2_grpc as pbg
-from tests.conftest import Daemon
+from harness.daemon import Daemon
 
 PROMPTS = (
     "Tell me about dolphins.",

@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from edged.backends.base import Job, Sampling, Stats
+from edged.common.errors import EdgedError, Internal
+from edged.common.hardware_profile import HardwareProfile
 from edged.daemon.config import MAX_STREAM_INTERVAL_MS
-from edged.daemon.errors import EdgedError, Internal
-from edged.daemon.hardware.profile import HardwareProfile
 
 log = logging.getLogger(__name__)
 

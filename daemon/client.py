@@ -26,7 +26,8 @@ from typing import Any, Protocol, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from edged.daemon import config, errors
+from edged.common import errors
+from edged.daemon import config
 from edged.v1 import edged_pb2 as pb
 from edged.v1 import edged_pb2_grpc
 

@@ -33,18 +33,17 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import psutil
 
 from edged.backends.base import Chunk, Done, Job, LoadSpec, ModelDescription
-from edged.backends.registry import BACKENDS, is_installed
+from edged.backends.memory import MemoryEstimate, estimate_memory
+from edged.common.errors import EdgedError, Internal, QueueFull, ResourceExhausted
+from edged.common.model_facts import model_facts
 from edged.daemon.config import EngineConfig
-from edged.daemon.errors import FailedPrecondition, QueueFull, ResourceExhausted
-from edged.daemon.hardware import HardwareProfile, select_backends
-from edged.daemon.memory import MemoryEstimate, estimate_memory, model_facts
 from edged.daemon.units import human_bytes
 
 log = logging.getLogger(__name__)
@@ -67,7 +66,8 @@ class Worker(Protocol):
     async def start(self) -> ModelDescription: ...
     def run(self, job: Job) -> AsyncIterator[Chunk | Done]: ...
     def drop_session(self, session_id: str) -> None: ...
-    async def call(self, method: str, *args: object) -> Any: ...
+    async def fork_session(self, source_id: str, new_id: str) -> str: ...
+    async def kv_locations(self) -> dict[str, str]: ...
     async def stop(self) -> None: ...
 
 
@@ -76,14 +76,16 @@ WorkerFactory = Callable[[str, LoadSpec, str], Worker]
 
 @dataclass(frozen=True)
 class ResolvedModel:
+    """A model variant and where it runs, as backend selection resolved it."""
+
     name: str  # "name:tag"
     digest: str
     path: str
     format: str
+    backend: str  # chosen by selection (daemon/selection.py)
+    device: str = "cpu"
     system_prompt: str = ""
     sampling_defaults: tuple[tuple[str, float], ...] = ()
-    backend: str = ""  # chosen by the caller; "" lets the scheduler choose
-    device: str = "cpu"
     gpu_layers: int = 0  # layers to offload on a GPU device; 0 or -1 there = all
 
 
@@ -95,7 +97,7 @@ MemoryProbe = Callable[[str], int | None]
 
 
 def estimate_model(model: ResolvedModel, backend: str, spec: LoadSpec) -> MemoryEstimate:
-    """The real estimate (:mod:`edged.daemon.memory`) from the model's header."""
+    """The real estimate (:mod:`edged.backends.memory`) from the model's header."""
     facts = model_facts(Path(spec.model_path), model.format)
     return estimate_memory(
         facts,
@@ -137,6 +139,7 @@ class _Loaded:
     keep_alive_s: float
     pinned_by_settings: bool = False
     pinned_by_load: bool = False
+    purpose: str = ""  # "" serves requests; else why it runs (a calibration)
 
     @property
     def pinned(self) -> bool:
@@ -166,26 +169,17 @@ class Scheduler:
     def __init__(
         self,
         engine: EngineConfig,
-        hardware: HardwareProfile,
         worker_factory: WorkerFactory,
         *,
-        installed_backends: tuple[str, ...] | None = None,
-        llama_cuda: bool = False,
         estimate: Estimator | None = estimate_model,
         memory_probe: MemoryProbe = host_memory,
     ) -> None:
         self._cfg = engine
-        self._hw = hardware
         self._factory = worker_factory
-        self._installed = (
-            installed_backends
-            if installed_backends is not None
-            else tuple(b.name for b in BACKENDS if is_installed(b))
-        )
-        self._llama_cuda = llama_cuda
         self._estimate = estimate
         self._probe = memory_probe
         self._loaded: dict[str, _Loaded] = {}
+        self._dedicated: list[_Loaded] = []  # workers no request shares (calibration)
         self._inflight: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._admission = asyncio.Lock()  # one load (and its evictions) at a time
@@ -299,29 +293,34 @@ class Scheduler:
             self._touch(entry, options)
             return entry
 
-    async def _load(self, model: ResolvedModel, options: LoadOptions) -> _Loaded:
-        backend, device = self._choose(model)
-        spec = LoadSpec(
+    def _spec(self, model: ResolvedModel, context_length: int, sequences: int) -> LoadSpec:
+        if not model.backend:
+            raise Internal(f"{model.name} reached the scheduler without a backend")
+        cfg = self._cfg
+        return LoadSpec(
             model_path=model.path,
             model_digest=model.digest,
-            context_length=self._context(options),
-            threads=self._cfg.threads,
-            max_sequences=self._cfg.max_sequences,
-            device=device,
-            kv_dir=str(self._cfg.kv_dir) if self._cfg.kv_dir else None,
-            kv_ram_budget=self._cfg.kv_ram_budget,
-            kv_disk_budget=self._cfg.kv_disk_budget,
-            cache_dir=str(self._cfg.cache_dir / backend) if self._cfg.cache_dir else None,
-            gpu_layers=gpu_layers_for(device, model.gpu_layers),
+            context_length=context_length,
+            threads=cfg.threads,
+            max_sequences=sequences,
+            device=model.device,
+            kv_dir=str(cfg.kv_dir) if cfg.kv_dir else None,
+            kv_ram_budget=cfg.kv_ram_budget,
+            kv_disk_budget=cfg.kv_disk_budget,
+            cache_dir=str(cfg.cache_dir / model.backend) if cfg.cache_dir else None,
+            gpu_layers=gpu_layers_for(model.device, model.gpu_layers),
         )
-        need = await self._need(model, backend, spec)
-        await self._make_room(model, device, need)
-        worker = self._factory(backend, spec, model.name)
+
+    async def _load(self, model: ResolvedModel, options: LoadOptions) -> _Loaded:
+        spec = self._spec(model, self._context(options), self._cfg.max_sequences)
+        need = await self._need(model, model.backend, spec)
+        await self._make_room(model, model.device, need)
+        worker = self._factory(model.backend, spec, model.name)
         log.info(
             "loading %s on %s/%s (context %d%s)",
             model.name,
-            backend,
-            device,
+            model.backend,
+            model.device,
             spec.context_length,
             f", {describe_need(need)}" if need else "",
         )
@@ -340,32 +339,33 @@ class Scheduler:
             log.warning("cannot estimate the memory of %s: %s", model.name, exc)
             return None
 
-    def _choose(self, model: ResolvedModel) -> tuple[str, str]:
-        if model.backend:
-            return model.backend, model.device
-        choices = select_backends(
-            self._hw, [model.format], self._installed, llama_cuda=self._llama_cuda
-        )
-        for c in choices:
-            if c.available:
-                return c.backend, c.device
-        why = "; ".join(r for c in choices for r in c.reasons)
-        raise FailedPrecondition(f"no installed backend can run {model.name}: {why}")
-
     # ------------------------------------------------------------ room
 
     def _evictable(self, digest: str, entry: _Loaded) -> bool:
         return entry.worker.alive and not entry.pinned and self._idle(digest, entry)
 
     async def _make_room(
-        self, model: ResolvedModel, device: str, need: MemoryEstimate | None
+        self,
+        model: ResolvedModel,
+        device: str,
+        need: MemoryEstimate | None,
+        *,
+        replaces: bool = True,
     ) -> None:
-        """Unload idle models (LRU first) until ``need`` fits; refuse if it cannot."""
+        """Unload idle models (LRU first) until ``need`` fits; refuse if it cannot.
+
+        ``replaces``: the new worker replaces the model's loaded one (else that
+        one stays, and counts, like any other model)."""
         if self._stopping:  # workers unloading now: let their memory come back first
             await asyncio.gather(*self._stopping, return_exceptions=True)
-        others = [(d, e) for d, e in self._loaded.items() if d != model.digest and e.worker.alive]
+        others = [
+            (d, e)
+            for d, e in self._loaded.items()
+            if (d != model.digest or not replaces) and e.worker.alive
+        ]
+        others += [(f"{e.model.digest}#{i}", e) for i, e in enumerate(self._dedicated)]
         candidates = sorted(
-            ((d, e) for d, e in others if self._evictable(d, e)),
+            ((d, e) for d, e in others if self._loaded.get(d) is e and self._evictable(d, e)),
             key=lambda de: de[1].worker.last_used,
         )
         free = self._probe(device) if need is not None else None
@@ -441,7 +441,9 @@ class Scheduler:
 
     def _what(self, digest: str, entry: _Loaded) -> str:
         size = human_bytes(entry.need.total_bytes) if entry.need else "size unknown"
-        if entry.pinned:
+        if entry.purpose:
+            state = entry.purpose
+        elif entry.pinned:
             state = "pinned"
         elif not self._idle(digest, entry):
             n = max(entry.worker.active, self._inflight.get(digest, 0))
@@ -496,6 +498,69 @@ class Scheduler:
     def worker_of(self, digest: str) -> Worker | None:
         entry = self._loaded.get(digest)
         return entry.worker if entry and entry.worker.alive else None
+
+    async def fork_session(self, digest: str, source_id: str, new_id: str) -> str:
+        """Copy a session's KV in its model's worker; "none" when nothing was copied."""
+        worker = self.worker_of(digest)
+        return "none" if worker is None else await worker.fork_session(source_id, new_id)
+
+    async def kv_locations(self, digest: str, timeout_s: float = 5.0) -> dict[str, str]:
+        """Where each session's KV is in the model's worker ({} when not loaded or busy)."""
+        worker = self.worker_of(digest)
+        if worker is None:
+            return {}
+        try:
+            return await asyncio.wait_for(worker.kv_locations(), timeout_s)
+        except (EdgedError, asyncio.TimeoutError):
+            return {}
+
+    @contextlib.asynccontextmanager
+    async def dedicated(
+        self, model: ResolvedModel, *, context_length: int, purpose: str
+    ) -> AsyncIterator[Worker]:
+        """A worker for ``model`` that no request shares (a calibration run).
+
+        The model's loaded worker is used when it already runs this backend on
+        this device; otherwise a one-sequence worker is loaded like any model
+        (memory admission, EDGED_MAX_LOADED, idle models unloaded LRU first),
+        counts as loaded while it runs, and is stopped afterwards.
+        """
+        entry = self._loaded.get(model.digest)
+        if (
+            entry is not None
+            and entry.worker.alive
+            and entry.worker.backend == model.backend
+            and entry.worker.spec.device == model.device
+        ):
+            self._inflight[model.digest] = self._inflight.get(model.digest, 0) + 1
+            try:
+                yield entry.worker
+            finally:
+                self._inflight[model.digest] -= 1
+                self._after_request(model.digest, entry)
+            return
+        spec = replace(
+            self._spec(model, context_length, 1),
+            kv_dir=None,
+            kv_ram_budget=16 << 20,
+            kv_disk_budget=0,
+        )
+        async with self._admission:
+            need = await self._need(model, model.backend, spec)
+            await self._make_room(model, model.device, need, replaces=False)
+            worker = self._factory(model.backend, spec, f"{model.name} ({purpose})")
+            own = _Loaded(worker, model, need, keep_alive_s=0, purpose=purpose)
+            self._dedicated.append(own)
+            try:
+                await worker.start()
+            except BaseException:
+                self._dedicated.remove(own)
+                raise
+        try:
+            yield worker
+        finally:
+            self._dedicated.remove(own)
+            await worker.stop()
 
     def _info(self, digest: str, entry: _Loaded) -> LoadedInfo:
         due = self._due(digest, entry)

@@ -8,7 +8,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from edged.daemon.errors import FailedPrecondition, InvalidArgument
+from edged.common.errors import FailedPrecondition, InvalidArgument
 
 
 def ensure_private_dir(path: Path) -> Path:

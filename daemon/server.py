@@ -22,14 +22,18 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from edged.daemon.app import App, installed_backends
+from edged.backends.registry import installed_names
+from edged.common.errors import EdgedError, FailedPrecondition
+from edged.daemon import calibration
+from edged.daemon.app import App
 from edged.daemon.auth import BearerTokenInterceptor
+from edged.daemon.calibrator import Calibrator
 from edged.daemon.config import ServerConfig, load_gc_grace
-from edged.daemon.errors import EdgedError, FailedPrecondition
-from edged.daemon.hardware import HardwareMonitor, llama_cuda_built
+from edged.daemon.hardware import HardwareMonitor
 from edged.daemon.limits import LimitsInterceptor, server_options
 from edged.daemon.scheduler import Scheduler
 from edged.daemon.security import ensure_private_dir, load_or_create_token, parse_loopback
+from edged.daemon.selection import Selection
 from edged.daemon.services import _errors
 from edged.daemon.services.inference import InferenceService
 from edged.daemon.services.models import ModelsService
@@ -37,6 +41,7 @@ from edged.daemon.services.sessions import SessionsService
 from edged.daemon.services.system import SystemService, edged_version
 from edged.daemon.sessions import SessionStore
 from edged.daemon.workers import WorkerHandle
+from edged.models_registry.settings import SettingsStore
 from edged.models_registry.store import Store
 from edged.v1 import edged_pb2 as pb
 from edged.v1 import edged_pb2_grpc as pbg
@@ -89,19 +94,24 @@ def build_app(cfg: ServerConfig) -> App:
     # The optional hardware probes (child processes) run in the background;
     # the first selection waits for them.
     monitor = HardwareMonitor().start()
-    installed = tuple(installed_backends())
-    llama_cuda = llama_cuda_built()
-    scheduler = Scheduler(
-        cfg.engine, monitor.basic, WorkerHandle, installed_backends=installed, llama_cuda=llama_cuda
-    )
+    scheduler = Scheduler(cfg.engine, WorkerHandle)
     ensure_private_dir(cfg.paths.data_dir)
+    store = Store(cfg.paths.registry_dir, gc_grace_s=load_gc_grace())
+    selection = Selection(
+        config=cfg,
+        store=store,
+        monitor=monitor,
+        installed=installed_names(),
+        settings=SettingsStore(store.root),
+        calibrations=calibration.CalibrationCache(cfg.paths.cache_dir),
+    )
     return App(
         config=cfg,
-        store=Store(cfg.paths.registry_dir, gc_grace_s=load_gc_grace()),
+        store=store,
         scheduler=scheduler,
         sessions=SessionStore(cfg.paths.sessions_dir),
-        monitor=monitor,
-        installed=installed,
+        selection=selection,
+        calibrator=Calibrator(selection, scheduler),
     )
 
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edged.backends.base import Message
-from edged.daemon.errors import InvalidArgument, SessionNotFound
+from edged.common.errors import InvalidArgument, SessionNotFound
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 One :class:`WorkerHandle` per loaded model. Requests are multiplexed over the
 worker's pipe by request id; events are routed to per-request asyncio queues.
 When the worker dies for any reason, every request still running on it gets
-:class:`~edged.daemon.errors.WorkerCrashed`, and the handle reports itself dead
+:class:`~edged.common.errors.WorkerCrashed`, and the handle reports itself dead
 so the scheduler starts a fresh worker for the next request.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import multiprocessing
 import time
@@ -22,22 +21,28 @@ from typing import Any
 
 from edged.backends.base import Chunk, Done, Event, Failed, Job, LoadSpec, ModelDescription
 from edged.backends.worker import worker_main
-from edged.daemon import errors
+from edged.backends.worker_protocol import (
+    CallFailed,
+    Cancel,
+    DropSession,
+    Events,
+    Forked,
+    ForkSession,
+    FromWorker,
+    KvLocations,
+    ListKv,
+    LoadFailed,
+    Ready,
+    Reply,
+    StepFailed,
+    Stop,
+    Submit,
+    ToWorker,
+)
+from edged.common import errors
+from edged.daemon.request_ids import next_request_id
 
 log = logging.getLogger(__name__)
-
-_ids = itertools.count(1)
-
-
-def next_request_id() -> int:
-    return next(_ids)
-
-
-def error_from(name: str, message: str) -> errors.EdgedError:
-    cls = getattr(errors, name, None)
-    if isinstance(cls, type) and issubclass(cls, errors.EdgedError):
-        return cls(message)
-    return errors.Internal(message)
 
 
 @dataclass
@@ -59,7 +64,7 @@ class WorkerHandle:
         self._dead = False
         self._stopping = False  # stop() asked it to exit: its end is no crash
         self._ready: asyncio.Future[ModelDescription] | None = None
-        self._calls: dict[int, asyncio.Future[Any]] = {}
+        self._calls: dict[int, asyncio.Future[Reply]] = {}
 
     @property
     def pid(self) -> int | None:
@@ -102,31 +107,31 @@ class WorkerHandle:
     def _on_readable(self) -> None:
         assert self._conn is not None
         try:
-            msg = self._conn.recv()
+            msg: FromWorker = self._conn.recv()
         except (EOFError, OSError):
             self._on_dead()
             return
-        kind = msg[0]
-        if kind == "events":
-            for ev in msg[1]:
-                self._route(ev)
-        elif kind == "reply":
-            fut = self._calls.pop(msg[1], None)
-            if fut is not None and not fut.done():
-                if msg[2]:
-                    fut.set_result(msg[3])
-                else:
-                    fut.set_exception(error_from(*msg[3]))
-        elif kind == "ready" and self._ready and not self._ready.done():
-            self._ready.set_result(msg[1])
-        elif kind == "load_failed" and self._ready and not self._ready.done():
-            self._ready.set_exception(error_from(msg[1], msg[2]))
+        match msg:
+            case Events(events=events):
+                for ev in events:
+                    self._route(ev)
+            case StepFailed(error=error, message=message):
+                for each in self._requests.values():
+                    each.queue.put_nowait(errors.from_name(error, message))
+            case Forked() | KvLocations() | CallFailed():
+                fut = self._calls.pop(msg.call_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+            case Ready(description=desc):
+                if self._ready and not self._ready.done():
+                    self._ready.set_result(desc)
+            case LoadFailed(error=error, message=message):
+                if self._ready and not self._ready.done():
+                    self._ready.set_exception(errors.from_name(error, message))
+            case _:
+                log.error("ignoring an unknown message from %s's worker", self.label)
 
     def _route(self, ev: Event) -> None:
-        if isinstance(ev, Failed) and ev.request_id < 0:
-            for each in self._requests.values():
-                each.queue.put_nowait(error_from(ev.error, ev.message))
-            return
         target = self._requests.get(ev.request_id)
         if target is not None:
             target.queue.put_nowait(ev)
@@ -164,7 +169,7 @@ class WorkerHandle:
                 fut.set_exception(crash)
         self._calls.clear()
 
-    def _send(self, msg: tuple[Any, ...]) -> None:
+    def _send(self, msg: ToWorker) -> None:
         if self._dead or self._conn is None:
             raise errors.WorkerCrashed(f"the inference worker for {self.label} is not running")
         try:
@@ -180,7 +185,7 @@ class WorkerHandle:
         self.last_used = time.monotonic()
         finished = False
         try:
-            self._send(("submit", job))
+            self._send(Submit(job))
             while True:
                 item = await pending.queue.get()
                 if isinstance(item, errors.EdgedError):
@@ -188,7 +193,7 @@ class WorkerHandle:
                     raise item
                 if isinstance(item, Failed):
                     finished = True
-                    raise error_from(item.error, item.message)
+                    raise errors.from_name(item.error, item.message)
                 if isinstance(item, Done):
                     finished = True
                     yield item
@@ -200,23 +205,38 @@ class WorkerHandle:
             if not finished and not self._dead:
                 # the consumer went away (client cancelled): stop the generation
                 with contextlib.suppress(errors.WorkerCrashed):
-                    self._send(("cancel", job.request_id))
+                    self._send(Cancel(job.request_id))
 
-    async def call(self, method: str, *args: object, timeout_s: float = 60.0) -> Any:
-        """Run one of the engine's CALLABLE methods in the worker and return its value."""
-        call_id = next_request_id()
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._calls[call_id] = fut
+    async def fork_session(self, source_id: str, new_id: str, timeout_s: float = 60.0) -> str:
+        """Copy a session's KV in the worker; where the copy lives ("none": not copied)."""
+        reply = await self._call(ForkSession(next_request_id(), source_id, new_id), timeout_s)
+        if not isinstance(reply, Forked):
+            raise errors.Internal(f"the worker answered a fork with {type(reply).__name__}")
+        return reply.location
+
+    async def kv_locations(self, timeout_s: float = 60.0) -> dict[str, str]:
+        """Where each session's KV is in the worker: "resident", "ram" or "disk"."""
+        reply = await self._call(ListKv(next_request_id()), timeout_s)
+        if not isinstance(reply, KvLocations):
+            raise errors.Internal(f"the worker answered ListKv with {type(reply).__name__}")
+        return dict(reply.locations)
+
+    async def _call(self, call: ForkSession | ListKv, timeout_s: float) -> Reply:
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._calls[call.call_id] = fut
         try:
-            self._send(("call", call_id, method, args))
-            return await asyncio.wait_for(fut, timeout_s)
+            self._send(call)
+            reply = await asyncio.wait_for(fut, timeout_s)
         finally:
-            self._calls.pop(call_id, None)
+            self._calls.pop(call.call_id, None)
+        if isinstance(reply, CallFailed):
+            raise errors.from_name(reply.error, reply.message)
+        return reply
 
     def drop_session(self, session_id: str) -> None:
         if not self._dead:
             with contextlib.suppress(errors.WorkerCrashed):
-                self._send(("drop_session", session_id))
+                self._send(DropSession(session_id))
 
     async def stop(self, timeout_s: float = 30.0) -> None:
         if self._proc is None:
@@ -224,7 +244,7 @@ class WorkerHandle:
         self._stopping = True
         if not self._dead and self._conn is not None:
             with contextlib.suppress(BrokenPipeError, OSError):
-                self._conn.send(("stop",))
+                self._conn.send(Stop())
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._proc.join, timeout_s)
         if self._proc.is_alive():

@@ -15,10 +15,11 @@ The public API::
 
 from __future__ import annotations
 
+from edged.common.gguf import GGUFInfo, TensorInfo, read_gguf_info
+
 from .catalog import CATALOG, CatalogEntry
 from .convert import convert_to_onnx
 from .digest import blob_name, parse_digest
-from .gguf import GGUFInfo, TensorInfo, read_gguf_info
 from .http_source import DownloadState, HttpOptions
 from .manifest import CorruptManifest, Manifest, ManifestFile, Variant
 from .names import ModelRef, parse_model_ref

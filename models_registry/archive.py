@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from edged.daemon.errors import (
+from edged.common.errors import (
     Cancelled,
     DigestMismatch,
     EdgedError,
@@ -44,12 +44,13 @@ from edged.daemon.errors import (
     NotFound,
 )
 
+from .blobs import CHUNK_SIZE
 from .digest import blob_name, parse_digest
 from .fsutil import DiskFull, free_bytes, fsync_dir, remove_quietly, storage_error
 from .manifest import MAX_FILES_PER_VARIANT, MAX_MANIFEST_BYTES, MAX_VARIANTS, Manifest
 from .names import ModelRef, split_model_ref
 from .progress import ProgressFn, ThrottledProgress
-from .store import CHUNK_SIZE, Store
+from .store import Store
 
 FORMAT = "edged-model-archive"
 VERSION = 1

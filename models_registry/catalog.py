@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from edged.daemon.errors import (
+from edged.common.errors import (
     Cancelled,
     FailedPrecondition,
     InvalidModelFile,

@@ -31,18 +31,19 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
-from edged.daemon.errors import (
+from edged.common.errors import (
     Cancelled,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     ModelNotFound,
 )
+from edged.common.model_facts import FORMAT_GGUF, FORMAT_ONNX
 
 from . import folder, locks
 from .digest import new_hasher
 from .fsutil import remove_tree, storage_error
-from .manifest import FORMAT_GGUF, FORMAT_ONNX, Manifest, Variant
+from .manifest import Manifest, Variant
 from .names import ModelRef
 from .progress import ProgressFn, report
 from .store import Store

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import string
 
-from edged.daemon.errors import InvalidArgument
+from edged.common.errors import InvalidArgument
 
 ALGORITHM = "sha256"
 HEX_LENGTH = 64

@@ -12,7 +12,6 @@ and may only name files of the folder.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import threading
@@ -21,12 +20,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from edged.daemon.errors import (
+from edged.common.errors import (
     Cancelled,
     EdgedError,
     FailedPrecondition,
     InvalidArgument,
     InvalidModelFile,
+)
+from edged.common.jsonfile import parse_json_object, positive_int, short_str
+from edged.common.onnx_folder import (
+    CHAT_TEMPLATE,
+    GENAI_CONFIG,
+    MAX_CONFIG_BYTES,
+    MAX_TOKENIZER_CONFIG_BYTES,
+    TOKENIZER_CONFIG,
+    has_chat_template,
+    named_files,
 )
 
 from .manifest import ROLE_FILE, ROLE_MODEL, ManifestFile
@@ -34,13 +43,8 @@ from .progress import ProgressFn, PullProgress
 from .relpath import MAX_DEPTH, validate_relative_path, validate_variant_paths
 from .store import Store
 
-GENAI_CONFIG = "genai_config.json"
-CHAT_TEMPLATE = "chat_template.jinja"
-TOKENIZER_CONFIG = "tokenizer_config.json"
 MAX_FILES = 256
 MAX_FILE_BYTES = 64 << 30
-MAX_CONFIG_BYTES = 1 << 20
-MAX_TOKENIZER_CONFIG_BYTES = 16 << 20
 CHUNK_SIZE = 1 << 20
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 
@@ -60,10 +64,6 @@ class OnnxFacts:
     architecture: str
     context_length: int
     has_chat_template: bool
-
-
-def is_onnx_folder(path: Path) -> bool:
-    return path.is_dir() and (path / GENAI_CONFIG).is_file()
 
 
 def import_folder(
@@ -231,7 +231,7 @@ def onnx_facts(store: Store, files: tuple[ManifestFile, ...]) -> OnnxFacts:
     model = config.get("model")
     if not isinstance(model, dict):
         raise InvalidModelFile(f"{GENAI_CONFIG} has no 'model' section")
-    for name in _named_files(config):
+    for name in named_files(config):
         try:
             validate_relative_path(name)
         except EdgedError as exc:
@@ -239,8 +239,8 @@ def onnx_facts(store: Store, files: tuple[ManifestFile, ...]) -> OnnxFacts:
         if name not in by_path:
             raise InvalidModelFile(f"{GENAI_CONFIG} names {name!r}, which is not in the folder")
     return OnnxFacts(
-        architecture=_str(model.get("type")),
-        context_length=_int(model.get("context_length")),
+        architecture=short_str(model.get("type")),
+        context_length=positive_int(model.get("context_length")),
         has_chat_template=CHAT_TEMPLATE in by_path or _tokenizer_has_template(store, by_path),
     )
 
@@ -248,28 +248,7 @@ def onnx_facts(store: Store, files: tuple[ManifestFile, ...]) -> OnnxFacts:
 def _read_json(store: Store, f: ManifestFile, limit: int) -> dict[str, Any]:
     if f.size > limit:
         raise InvalidModelFile(f"{f.path} is larger than {limit} bytes")
-    try:
-        data = json.loads(store.blob_path(f.digest).read_bytes())
-    except (ValueError, RecursionError) as exc:
-        raise InvalidModelFile(f"{f.path} is not valid JSON") from exc
-    if not isinstance(data, dict):
-        raise InvalidModelFile(f"{f.path} is not a JSON object")
-    return data
-
-
-def _named_files(node: object) -> Iterator[str]:
-    """Every value of a "filename" key, anywhere in the config."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "filename":
-                if not isinstance(value, str):
-                    raise InvalidModelFile(f"{GENAI_CONFIG} has a 'filename' that is not a string")
-                yield value
-            else:
-                yield from _named_files(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _named_files(item)
+    return parse_json_object(store.blob_path(f.digest).read_bytes(), f.path, limit)
 
 
 def _tokenizer_has_template(store: Store, by_path: dict[str, ManifestFile]) -> bool:
@@ -277,15 +256,6 @@ def _tokenizer_has_template(store: Store, by_path: dict[str, ManifestFile]) -> b
     if f is None or f.size > MAX_TOKENIZER_CONFIG_BYTES:
         return False
     try:
-        config = _read_json(store, f, MAX_TOKENIZER_CONFIG_BYTES)
-        return isinstance(config.get("chat_template"), str)
+        return has_chat_template(_read_json(store, f, MAX_TOKENIZER_CONFIG_BYTES))
     except InvalidModelFile:
         return False
-
-
-def _str(value: object) -> str:
-    return value[:64] if isinstance(value, str) else ""
-
-
-def _int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edged.daemon.errors import EdgedError, Internal, ResourceExhausted
+from edged.common.errors import EdgedError, Internal, ResourceExhausted
 
 _NO_SPACE = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 

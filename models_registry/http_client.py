@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from edged.daemon.errors import (
+from edged.common.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,

@@ -42,7 +42,7 @@ from typing import BinaryIO
 
 import httpx
 
-from edged.daemon.errors import (
+from edged.common.errors import (
     Cancelled,
     DigestMismatch,
     EdgedError,

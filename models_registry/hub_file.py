@@ -36,17 +36,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
-from edged.daemon.errors import (
+from edged.common.errors import (
     DigestMismatch,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     Unavailable,
 )
+from edged.common.gguf import read_gguf_info
 
 from . import http_source
 from .digest import digest_from_hex
-from .gguf import read_gguf_info
 from .http_client import AccessRefused, HttpOptions
 from .hub_source import SCHEME, HubRepo, access_refused, hub_errors, parse_repo
 from .progress import ProgressFn, report

@@ -14,19 +14,19 @@ checked with relpath before anything is downloaded.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edged.daemon.errors import (
+from edged.common import onnx_folder
+from edged.common.errors import (
     Cancelled,
     EdgedError,
     FailedPrecondition,
@@ -37,6 +37,7 @@ from edged.daemon.errors import (
     Unauthenticated,
     Unavailable,
 )
+from edged.common.onnx_folder import GENAI_CONFIG, MAX_CONFIG_BYTES, optional_files, parse_config
 
 from . import folder
 from .fsutil import storage_error
@@ -46,15 +47,6 @@ from .relpath import validate_relative_path, validate_variant_paths
 from .store import Store
 
 SCHEME = "hf://"
-DATA_SUFFIX = ".data"
-# Tokenizer and chat files taken when present; none of them is required.
-OPTIONAL_FILES = (
-    "tokenizer.json",
-    folder.TOKENIZER_CONFIG,
-    folder.CHAT_TEMPLATE,
-    "special_tokens_map.json",
-    "added_tokens.json",
-)
 _SEGMENT = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
 _REPO = re.compile(rf"{_SEGMENT}/{_SEGMENT}")
 _REVISION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]{0,254}")
@@ -98,35 +90,16 @@ def parse_repo(source: str) -> HubRepo:
 # -- which files an ONNX Runtime GenAI folder needs ----------------------------------------
 
 
-def parse_config(data: bytes) -> dict[str, Any]:
-    if len(data) > folder.MAX_CONFIG_BYTES:
-        raise InvalidModelFile(
-            f"{folder.GENAI_CONFIG} is larger than {folder.MAX_CONFIG_BYTES} bytes"
-        )
-    try:
-        config = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidModelFile(f"{folder.GENAI_CONFIG} is not valid JSON") from exc
-    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
-        raise InvalidModelFile(f"{folder.GENAI_CONFIG} has no 'model' section")
-    return config
-
-
 def named_files(config: dict[str, Any]) -> list[str]:
     """Every file genai_config.json names, each checked to be a safe relative path."""
     out: list[str] = []
-    for name in folder._named_files(config):
+    for name in onnx_folder.named_files(config):
         try:
             validate_relative_path(name)
         except EdgedError as exc:
-            raise InvalidArgument(f"{folder.GENAI_CONFIG} names a bad file: {exc}") from exc
+            raise InvalidArgument(f"{GENAI_CONFIG} names a bad file: {exc}") from exc
         out.append(name)
     return list(dict.fromkeys(out))
-
-
-def optional_files(named: Iterable[str]) -> list[str]:
-    """The files taken when the source has them: external data, then tokenizer files."""
-    return list(dict.fromkeys([n + DATA_SUFFIX for n in named] + list(OPTIONAL_FILES)))
 
 
 # -- the hub source ------------------------------------------------------------------------
@@ -177,9 +150,9 @@ def _download_all(
     listed = {s.rfilename for s in (info.siblings or []) if isinstance(s.rfilename, str)}
     # Pin every download to the commit the listing came from.
     revision = info.sha if isinstance(info.sha, str) and info.sha else repo.revision
-    if folder.GENAI_CONFIG not in listed:
+    if GENAI_CONFIG not in listed:
         raise FailedPrecondition(
-            f"{repo.repo_id} has no {folder.GENAI_CONFIG}: not an ONNX Runtime GenAI model"
+            f"{repo.repo_id} has no {GENAI_CONFIG}: not an ONNX Runtime GenAI model"
         )
 
     def get(name: str) -> None:
@@ -196,16 +169,16 @@ def _download_all(
                 endpoint=endpoint,
             )
 
-    get(folder.GENAI_CONFIG)
-    config = parse_config(_read_bounded(files_dir / folder.GENAI_CONFIG))
-    named = [n for n in named_files(config) if n != folder.GENAI_CONFIG]
+    get(GENAI_CONFIG)
+    config = parse_config(_read_bounded(files_dir / GENAI_CONFIG))
+    named = [n for n in named_files(config) if n != GENAI_CONFIG]
     for name in named:
         if name not in listed:
             raise InvalidModelFile(
-                f"{folder.GENAI_CONFIG} of {repo.repo_id} names {name!r}, which is not in the repo"
+                f"{GENAI_CONFIG} of {repo.repo_id} names {name!r}, which is not in the repo"
             )
     wanted = named + [n for n in optional_files(named) if n in listed and n not in named]
-    validate_variant_paths([folder.GENAI_CONFIG, *wanted])
+    validate_variant_paths([GENAI_CONFIG, *wanted])
     if len(wanted) + 1 > folder.MAX_FILES:
         raise InvalidArgument(f"{repo.repo_id} names more than {folder.MAX_FILES} files")
     for name in wanted:
@@ -214,7 +187,7 @@ def _download_all(
 
 def _read_bounded(path: Path) -> bytes:
     with open(path, "rb") as f:
-        return f.read(folder.MAX_CONFIG_BYTES + 1)
+        return f.read(MAX_CONFIG_BYTES + 1)
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from edged.daemon.errors import Cancelled
+from edged.common.errors import Cancelled
 
 POLL_SECONDS = 0.05
 

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, TypeVar
 
-from edged.daemon.errors import EdgedError, FailedPrecondition, InvalidArgument
+from edged.common.errors import EdgedError, FailedPrecondition, InvalidArgument
+from edged.common.model_facts import FORMAT_GGUF, FORMAT_ONNX
+from edged.common.onnx_folder import GENAI_CONFIG
 
 from .digest import digest_from_hex, new_hasher, parse_digest
 from .names import ModelRef, validate_name, validate_tag
@@ -29,8 +31,6 @@ SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 ROLE_MODEL = "model"  # a variant's main file: the GGUF file, an ONNX folder's genai_config.json
 ROLE_FILE = "file"
-FORMAT_GGUF = "gguf"
-FORMAT_ONNX = "onnx"
 GGUF_VARIANT = "gguf"  # the name of the variant a GGUF pull makes
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_VARIANTS = 32
@@ -114,7 +114,7 @@ class Variant:
             raise InvalidArgument(f"variant {self.name!r} must have exactly one main file")
         if self.format == FORMAT_GGUF and len(self.files) != 1:
             raise InvalidArgument(f"the GGUF variant {self.name!r} must be a single file")
-        if self.format == FORMAT_ONNX and self.main.path != "genai_config.json":
+        if self.format == FORMAT_ONNX and self.main.path != GENAI_CONFIG:
             raise InvalidArgument(
                 f"the ONNX variant {self.name!r} must have genai_config.json as its main file"
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from edged.daemon.errors import InvalidArgument
+from edged.common.errors import InvalidArgument
 
 DEFAULT_TAG = "latest"
 MAX_SEGMENTS = 2

@@ -13,18 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote
 
-from edged.daemon.errors import (
+from edged.common.errors import (
     InvalidArgument,
     ModelNotFound,
     NotFound,
 )
+from edged.common.gguf import read_gguf_info
+from edged.common.model_facts import FORMAT_GGUF, FORMAT_ONNX
+from edged.common.onnx_folder import GENAI_CONFIG, is_onnx_folder
 
 from . import catalog, folder, http_source, hub_file, hub_source, url_folder_source
 from .digest import parse_digest
-from .gguf import read_gguf_info
 from .manifest import (
-    FORMAT_GGUF,
-    FORMAT_ONNX,
     GGUF_VARIANT,
     ROLE_MODEL,
     Manifest,
@@ -341,7 +341,7 @@ def _file_plan(
         )
     if not path.exists():
         raise NotFound(f"no such file {shown!r}")
-    if folder.is_onnx_folder(path):
+    if is_onnx_folder(path):
         if expected is not None:
             raise InvalidArgument("a digest can only be checked for a single GGUF file")
         return _Plan(
@@ -356,7 +356,7 @@ def _file_plan(
     if path.is_dir():
         raise InvalidArgument(
             f"{shown!r} is a directory: give the path of a .gguf file or of an ONNX Runtime "
-            f"GenAI model folder (one with {folder.GENAI_CONFIG})"
+            f"GenAI model folder (one with {GENAI_CONFIG})"
         )
     return _Plan(
         ref=_target(name, sanitize_name(shown), DEFAULT_TAG),

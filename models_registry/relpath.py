@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable
 from pathlib import PurePosixPath
 
-from edged.daemon.errors import InvalidArgument
+from edged.common.errors import InvalidArgument
 
 MAX_PATH_LENGTH = 1024
 MAX_PART_LENGTH = 255

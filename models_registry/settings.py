@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edged.daemon.errors import InvalidArgument
+from edged.common.errors import InvalidArgument
 
 from .fsutil import atomic_write, storage_error
 

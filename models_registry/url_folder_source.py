@@ -15,10 +15,11 @@ import threading
 
 import httpx
 
-from edged.daemon.errors import Cancelled, InvalidArgument, NotFound
+from edged.common.errors import Cancelled, InvalidArgument, NotFound
+from edged.common.onnx_folder import GENAI_CONFIG, MAX_CONFIG_BYTES, optional_files, parse_config
 
 from . import folder, http_source
-from .hub_source import named_files, optional_files, parse_config
+from .hub_source import named_files
 from .manifest import ROLE_FILE, ROLE_MODEL, ManifestFile
 from .progress import ProgressFn, report
 from .relpath import validate_variant_paths
@@ -67,31 +68,29 @@ def fetch(
         except NotFound as exc:
             if not required:
                 return None
-            if rel == folder.GENAI_CONFIG:
+            if rel == GENAI_CONFIG:
                 raise NotFound(
-                    f"{shown} has no {folder.GENAI_CONFIG}: not an ONNX Runtime GenAI model folder"
+                    f"{shown} has no {GENAI_CONFIG}: not an ONNX Runtime GenAI model folder"
                 ) from exc
             raise NotFound(
-                f"{shown} has no {rel!r}, which {folder.GENAI_CONFIG} names: "
+                f"{shown} has no {rel!r}, which {GENAI_CONFIG} names: "
                 "the model folder is incomplete"
             ) from exc
         written.append(digest)
         size = store.blob_path(digest).stat().st_size
-        role = ROLE_MODEL if rel == folder.GENAI_CONFIG else ROLE_FILE
+        role = ROLE_MODEL if rel == GENAI_CONFIG else ROLE_FILE
         return ManifestFile(role, digest, size, rel)
 
-    config_file = get(folder.GENAI_CONFIG, required=True)
+    config_file = get(GENAI_CONFIG, required=True)
     assert config_file is not None
-    if config_file.size > folder.MAX_CONFIG_BYTES:
-        raise InvalidArgument(
-            f"{folder.GENAI_CONFIG} is larger than {folder.MAX_CONFIG_BYTES} bytes"
-        )
+    if config_file.size > MAX_CONFIG_BYTES:
+        raise InvalidArgument(f"{GENAI_CONFIG} is larger than {MAX_CONFIG_BYTES} bytes")
     config = parse_config(store.blob_path(config_file.digest).read_bytes())
-    named = [n for n in named_files(config) if n != folder.GENAI_CONFIG]
-    optional = [n for n in optional_files(named) if n not in named and n != folder.GENAI_CONFIG]
-    validate_variant_paths([folder.GENAI_CONFIG, *named, *optional])
+    named = [n for n in named_files(config) if n != GENAI_CONFIG]
+    optional = [n for n in optional_files(named) if n not in named and n != GENAI_CONFIG]
+    validate_variant_paths([GENAI_CONFIG, *named, *optional])
     if len(named) + len(optional) + 1 > folder.MAX_FILES:
-        raise InvalidArgument(f"{folder.GENAI_CONFIG} names more than {folder.MAX_FILES} files")
+        raise InvalidArgument(f"{GENAI_CONFIG} names more than {folder.MAX_FILES} files")
     files = [config_file]
     for rel in named:
         got = get(rel, required=True)

@@ -22,14 +22,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edged.daemon.errors import EdgedError, NotFound
+from edged.common.errors import EdgedError, NotFound
+from edged.common.model_facts import FORMAT_GGUF
 
 from . import catalog, views
+from .cleanup import newest_mtime, partial_key_of, tree_size
 from .digest import blob_name, digest_from_hex, hex_of, new_hasher, parse_digest
 from .fsutil import fsync_dir, human_bytes
-from .manifest import FORMAT_GGUF, Manifest, Variant
+from .manifest import Manifest, Variant
 from .names import ModelRef, validate_tag
-from .store import Store, newest_mtime, partial_key_of, tree_size
+from .store import Store
 
 # Severity of a finding.
 PROBLEM = "problem"

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 
 from edged.models_registry import Store, pull, read_gguf_info  # noqa: E402
-from tests.fuzz import gguf_fuzz  # noqa: E402
+from harness import gguf_fuzz  # noqa: E402
 
 
 def smollm2_path(given_path: str | None) -> Path:

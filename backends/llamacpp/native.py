@@ -16,7 +16,7 @@ import numpy as np
 
 from edged.backends.base import Sampling
 from edged.backends.llamacpp import threadpool
-from edged.daemon.errors import ContextOverflow, FailedPrecondition, Internal, InvalidModelFile
+from edged.common.errors import ContextOverflow, FailedPrecondition, Internal, InvalidModelFile
 
 _BACKEND_READY = False
 

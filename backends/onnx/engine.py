@@ -19,46 +19,25 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import onnxruntime_genai as og
 
-from edged.backends.accounting import Timing, WaitQueue
-from edged.backends.base import (
-    Capabilities,
-    Chunk,
-    Event,
-    Failed,
-    Job,
-    LoadSpec,
-    ModelDescription,
-    Sampling,
-)
-from edged.backends.chat_template import ChatTemplate
-from edged.backends.textstream import TextStream
-from edged.daemon.errors import (
-    ContextOverflow,
-    EdgedError,
-    InvalidArgument,
-    InvalidModelFile,
-)
+from edged.backends import toolkit
+from edged.backends.base import Capabilities, Event, Job, LoadSpec, Sampling
+from edged.backends.onnx.info import INFO
+from edged.common import onnx_folder
+from edged.common.errors import EdgedError, Internal, InvalidModelFile
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_SAMPLING = ("max_tokens", "temperature", "top_p", "top_k", "repeat_penalty", "seed")
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+# onnxruntime-genai's random_seed is a signed 32-bit int: edged's seeds (up to
+# 2^32 - 2) are folded into it, so one seed always means the same generator.
+ORT_SEED_MASK = 0x7FFFFFFF
 
 
 def _search_key(s: Sampling) -> tuple[Any, ...]:
@@ -75,86 +54,40 @@ class _Gen:
     last_used: float = 0.0
 
 
-@dataclass
-class _Req:
-    job: Job
+@dataclass(eq=False, kw_only=True)
+class _Req(toolkit.Running):
     gen: _Gen
-    prompt: list[int]
-    stream: TextStream
     tok_stream: Any
-    t: Timing
     appended: bool = False
-    cancelled: bool = False
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InvalidModelFile(f"{path.name} is missing or not valid JSON") from exc
-    if not isinstance(data, dict):
-        raise InvalidModelFile(f"{path.name} is not a JSON object")
-    return data
-
-
-def _token_text(value: object) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict) and isinstance(value.get("content"), str):
-        return str(value["content"])
-    return ""
-
-
-class OnnxEngine:
+class OnnxEngine(toolkit.EngineCore[_Req]):
     def __init__(self, spec: LoadSpec) -> None:
         folder = Path(spec.model_path)
-        genai = _read_json(folder / "genai_config.json")
-        tok_cfg = _read_json(folder / "tokenizer_config.json")
-        model_cfg = genai.get("model", {})
-        train_ctx = int(model_cfg.get("context_length") or spec.context_length)
-        self._n_ctx = min(spec.context_length, train_ctx)
+        genai = onnx_folder.read_config(folder)
+        tok_cfg = onnx_folder.read_tokenizer_config(folder)
+        train_ctx = onnx_folder.context_length(genai) or spec.context_length
+        n_ctx = min(spec.context_length, train_ctx)
         try:
             config = og.Config(str(folder))
-            config.overlay(
-                json.dumps(
-                    {
-                        "model": {
-                            "decoder": {
-                                "session_options": {
-                                    "intra_op_num_threads": spec.threads,
-                                    "inter_op_num_threads": 1,
-                                }
-                            }
-                        }
-                    }
-                )
-            )
+            config.overlay(json.dumps(_threads_overlay(spec.threads)))
             self._model = og.Model(config)
             self._tokenizer = og.Tokenizer(self._model)
         except Exception as exc:  # onnxruntime raises plain RuntimeError/OSError
             raise InvalidModelFile(f"onnxruntime-genai could not load this model: {exc}") from exc
-        template_file = folder / "chat_template.jinja"
+        template_file = folder / onnx_folder.CHAT_TEMPLATE
         template = (
             template_file.read_text(encoding="utf-8")
             if template_file.is_file()
             else str(tok_cfg.get("chat_template") or "")
         )
-        self._has_template = bool(template)
-        self._template = ChatTemplate(
-            template,
-            bos_token=_token_text(tok_cfg.get("bos_token")),
-            eos_token=_token_text(tok_cfg.get("eos_token")),
-        )
-        self._bos_text = _token_text(tok_cfg.get("bos_token"))
         self._max_seq = max(1, spec.max_sequences)
         self._gens: list[_Gen] = []
-        self._waiting = WaitQueue()
-        self._active: list[_Req] = []
-        self._caps = Capabilities(
-            backend="onnxruntime",
+        caps = Capabilities(
+            backend=INFO.name,
             device="cpu",
             formats=("onnx",),
-            context_length=self._n_ctx,
+            context_length=n_ctx,
             max_sequences=self._max_seq,
             batching=False,
             session_kv=True,
@@ -162,106 +95,87 @@ class OnnxEngine:
             kv_tiers=False,
             fork=False,
         )
-        self._metadata = {
-            "model.type": str(model_cfg.get("type", "")),
-            "model.context_length": str(train_ctx),
-            "model.vocab_size": str(model_cfg.get("vocab_size", "")),
-        }
-
-    # ------------------------------------------------------------ interface
-
-    def describe(self) -> ModelDescription:
-        return ModelDescription(
-            capabilities=self._caps,
-            chat_template=self._template.source if self._has_template else "",
-            metadata=self._metadata,
+        model = onnx_folder.model_section(genai)
+        super().__init__(
+            caps,
+            toolkit.PromptFormat(
+                chat_template=template,
+                bos_token=onnx_folder.token_text(tok_cfg.get("bos_token")),
+                eos_token=onnx_folder.token_text(tok_cfg.get("eos_token")),
+                metadata={
+                    "model.type": str(model.get("type", "")),
+                    "model.context_length": str(train_ctx),
+                    "model.vocab_size": str(model.get("vocab_size", "")),
+                },
+            ),
         )
 
-    def submit(self, job: Job) -> None:
-        self._waiting.submit(job)
-
-    def cancel(self, request_id: int) -> None:
-        for r in self._active:
-            if r.job.request_id == request_id:
-                r.cancelled = True
-        self._waiting.cancel(request_id)
+    # ------------------------------------------------------------ sessions
 
     def drop_session(self, session_id: str) -> None:
         for g in list(self._gens):
             if g.session_id == session_id and not g.busy:
                 self._gens.remove(g)
 
-    def fork_session(self, source_id: str, new_id: str) -> str:
-        return "none"  # generators cannot be copied: the fork is rebuilt from history
-
     def kv_locations(self) -> dict[str, str]:
         return {g.session_id: "resident" for g in self._gens if g.session_id}
 
-    def has_work(self) -> bool:
-        return bool(self._active or self._waiting)
-
-    def step(self) -> list[Event]:
-        events: list[Event] = []
-        for r in [r for r in self._active if r.cancelled]:
-            self._finish(r, "cancelled", events)
-        self._waiting.admit(lambda job: self._admit(job, events), events)
-        for r in list(self._active):
-            try:
-                self._advance(r, events)
-            except EdgedError as exc:
-                events.append(Failed(r.job.request_id, type(exc).__name__, str(exc)))
-                self._drop(r, keep=False)
-            except Exception as exc:
-                log.exception("onnxruntime-genai failed")
-                events.append(Failed(r.job.request_id, "Internal", f"onnxruntime-genai: {exc}"))
-                self._drop(r, keep=False)
-        return events
-
     def close(self) -> None:
-        self._active.clear()
+        super().close()
         self._gens.clear()
 
     # ------------------------------------------------------------ admission
 
-    def _admit(self, job: Job, events: list[Event]) -> bool:
-        """Start ``job`` if a generator slot is free; False leaves it waiting."""
-        if sum(1 for g in self._gens if g.busy) >= self._max_seq or self._session_busy(job):
-            return False
-        try:
-            self._start(job)
-        except EdgedError as exc:
-            events.append(Failed(job.request_id, type(exc).__name__, str(exc)))
-        return True
+    def _tokenize(self, text: str, add_special: bool) -> list[int]:
+        # onnxruntime-genai's tokenizer adds the model's special tokens itself
+        return [int(t) for t in self._tokenizer.encode(text)]
 
-    def _session_busy(self, job: Job) -> bool:
-        return job.session_id is not None and any(
-            g.session_id == job.session_id and g.busy for g in self._gens
+    def _start(self, job: Job, prompt: list[int]) -> _Req | None:
+        if sum(1 for g in self._gens if g.busy) >= self._max_seq:
+            return None
+        gen = self._session_generator(job.session_id)
+        if gen is not None and gen.busy:
+            return None  # the session's previous turn is still running
+        key = _search_key(job.sampling)
+        cached = self._reuse(gen, job, prompt, key) if gen is not None else 0
+        if gen is not None and cached == 0:
+            self._gens.remove(gen)
+            gen = None
+        resident = gen is not None
+        if gen is None:
+            self._make_room()
+            gen = _Gen(self._new_generator(job.sampling), [], key, job.session_id)
+            self._gens.append(gen)
+        gen.busy = True
+        return _Req.begin(
+            job,
+            prompt,
+            cached=cached,
+            source=toolkit.kv_source(job, resident=resident),
+            gen=gen,
+            tok_stream=self._tokenizer.create_stream(),
         )
 
-    def _check_sampling(self, s: Sampling) -> None:
-        if s.min_p > 0.0:
-            raise InvalidArgument(
-                "min_p is not supported by the onnxruntime backend (supported: "
-                + ", ".join(SUPPORTED_SAMPLING)
-                + ")"
-            )
+    def _session_generator(self, session_id: str | None) -> _Gen | None:
+        if session_id is None:
+            return None
+        return next((g for g in self._gens if g.session_id == session_id), None)
 
-    def _tokenize(self, job: Job) -> list[int]:
-        if job.prompt is not None:
-            if not job.prompt.strip():
-                raise InvalidArgument("the prompt is empty")
-            text = job.prompt
-        else:
-            text = self._template.render(job.messages, add_generation_prompt=True)
-        tokens = [int(t) for t in self._tokenizer.encode(text)]
-        if not tokens:
-            raise InvalidArgument("the prompt is empty")
-        if len(tokens) >= self._n_ctx:
-            raise ContextOverflow(
-                f"the prompt is {len(tokens)} tokens but the context holds {self._n_ctx}; "
-                "shorten it (or start a new session), or raise EDGED_CONTEXT"
-            )
-        return tokens
+    def _reuse(self, gen: _Gen, job: Job, prompt: list[int], key: tuple[Any, ...]) -> int:
+        """Prompt tokens the session's generator still holds (rewound to them)."""
+        sampled_with_seed = job.sampling.temperature > 0 and job.sampling.seed is not None
+        if gen.key != key or sampled_with_seed:
+            return 0
+        cached = toolkit.common_prefix(gen.tokens, prompt)
+        if cached == len(prompt):
+            cached -= 1
+        if 0 < cached < len(gen.tokens):
+            try:
+                gen.generator.rewind_to(cached)
+                del gen.tokens[cached:]
+            except Exception:  # a generator that cannot rewind is rebuilt
+                return 0
+        return cached
 
     def _new_generator(self, s: Sampling) -> Any:
         params = og.GeneratorParams(self._model)
@@ -272,55 +186,9 @@ class OnnxEngine:
         }
         if s.temperature > 0.0:
             opts.update(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k or 0)
-            opts["random_seed"] = (
-                s.seed if s.seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
-            )
+            opts["random_seed"] = toolkit.request_seed(s) & ORT_SEED_MASK
         params.set_search_options(**opts)
         return og.Generator(self._model, params)
-
-    def _start(self, job: Job) -> None:
-        self._check_sampling(job.sampling)
-        prompt = self._tokenize(job)
-        key = _search_key(job.sampling)
-        gen: _Gen | None = None
-        kv_source = "none"
-        cached = 0
-        if job.session_id is not None:
-            gen = next((g for g in self._gens if g.session_id == job.session_id), None)
-            if gen is not None:
-                sampled_with_seed = job.sampling.temperature > 0 and job.sampling.seed is not None
-                reusable = gen.key == key and not sampled_with_seed
-                cached = _common_prefix(gen.tokens, prompt) if reusable else 0
-                if cached == len(prompt):
-                    cached -= 1
-                if cached > 0 and cached < len(gen.tokens):
-                    try:
-                        gen.generator.rewind_to(cached)
-                        del gen.tokens[cached:]
-                    except Exception:
-                        cached = 0
-                if cached > 0:
-                    kv_source = "resident"
-                else:
-                    self._gens.remove(gen)
-                    gen = None
-            if gen is None and any(m.role == "assistant" for m in job.messages):
-                kv_source = "rebuilt"
-        if gen is None:
-            self._make_room()
-            gen = _Gen(self._new_generator(job.sampling), [], key, job.session_id)
-            self._gens.append(gen)
-        gen.busy = True
-        self._active.append(
-            _Req(
-                job=job,
-                gen=gen,
-                prompt=prompt,
-                stream=TextStream(job.sampling.stop),
-                tok_stream=self._tokenizer.create_stream(),
-                t=Timing(len(prompt), cached, kv_source, time.perf_counter()),
-            )
-        )
 
     def _make_room(self) -> None:
         while len(self._gens) >= self._max_seq:
@@ -333,7 +201,17 @@ class OnnxEngine:
 
     # ------------------------------------------------------------ decoding
 
-    def _advance(self, r: _Req, events: list[Event]) -> None:
+    def _advance(self, events: list[Event]) -> None:
+        for r in list(self._active):
+            try:
+                self._advance_one(r, events)
+            except EdgedError as exc:
+                self._fail(r, exc, events)
+            except Exception as exc:
+                log.exception("onnxruntime-genai failed")
+                self._fail(r, Internal(f"onnxruntime-genai: {exc}"), events)
+
+    def _advance_one(self, r: _Req, events: list[Event]) -> None:
         g = r.gen.generator
         if not r.appended:
             new = r.prompt[r.t.cached :]
@@ -346,36 +224,22 @@ class OnnxEngine:
             return
         g.generate_next_token()
         token = int(g.get_next_tokens()[0])
-        now = time.perf_counter()
         if r.t.completion == 0:
-            r.t.t_first = now
+            r.t.t_first = time.perf_counter()
         r.gen.tokens.append(token)
         if g.is_done():  # end of generation token (or max_length)
             self._finish(r, "stop", events)
             return
-        r.t.completion += 1
-        r.t.unsent += 1
-        text = r.stream.feed(r.tok_stream.decode(token).encode("utf-8"))
-        if r.stream.matched is not None:
-            if text:
-                events.append(Chunk(r.job.request_id, text, r.t.unsent))
-                r.t.unsent = 0
-            self._finish(r, "stop_sequence", events)
-            return
-        if text:
-            events.append(Chunk(r.job.request_id, text, r.t.unsent))
-            r.t.unsent = 0
-        if r.job.sampling.max_tokens and r.t.completion >= r.job.sampling.max_tokens:
-            self._finish(r, "length", events)
+        self._on_text_token(r, r.tok_stream.decode(token).encode("utf-8"), events)
 
-    def _finish(self, r: _Req, reason: str, events: list[Event]) -> None:
-        events.extend(r.t.final_events(r.job, r.stream, reason))
-        self._drop(r, keep=r.job.session_id is not None)
-
-    def _drop(self, r: _Req, *, keep: bool) -> None:
-        if r in self._active:
-            self._active.remove(r)
+    def _release(self, r: _Req, reason: str) -> None:
         r.gen.busy = False
         r.gen.last_used = time.monotonic()
+        keep = r.job.session_id is not None and reason != "failed"
         if not keep and r.gen in self._gens:
             self._gens.remove(r.gen)
+
+
+def _threads_overlay(threads: int) -> dict[str, Any]:
+    options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+    return {"model": {"decoder": {"session_options": options}}}

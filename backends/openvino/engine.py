@@ -30,14 +30,13 @@ tokenizer are paid on every load.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,40 +44,22 @@ import numpy as np
 import openvino as ov
 import openvino_genai as og
 
-from edged.backends.accounting import Timing, WaitQueue
-from edged.backends.base import (
-    Capabilities,
-    Chunk,
-    Event,
-    Failed,
-    Job,
-    LoadSpec,
-    ModelDescription,
-    Sampling,
-)
-from edged.backends.chat_template import ChatTemplate
-from edged.backends.textstream import TextStream
-from edged.daemon.errors import (
-    ContextOverflow,
+from edged.backends import toolkit
+from edged.backends.base import Capabilities, Chunk, Event, Job, LoadSpec, Sampling
+from edged.backends.openvino.info import INFO
+from edged.common.errors import (
     EdgedError,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     InvalidModelFile,
     ResourceExhausted,
 )
-from edged.models_registry.gguf import read_gguf_info
+from edged.common.gguf import read_gguf_info
+from edged.common.model_facts import ir_facts
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_SAMPLING = (
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "repeat_penalty",
-    "seed",
-)
 KV_CACHE_GB = 1  # the pipeline's paged KV cache (whole GB: SchedulerConfig.cache_size)
 PREFILL_CHUNK = 512  # tokens per step (SchedulerConfig.max_num_batched_tokens)
 # KV cache block size: 32 tokens on CPU (measured, see the module docstring);
@@ -101,21 +82,13 @@ def ov_device(device: str) -> str:
     return name
 
 
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 def reused_prefix(prompt: Sequence[int], seen: Sequence[int], block: int) -> int:
     """Prompt tokens the prefix cache holds from an earlier sequence ``seen``.
 
     A prompt that starts with all of ``seen`` reuses all of it (its last block
     may be partly filled); otherwise only whole blocks of the shared prefix.
     """
-    n = common_prefix(prompt, seen)
+    n = toolkit.common_prefix(prompt, seen)
     if n == len(seen):
         return n
     return n // block * block
@@ -127,23 +100,18 @@ def _library_reason(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-@dataclass
-class _Req:
-    job: Job
+@dataclass(eq=False, kw_only=True)
+class _Req(toolkit.Running):
     handle: Any
-    prompt: list[int]
-    stream: TextStream
-    t: Timing
     limit: int  # max_new_tokens given to the pipeline
     by_context: bool  # the limit is the context, not max_tokens
-    generated: list[int]  # as the pipeline returned them (end token included)
-    text_ids: list[int]  # the generated tokens that make text
+    generated: list[int] = field(default_factory=list)  # as returned (end token included)
+    text_ids: list[int] = field(default_factory=list)  # the generated tokens that make text
     prefix: int = 0  # decode window start (see _new_text)
     read: int = 0  # text_ids already turned into text
-    cancelled: bool = False
 
 
-class OpenVinoEngine:
+class OpenVinoEngine(toolkit.EngineCore[_Req]):
     def __init__(self, spec: LoadSpec) -> None:
         path = Path(spec.model_path)
         self._device = ov_device(spec.device)
@@ -151,13 +119,13 @@ class OpenVinoEngine:
         if path.is_dir():
             if not (path / IR_MODEL).is_file() or not (path / IR_TOKENIZER).is_file():
                 raise InvalidModelFile(f"an OpenVINO IR folder needs {IR_MODEL} and {IR_TOKENIZER}")
-            fmt, train_ctx, template = "openvino", _ir_context(path), ""
+            fmt, train_ctx, template = "openvino", ir_facts(path).context_train, ""
             bos_flag: bool | None = None
         else:
             info = read_gguf_info(path)
             fmt, train_ctx, template = "gguf", info.context_length, info.chat_template
             bos_flag = info.metadata.get("tokenizer.ggml.add_bos_token") == "true"
-        self._n_ctx = min(spec.context_length, train_ctx) if train_ctx else spec.context_length
+        n_ctx = min(spec.context_length, train_ctx) if train_ctx else spec.context_length
         self._max_seq = max(1, spec.max_sequences)
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._block = BLOCK_SIZE.get(self._device.partition(".")[0], DEFAULT_BLOCK_SIZE)
@@ -168,40 +136,42 @@ class OpenVinoEngine:
         self._tokenizer = tok
         if not template:
             template = tok.get_original_chat_template() or tok.chat_template
-        self._has_template = bool(template)
-        self._template = ChatTemplate(
-            template, bos_token=tok.get_bos_token(), eos_token=tok.get_eos_token()
-        )
-        self._bos_text = tok.get_bos_token() if bos_flag is not False else ""
         base = self._pipe.get_config()
         self._stop_ids = {int(t) for t in base.stop_token_ids} | {int(base.eos_token_id)}
-        self._waiting = WaitQueue()
-        self._active: list[_Req] = []
         self._next_id = 0
         self._seen: deque[tuple[int, ...]] = deque(maxlen=REMEMBERED_SEQUENCES)
         self._sessions: dict[str, tuple[int, ...]] = {}
         self._warm_up()
         self.load_seconds = time.perf_counter() - t0
         log.info("openvino: %s loaded on %s in %.1f s", fmt, self._device, self.load_seconds)
-        self._caps = Capabilities(
-            backend="openvino",
+        caps = Capabilities(
+            backend=INFO.name,
             device=spec.device,
             formats=("gguf", "openvino"),
-            context_length=self._n_ctx,
+            context_length=n_ctx,
             max_sequences=self._max_seq,
             batching=True,
             session_kv=True,
-            sampling=SUPPORTED_SAMPLING,
             kv_tiers=False,
             fork=False,
         )
-        self._metadata = {
+        metadata = {
             "model.format": fmt,
             "model.context_length": str(train_ctx),
             "openvino.device": self._device,
             "openvino.version": og.get_version(),
             "openvino.load_seconds": f"{self.load_seconds:.2f}",
         }
+        super().__init__(
+            caps,
+            toolkit.PromptFormat(
+                chat_template=template,
+                bos_token=tok.get_bos_token(),
+                eos_token=tok.get_eos_token(),
+                add_bos=bos_flag is not False,
+                metadata=metadata,
+            ),
+        )
 
     # ------------------------------------------------------------ loading
 
@@ -277,22 +247,6 @@ class OpenVinoEngine:
 
     # ------------------------------------------------------------ interface
 
-    def describe(self) -> ModelDescription:
-        return ModelDescription(
-            capabilities=self._caps,
-            chat_template=self._template.source if self._has_template else "",
-            metadata=self._metadata,
-        )
-
-    def submit(self, job: Job) -> None:
-        self._waiting.submit(job)
-
-    def cancel(self, request_id: int) -> None:
-        for r in self._active:
-            if r.job.request_id == request_id:
-                r.cancelled = True
-        self._waiting.cancel(request_id)
-
     def drop_session(self, session_id: str) -> None:
         # The pipeline's blocks are not owned by a session: they stay in the
         # prefix cache until overwritten. Forgetting the record is all we can do.
@@ -309,34 +263,22 @@ class OpenVinoEngine:
     def kv_locations(self) -> dict[str, str]:
         return {sid: "resident" for sid in self._sessions}
 
-    def has_work(self) -> bool:
-        return bool(self._active or self._waiting)
-
-    def step(self) -> list[Event]:
-        events: list[Event] = []
-        for r in [r for r in self._active if r.cancelled]:
-            r.handle.stop()
-            self._finish(r, "cancelled", events)
-        self._waiting.admit(lambda job: self._admit(job, events), events)
+    def _advance(self, events: list[Event]) -> None:
         if not self._active:
             if self._pipe.has_non_finished_requests():
                 self._pipe_step(events)  # let stopped requests leave the pipeline
-            return events
+            return
         if not self._pipe_step(events):
-            return events
+            return
         now = time.perf_counter()
         for r in list(self._active):
             try:
                 self._collect(r, now, events)
             except EdgedError as exc:
-                events.append(Failed(r.job.request_id, type(exc).__name__, str(exc)))
-                self._drop(r)
-        return events
+                self._fail(r, exc, events)
 
     def close(self) -> None:
-        for r in self._active:
-            r.handle.stop()
-        self._active.clear()
+        super().close()
         self._pipe = None
         if self._tmp is not None:
             self._tmp.cleanup()
@@ -347,40 +289,9 @@ class OpenVinoEngine:
         self._next_id += 1
         return self._next_id
 
-    def _admit(self, job: Job, events: list[Event]) -> bool:
-        if len(self._active) >= self._max_seq:
-            return False
-        if job.session_id is not None and any(
-            r.job.session_id == job.session_id for r in self._active
-        ):
-            return False
-        try:
-            self._start(job)
-        except EdgedError as exc:
-            events.append(Failed(job.request_id, type(exc).__name__, str(exc)))
-        except RuntimeError as exc:
-            log.exception("openvino: starting request %d failed", job.request_id)
-            events.append(Failed(job.request_id, "Internal", f"openvino: {_library_reason(exc)}"))
-        return True
-
-    def _tokenize(self, job: Job) -> list[int]:
-        if job.prompt is not None:
-            if not job.prompt.strip():
-                raise InvalidArgument("the prompt is empty")
-            text, add_special = job.prompt, True
-        else:
-            text = self._template.render(job.messages, add_generation_prompt=True)
-            add_special = not (self._bos_text and text.startswith(self._bos_text))
+    def _tokenize(self, text: str, add_special: bool) -> list[int]:
         enc = self._tokenizer.encode(text, add_special_tokens=add_special)
-        tokens = [int(t) for t in enc.input_ids.data[0]]
-        if not tokens:
-            raise InvalidArgument("the prompt is empty")
-        if len(tokens) >= self._n_ctx:
-            raise ContextOverflow(
-                f"the prompt is {len(tokens)} tokens but the context holds {self._n_ctx}; "
-                "shorten it (or start a new session), or raise EDGED_CONTEXT"
-            )
-        return tokens
+        return [int(t) for t in enc.input_ids.data[0]]
 
     def _config(self, s: Sampling, limit: int) -> Any:
         cfg = self._pipe.get_config()
@@ -395,8 +306,7 @@ class OpenVinoEngine:
                 cfg.top_k = s.top_k
             if s.min_p > 0.0:
                 cfg.min_p = s.min_p
-            seed = s.seed if s.seed is not None else int.from_bytes(os.urandom(4), "little")
-            cfg.rng_seed = seed
+            cfg.rng_seed = toolkit.request_seed(s)
         else:
             cfg.do_sample = False
         return cfg
@@ -407,33 +317,34 @@ class OpenVinoEngine:
             best = max(best, reused_prefix(prompt, seen, self._block))
         own = self._sessions.get(job.session_id) if job.session_id is not None else None
         cached = min(best, len(prompt) - 1)  # the last prompt token is always evaluated
-        if own is not None and reused_prefix(prompt, own, self._block) > 0:
-            return cached, "resident"
-        if job.session_id is not None and any(m.role == "assistant" for m in job.messages):
-            return cached, "rebuilt"
-        return cached, "prefix" if cached > 0 else "none"
+        resident = own is not None and reused_prefix(prompt, own, self._block) > 0
+        return cached, toolkit.kv_source(job, resident=resident, cached=cached)
 
-    def _start(self, job: Job) -> None:
-        prompt = self._tokenize(job)
+    def _start(self, job: Job, prompt: list[int]) -> _Req | None:
+        if len(self._active) >= self._max_seq:
+            return None
+        if job.session_id is not None and any(
+            r.job.session_id == job.session_id for r in self._active
+        ):
+            return None  # the session's previous turn is still running
         room = self._n_ctx - len(prompt)
         wanted = job.sampling.max_tokens or room
         limit = min(wanted, room)
-        cached, kv_source = self._cached(job, prompt)
-        handle = self._pipe.add_request(
-            self._new_id(), _tensor(prompt), self._config(job.sampling, limit)
-        )
-        self._active.append(
-            _Req(
-                job=job,
-                handle=handle,
-                prompt=prompt,
-                stream=TextStream(job.sampling.stop),
-                t=Timing(len(prompt), cached, kv_source, time.perf_counter()),
-                limit=limit,
-                by_context=limit < wanted,
-                generated=[],
-                text_ids=[],
+        cached, source = self._cached(job, prompt)
+        try:
+            handle = self._pipe.add_request(
+                self._new_id(), _tensor(prompt), self._config(job.sampling, limit)
             )
+        except RuntimeError as exc:
+            raise Internal(f"openvino: {_library_reason(exc)}") from exc
+        return _Req.begin(
+            job,
+            prompt,
+            cached=cached,
+            source=source,
+            handle=handle,
+            limit=limit,
+            by_context=limit < wanted,
         )
 
     # ------------------------------------------------------------ decoding
@@ -443,11 +354,7 @@ class OpenVinoEngine:
             self._pipe.step()
         except RuntimeError as exc:
             log.exception("openvino: pipeline step failed")
-            for r in list(self._active):
-                events.append(
-                    Failed(r.job.request_id, "Internal", f"openvino: {_library_reason(exc)}")
-                )
-                self._drop(r)
+            self._fail_all(Internal(f"openvino: {_library_reason(exc)}"), events)
             return False
         return True
 
@@ -480,16 +387,9 @@ class OpenVinoEngine:
             r.text_ids.append(token)
             r.t.completion += 1
             r.t.unsent += 1
-        text = self._new_text(r)
-        if text:
-            text = r.stream.feed(text.encode("utf-8"))
-            if text:
-                events.append(Chunk(r.job.request_id, text, r.t.unsent))
-                r.t.unsent = 0
-        if r.stream.matched is not None:
-            handle.stop()
-            self._finish(r, "stop_sequence", events)
-        elif finish is not None:
+        if self._emit(r, self._new_text(r).encode("utf-8"), events):
+            return  # a stop string ended it
+        if finish is not None:
             self._finish(r, finish, events)
 
     def _new_text(self, r: _Req) -> str:
@@ -509,41 +409,31 @@ class OpenVinoEngine:
         r.prefix, r.read = r.read, len(ids)
         return str(after[len(before) :])
 
-    def _finish(self, r: _Req, reason: str, events: list[Event]) -> None:
-        if reason != "stop_sequence" and r.read < len(r.text_ids):
-            rest = r.text_ids[r.prefix :]
-            before = self._tokenizer.decode(r.text_ids[r.prefix : r.read], skip_special_tokens=True)
-            text = r.stream.feed(
-                self._tokenizer.decode(rest, skip_special_tokens=True)[len(before) :].encode()
-            )
-            r.read = len(r.text_ids)
-            if text:
-                events.append(Chunk(r.job.request_id, text, r.t.unsent))
-                r.t.unsent = 0
-        events.extend(r.t.final_events(r.job, r.stream, reason))
-        self._drop(r)
+    def _flush(self, r: _Req, reason: str, events: list[Event]) -> None:
+        """The text of tokens the decode window still holds (a stop string ends without it)."""
+        if reason == "stop_sequence" or r.read >= len(r.text_ids):
+            return
+        decode = self._tokenizer.decode
+        before = decode(r.text_ids[r.prefix : r.read], skip_special_tokens=True)
+        rest = decode(r.text_ids[r.prefix :], skip_special_tokens=True)[len(before) :]
+        r.read = len(r.text_ids)
+        text = r.stream.feed(rest.encode("utf-8"))
+        if text:
+            events.append(Chunk(r.job.request_id, text, r.t.unsent))
+            r.t.unsent = 0
+
+    def _release(self, r: _Req, reason: str) -> None:
+        if reason in ("cancelled", "stop_sequence"):
+            r.handle.stop()  # the pipeline would otherwise go on generating for it
+        if reason in ("cancelled", "failed"):
+            return
         # What the pipeline evaluated: the prompt and every generated token but
         # the last (sampled, never fed back).
         seq = tuple(r.prompt + r.generated[:-1]) if r.generated else tuple(r.prompt)
-        if reason != "cancelled":
-            self._seen.append(seq)
-            if r.job.session_id is not None:
-                self._sessions[r.job.session_id] = seq
-
-    def _drop(self, r: _Req) -> None:
-        if r in self._active:
-            self._active.remove(r)
+        self._seen.append(seq)
+        if r.job.session_id is not None:
+            self._sessions[r.job.session_id] = seq
 
 
 def _tensor(ids: Sequence[int]) -> Any:
     return ov.Tensor(np.array([list(ids)], dtype=np.int64))
-
-
-def _ir_context(folder: Path) -> int:
-    """The training context of an IR folder's model (config.json), 0 if unknown."""
-    try:
-        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return 0
-    value = cfg.get("max_position_embeddings") if isinstance(cfg, dict) else None
-    return value if isinstance(value, int) and value > 0 else 0

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from edged.daemon import config, errors
+from edged.common import errors
+from edged.daemon import config
 from edged.daemon.client import Client, connect
 
 

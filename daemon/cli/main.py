@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 
-from edged.daemon import errors
+from edged.common import errors
 from edged.daemon.cli import models, render, run, serve, service, system
 from edged.daemon.cli import store as store_cli
 from edged.daemon.cli.context import Context

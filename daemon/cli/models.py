@@ -8,7 +8,8 @@ from pathlib import Path
 
 import grpc
 
-from edged.daemon import errors
+from edged.backends import registry
+from edged.common import errors
 from edged.daemon.cli import render
 from edged.daemon.cli.context import Context
 from edged.daemon.cli.durations import human_duration, parse_duration, until
@@ -116,7 +117,7 @@ def add_lifecycle_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend",
         metavar="NAME",
-        help="llama.cpp, onnxruntime or openvino (default: the best for this hardware)",
+        help=f"{', '.join(registry.names())} (default: the best for this hardware)",
     )
     p.add_argument("--device", metavar="DEV", help="cpu, cuda:0, gpu, npu (default: the best)")
     p.add_argument(

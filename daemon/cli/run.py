@@ -10,7 +10,8 @@ from typing import TextIO
 
 import grpc
 
-from edged.daemon import errors
+from edged.backends import registry
+from edged.common import errors
 from edged.daemon.cli import render
 from edged.daemon.cli.context import Context
 from edged.daemon.cli.durations import parse_duration
@@ -51,10 +52,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--system", metavar="TEXT", help="system message")
     p.add_argument(
         "--backend",
-        choices=["auto", "llama.cpp", "onnx", "onnxruntime", "openvino"],
+        choices=["auto", *registry.names(aliases=True)],
         default="auto",
-        help="inference backend (default: the best for this hardware); 'onnx' converts the "
-        "model to ONNX first when it has no ONNX variant yet",
+        help="inference backend (default: the best for this hardware); a backend that needs "
+        "a converted variant (onnx) converts the model first when it has none yet",
     )
     p.add_argument(
         "--device", metavar="DEV", default="", help="cpu, cuda:0, gpu, npu (default: the best)"
@@ -121,9 +122,9 @@ def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
             raise errors.InvalidArgument("the prompt read from stdin is empty")
     if args.context < 0:
         raise errors.InvalidArgument("--context must not be negative")
-    backend = {"auto": "", "onnx": "onnxruntime"}.get(args.backend, args.backend)
-    if backend == "onnxruntime":
-        _ensure_onnx_variant(ctx, args.model)
+    backend = "" if args.backend == "auto" else registry.backend_info(args.backend).name
+    if backend and registry.backend_info(backend).converts_to:
+        _ensure_variant(ctx, args.model, registry.backend_info(backend).converts_to)
     lifecycle = Lifecycle(args.device, args.keep_alive, args.context)
     if prompt:
         return one_shot(
@@ -176,15 +177,15 @@ class Lifecycle:
     context_length: int = 0
 
 
-def _ensure_onnx_variant(ctx: Context, model: str) -> None:
+def _ensure_variant(ctx: Context, model: str, fmt: str) -> None:
     """`--backend onnx` on a model with only a GGUF converts it first (once)."""
     from edged.daemon.cli.models import convert
 
     shown = ctx.client().models.Show(pb.ModelRef(model=model))
-    if any(v.format == "onnx" for v in shown.variants):
+    if any(v.format == fmt for v in shown.variants):
         return
-    ctx.err(f"edged: {model} has no ONNX variant yet; converting it (once)")
-    convert(ctx, model, "onnx")
+    ctx.err(f"edged: {model} has no {fmt} variant yet; converting it (once)")
+    convert(ctx, model, fmt)
 
 
 def stream_reply(

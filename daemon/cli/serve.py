@@ -6,7 +6,8 @@ import argparse
 import os
 from collections import ChainMap
 
-from edged.daemon import config, errors
+from edged.common import errors
+from edged.daemon import config
 from edged.daemon.cli.context import Context
 
 # flag dest -> the environment variable it overrides (see edged.daemon.config)

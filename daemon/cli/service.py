@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edged.daemon import config, errors
+from edged.common import errors
+from edged.daemon import config
 from edged.daemon.cli.context import Context
 from edged.installer import service
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from edged.daemon import config, errors
+from edged.common import errors
+from edged.daemon import config
 from edged.daemon.cli import render
 from edged.daemon.cli.context import Context
 from edged.models_registry.archive import export_model, import_archive

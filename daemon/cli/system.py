@@ -8,7 +8,8 @@ from collections.abc import Sequence
 
 import grpc
 
-from edged.daemon import errors
+from edged.backends import registry
+from edged.common import errors
 from edged.daemon.cli import render
 from edged.daemon.cli.context import Context
 from edged.v1 import edged_pb2 as pb
@@ -88,7 +89,9 @@ def _hw_text(hw: pb.HardwareResponse) -> str:
         devices += [f"      {k} = {v}" for k, v in sorted(d.properties.items())]
     lines += ["OpenVINO devices" + ("" if devices else "   none"), *devices]
     lines.append(f"ONNX Runtime providers   {', '.join(hw.onnx_providers) or 'none'}")
-    lines.append(f"llama.cpp GPU offload    {_yes(hw.llama_gpu_offload)}")
+    # llama_gpu_offload: whether the build of the backend that runs on CUDA can offload
+    cuda = next((b.name for b in registry.BACKENDS if "cuda" in b.devices), "CUDA")
+    lines.append(f"{cuda + ' GPU offload':<25}{_yes(hw.llama_gpu_offload)}")
     if hw.notes:
         lines += ["", "Notes:", *(f"  - {n}" for n in hw.notes)]
     lines.append("")

@@ -1,6 +1,8 @@
 """Probes that run in a child process: ``python -m edged.daemon.hardware.probe_child NAME``.
 
-Each prints one JSON object on stdout. They import backend libraries or run
+NAME is one of the machine's probes here (CPUID, NVML) or a backend's name,
+whose probe the backend names in its registry entry. Each prints one JSON
+object on stdout. They import backend libraries or run
 machine code (CPUID), so they never run inside the daemon: a crash, a hang or
 a slow import costs the child, and the parent turns it into a note.
 """
@@ -117,80 +119,33 @@ def probe_nvml() -> dict[str, Any]:
         pynvml.nvmlShutdown()
 
 
-_OV_PROPERTIES = (
-    "DEVICE_ARCHITECTURE",
-    "OPTIMIZATION_CAPABILITIES",
-    "GPU_DEVICE_TOTAL_MEM_SIZE",
-    "GPU_EXECUTION_UNITS_COUNT",
-    "NPU_DEVICE_TOTAL_MEM_SIZE",
-    "DEVICE_GOPS",
-)
-
-
-def probe_openvino() -> dict[str, Any]:
-    import openvino as ov
-
-    core = ov.Core()
-    devices = []
-    for name in core.available_devices:
-        supported = set(map(str, core.get_property(name, "SUPPORTED_PROPERTIES")))
-
-        def get(key: str, name: str = name, supported: set[str] = supported) -> str:
-            if key not in supported:
-                return ""
-            try:
-                value = core.get_property(name, key)
-            except Exception:  # a property the plugin lists but cannot read
-                return ""
-            if isinstance(value, (list, tuple)):
-                return " ".join(str(v) for v in value)
-            return str(value).split(".")[-1] if key == "DEVICE_TYPE" else str(value)
-
-        props = {k: v for k in _OV_PROPERTIES if (v := get(k))}
-        devices.append(
-            {
-                "name": name,
-                "full_name": get("FULL_DEVICE_NAME"),
-                "type": get("DEVICE_TYPE").lower(),
-                "properties": props,
-            }
-        )
-    return {"devices": devices, "version": ov.get_version()}
-
-
-def probe_onnxruntime() -> dict[str, Any]:
-    import onnxruntime
-
-    return {
-        "providers": list(onnxruntime.get_available_providers()),
-        "version": onnxruntime.__version__,
-    }
-
-
-def probe_llama_cpp() -> dict[str, Any]:
-    import llama_cpp
-
-    return {
-        "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
-        "version": str(llama_cpp.__version__),
-    }
-
-
 PROBES: dict[str, Callable[[], dict[str, Any]]] = {
     "cpuid": probe_cpuid,
     "nvml": probe_nvml,
-    "openvino": probe_openvino,
-    "onnxruntime": probe_onnxruntime,
-    "llama_cpp": probe_llama_cpp,
 }
 
 
+def probe_named(name: str) -> Callable[[], dict[str, Any]] | None:
+    """The machine probe called ``name``, else the probe of the backend called so."""
+    if name in PROBES:
+        return PROBES[name]
+    from edged.backends.info import load_hook
+    from edged.backends.registry import BACKENDS
+
+    for b in BACKENDS:
+        if b.name == name and b.probe:
+            hook: Callable[[], dict[str, Any]] = load_hook(b.probe)
+            return hook
+    return None
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or argv[0] not in PROBES:
-        print(f"usage: probe_child {{{','.join(PROBES)}}}", file=sys.stderr)
+    run = probe_named(argv[0]) if len(argv) == 1 else None
+    if run is None:
+        print("usage: probe_child NAME (cpuid, nvml or a backend's name)", file=sys.stderr)
         return 2
     try:
-        result = PROBES[argv[0]]()
+        result = run()
     except ImportError as exc:
         result = {"missing": f"{exc.name or exc} is not installed"}
     except Exception as exc:  # any library error becomes the probe's answer

@@ -25,10 +25,13 @@ from typing import Any
 
 import psutil
 
-from .profile import AcceleratorDevice, HardwareProfile, IsaFeature, NvidiaGpu
+from edged.backends.info import load_hook
+from edged.backends.registry import BACKENDS
+from edged.common.hardware_profile import HardwareProfile, IsaFeature, NvidiaGpu, probe_problem
 
 PROBE_TIMEOUT_S = 30.0
-OPTIONAL_PROBES = ("cpuid", "nvml", "openvino", "onnxruntime", "llama_cpp")
+# The machine's own probes, then each backend's (named as the backend is).
+OPTIONAL_PROBES = ("cpuid", "nvml", *(b.name for b in BACKENDS if b.probe))
 
 # ISA extensions worth reporting, named as /proc/cpuinfo names them.
 X86_FEATURES = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni")
@@ -140,8 +143,8 @@ def _amx(cpu: CpuInfo, cpuid: Mapping[str, Any] | None, notes: list[str]) -> Isa
     if gen and not reported:
         notes.append(
             f"the CPU is family 6 model {cpu.model} ({gen}), which has AMX in silicon, "
-            "but this machine (a VM?) hides it: llama.cpp must be built without AMX here "
-            "(installer/llama_build.py does)"
+            "but this machine (a VM?) hides it: native code must be built without AMX here "
+            "(installer/llama_build.py builds so)"
         )
     return IsaFeature("amx", reported, False, "not usable: " + "; ".join(parts))
 
@@ -212,27 +215,20 @@ def run_probes(
     return out
 
 
-def _problem(answer: Mapping[str, Any]) -> str:
-    for key in ("missing", "error", "skipped"):
-        if answer.get(key):
-            return str(answer[key])
-    return ""
-
-
 def assemble(
     base: HardwareProfile, cpu: CpuInfo, answers: Mapping[str, Mapping[str, Any]]
 ) -> HardwareProfile:
     """Fold the child probes' answers into ``base``. Pure (table-testable)."""
     notes: list[str] = []
     cpuid = answers.get("cpuid")
-    if cpuid is not None and _problem(cpuid) and "cpuid" not in cpuid:
-        notes.append(f"CPUID/AMX check: {_problem(cpuid)}")
+    if cpuid is not None and probe_problem(cpuid) and "cpuid" not in cpuid:
+        notes.append(f"CPUID/AMX check: {probe_problem(cpuid)}")
     isa, isa_notes = isa_features(cpu, base.arch, cpuid)
     notes += isa_notes
 
     gpus: list[NvidiaGpu] = []
     nvml = answers.get("nvml", {})
-    if problem := _problem(nvml):
+    if problem := probe_problem(nvml):
         notes.append(f"NVIDIA (NVML): {problem}")
     for g in nvml.get("gpus", ()):
         gpus.append(
@@ -247,41 +243,18 @@ def assemble(
         )
     if "nvml" in answers and not problem and not gpus:
         notes.append("NVIDIA (NVML): the driver is loaded but lists no GPU")
-
-    devices: list[AcceleratorDevice] = []
-    ov = answers.get("openvino", {})
-    if problem := _problem(ov):
-        notes.append(f"OpenVINO: {problem}")
-    for d in ov.get("devices", ()):
-        props = tuple(sorted((str(k), str(v)) for k, v in dict(d.get("properties", {})).items()))
-        devices.append(
-            AcceleratorDevice(
-                name=str(d["name"]),
-                full_name=str(d.get("full_name", "")),
-                type=str(d.get("type", "")),
-                properties=props,
-            )
-        )
-
-    ort = answers.get("onnxruntime", {})
-    if problem := _problem(ort):
-        notes.append(f"ONNX Runtime: {problem}")
-    llama = answers.get("llama_cpp", {})
-    if problem := _problem(llama):
-        notes.append(f"llama.cpp: {problem}")
-    elif "llama_cpp" in answers and not llama.get("gpu_offload"):
-        notes.append("llama.cpp: this build cannot offload to a GPU (built without CUDA)")
-    return replace(
+    hw = replace(
         base,
         isa=isa,
         cpu_features=frozenset(f.name for f in isa if f.usable) or base.cpu_features,
         nvidia_gpus=tuple(gpus),
-        openvino_devices=tuple(devices),
-        onnx_providers=tuple(str(p) for p in ort.get("providers", ())),
-        llama_gpu_offload=bool(llama.get("gpu_offload", False)),
         notes=tuple(notes),
         probed=tuple(sorted(answers)),
     )
+    for b in BACKENDS:  # each backend reads its own probe's answer
+        if b.apply_probe and b.name in answers:
+            hw = load_hook(b.apply_probe)(hw, answers[b.name])
+    return hw
 
 
 def probe(

@@ -1,23 +1,19 @@
 """Protobuf views of hardware, choices, estimates and calibrations.
 
 System.Hardware builds its reply with :func:`hardware_response`; Models.Show
-fills its ``backends`` and ``memory`` fields with :func:`show_fields`.
+fills its ``backends`` and ``memory`` fields with :func:`ranking_fields`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from edged.daemon.memory import MemoryEstimate
+from edged.backends.memory import MemoryEstimate
+from edged.backends.placement import Choice
+from edged.common.hardware_profile import HardwareProfile
+from edged.daemon.calibration import Calibration
 from edged.v1 import edged_pb2 as pb
-
-from .profile import HardwareProfile
-from .select import Choice
-
-if TYPE_CHECKING:
-    from edged.daemon.app import App, Ranking
-    from edged.daemon.calibration import Calibration
 
 
 def choice_pb(c: Choice) -> pb.BackendChoice:
@@ -105,21 +101,11 @@ def hardware_response(
     )
 
 
-def ranking_fields(app: App, ranking: Ranking) -> dict[str, Any]:
-    """``backends`` and ``memory`` for a reply, from an existing ranking."""
-    fields: dict[str, Any] = {"backends": [choice_pb(c) for c in ranking.choices]}
-    memory = memory_pb(app.memory_estimate(ranking))
+def ranking_fields(choices: Sequence[Choice], estimate: MemoryEstimate | None) -> dict[str, Any]:
+    """``backends`` (ranked, rejected ones with their reasons) and ``memory`` (the
+    estimate for the chosen backend) for a ShowModelResponse."""
+    fields: dict[str, Any] = {"backends": [choice_pb(c) for c in choices]}
+    memory = memory_pb(estimate)
     if memory is not None:
         fields["memory"] = memory
     return fields
-
-
-def show_fields(app: App, model: str) -> dict[str, Any]:
-    """The ShowModelResponse fields this module owns: ``backends`` (ranked for
-    this machine, every rejected option with its reason) and ``memory`` (the
-    estimate for the chosen backend and the model's settings). Blocking (reads
-    model headers, may wait for the start-up probe): call it in a thread::
-
-        pb.ShowModelResponse(..., **await asyncio.to_thread(show_fields, app, name))
-    """
-    return ranking_fields(app, app.rank(model))

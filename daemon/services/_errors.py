@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from edged.daemon.errors import EdgedError
-from edged.daemon.status import status_code_for
+from edged.common.errors import EdgedError
+from edged.daemon.grpc_codes import status_code_for
 
 log = logging.getLogger("edged.rpc")
 

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edged.backends.base import Chunk, Done, Job
+from edged.common.errors import InvalidArgument
 from edged.daemon.app import App
 from edged.daemon.config import MAX_STREAM_INTERVAL_MS
-from edged.daemon.convert import stats_to
-from edged.daemon.errors import InvalidArgument
 from edged.daemon.scheduler import LoadOptions, ResolvedModel
+from edged.daemon.wire import stats_to
 from edged.models_registry.settings import MAX_CONTEXT, MIN_CONTEXT, check_keep_alive
 from edged.models_registry.settings import ModelSettings as Settings
 from edged.v1 import edged_pb2 as pb
@@ -45,8 +45,7 @@ def stream_interval_s(app: App, request: Any) -> float:
 
 
 def load_options(
-    app: App,
-    model: ResolvedModel,
+    s: Settings,
     *,
     keep_alive_s: float | None = None,
     context_length: int = 0,
@@ -63,7 +62,6 @@ def load_options(
             f"context_length must be 0 (the default) or between {MIN_CONTEXT} and "
             f"{MAX_CONTEXT}, got {context_length}"
         )
-    s = app.model_settings(model.name)
     return LoadOptions(
         context_length=context_length or s.context_length,
         keep_alive_s=keep_alive_s if keep_alive_s is not None else s.keep_alive_s,
@@ -89,10 +87,9 @@ async def resolve_request(
     if not request.model:
         raise InvalidArgument("model is required (for example: smollm2)")
     device = check_device(request.device)
-    model = await asyncio.to_thread(app.resolve, request.model, request.backend, device)
+    model = await asyncio.to_thread(app.selection.resolve, request.model, request.backend, device)
     options = load_options(
-        app,
-        model,
+        app.selection.model_settings(model.name),
         keep_alive_s=request.keep_alive_s if request.HasField("keep_alive_s") else None,
         context_length=request.context_length,
         backend=request.backend,

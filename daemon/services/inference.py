@@ -7,9 +7,9 @@ from typing import Any
 
 from edged.backends.base import Job
 from edged.backends.chat_template import validate_messages
+from edged.common.errors import InvalidArgument
 from edged.daemon.app import App
-from edged.daemon.convert import check_text, messages_from, sampling_from, with_system_prompt
-from edged.daemon.errors import InvalidArgument
+from edged.daemon.request_ids import next_request_id
 from edged.daemon.services import _errors
 from edged.daemon.services.generation import (
     deadline_of,
@@ -17,7 +17,7 @@ from edged.daemon.services.generation import (
     stream_generation,
     stream_interval_s,
 )
-from edged.daemon.workers import next_request_id
+from edged.daemon.wire import check_text, messages_from, sampling_from, with_system_prompt
 from edged.v1 import edged_pb2 as pb
 from edged.v1 import edged_pb2_grpc as pbg
 

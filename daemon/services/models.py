@@ -13,16 +13,17 @@ from typing import Any
 
 import psutil
 
+from edged.backends import registry
 from edged.backends.base import Capabilities
-from edged.backends.registry import BACKENDS, backend_info
-from edged.daemon.app import App, variant_digest
-from edged.daemon.errors import EdgedError, FailedPrecondition, InvalidArgument
-from edged.daemon.hardware.report import memory_pb, show_fields
-from edged.daemon.scheduler import LoadedInfo
+from edged.common.errors import InvalidArgument
+from edged.common.gguf import read_gguf_info
+from edged.daemon.app import App
+from edged.daemon.hardware.report import memory_pb, ranking_fields
+from edged.daemon.scheduler import LoadedInfo, Scheduler
+from edged.daemon.selection import Selection, variant_digest
 from edged.daemon.services import _errors
 from edged.daemon.services.generation import resolve_request
 from edged.models_registry.convert import convert_to_onnx
-from edged.models_registry.gguf import read_gguf_info
 from edged.models_registry.manifest import Manifest, Variant
 from edged.models_registry.names import ModelRef
 from edged.models_registry.progress import ProgressFn, PullProgress
@@ -78,13 +79,8 @@ def settings_to(s: ModelSettings) -> pb.ModelSettings:
 
 def settings_from(msg: pb.ModelSettings) -> ModelSettings:
     """Validate wire settings (InvalidArgument says what is wrong)."""
-    if msg.backend:
-        try:
-            backend_info(msg.backend)
-        except FailedPrecondition as exc:
-            raise InvalidArgument(str(exc)) from None
     return ModelSettings(
-        backend=msg.backend,
+        backend=registry.check_name(msg.backend),
         device=msg.device,
         keep_alive_s=msg.keep_alive_s if msg.HasField("keep_alive_s") else None,
         pinned=msg.pinned,
@@ -92,13 +88,13 @@ def settings_from(msg: pb.ModelSettings) -> ModelSettings:
     )
 
 
-async def _sessions_on(info: LoadedInfo) -> int:
-    """How many sessions' KV the worker holds (resident or in its saved tiers)."""
-    try:
-        found = await asyncio.wait_for(info.worker.call("kv_locations"), 5.0)
-    except (EdgedError, asyncio.TimeoutError):
-        return 0
-    return len(found) if isinstance(found, dict) else 0
+def show_fields(selection: Selection, model: str) -> dict[str, Any]:
+    """The ShowModelResponse's ``backends`` (ranked for this machine, every rejected
+    option with its reason) and ``memory`` (the estimate for the chosen backend
+    and the model's settings). Blocking (reads model headers, may wait for the
+    start-up probe): call it in a thread."""
+    ranking = selection.rank(model)
+    return ranking_fields(ranking.choices, selection.memory_estimate(ranking))
 
 
 def _rss(pid: int | None) -> int:
@@ -109,7 +105,7 @@ def _rss(pid: int | None) -> int:
     return 0
 
 
-async def loaded_to(info: LoadedInfo) -> pb.LoadedModel:
+async def loaded_to(scheduler: Scheduler, info: LoadedInfo) -> pb.LoadedModel:
     model, worker = info.model, info.worker
     caps = worker.description.capabilities if worker.description else None
     return pb.LoadedModel(
@@ -124,7 +120,8 @@ async def loaded_to(info: LoadedInfo) -> pb.LoadedModel:
         loaded_unix_ms=int(worker.loaded_at * 1000),
         capabilities=_caps(caps) if caps else None,
         memory=memory_pb(info.memory),
-        sessions=await _sessions_on(info),
+        # how many sessions' KV the worker holds (resident or in its saved tiers)
+        sessions=len(await scheduler.kv_locations(model.digest)),
         keep_alive_s=info.keep_alive_s,
         expires_unix_ms=int(info.expires_at * 1000) if info.expires_at is not None else 0,
         pinned=info.pinned,
@@ -210,13 +207,13 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
             system_prompt=manifest.system_prompt,
             sampling_defaults=dict(manifest.sampling),
             variants=[self._variant(v) for v in manifest.variants],
-            settings=settings_to(self.app.model_settings(str(ref))),
-            # backends (ranked, rejected ones with reasons) and memory: hardware/report.py
-            **await asyncio.to_thread(show_fields, self.app, str(ref)),
+            settings=settings_to(self.app.selection.model_settings(str(ref))),
+            **await asyncio.to_thread(show_fields, self.app.selection, str(ref)),
         )
 
     def _variant(self, v: Variant) -> pb.ModelVariant:
-        runs = [b.name for b in BACKENDS if v.format in b.formats and b.name in self.app.installed]
+        installed = self.app.selection.installed
+        runs = [b.name for b in registry.for_format(v.format) if b.name in installed]
         return pb.ModelVariant(
             name=v.name,
             format=v.format,
@@ -239,8 +236,7 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
             if variant_digest(v) not in others:
                 await self.app.scheduler.unload(variant_digest(v))
         self.app.store.delete(ref)
-        if self.app.settings is not None:
-            self.app.settings.remove(str(ref))
+        self.app.selection.settings.remove(str(ref))
         return pb.DeleteModelResponse()
 
     @_errors.unary
@@ -248,7 +244,9 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
         self, request: pb.ListLoadedRequest, context: Any
     ) -> pb.ListLoadedResponse:
         infos = self.app.scheduler.loaded()
-        return pb.ListLoadedResponse(models=await asyncio.gather(*map(loaded_to, infos)))
+        scheduler = self.app.scheduler
+        loaded = await asyncio.gather(*(loaded_to(scheduler, i) for i in infos))
+        return pb.ListLoadedResponse(models=loaded)
 
     @_errors.unary
     async def Load(self, request: pb.LoadRequest, context: Any) -> pb.LoadedModel:
@@ -256,15 +254,13 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
         started = time.monotonic()
         info = await self.app.scheduler.load(model, options)
         log.info("Load %s: ready in %.1f s", model.name, time.monotonic() - started)
-        return await loaded_to(info)
+        return await loaded_to(self.app.scheduler, info)
 
     @_errors.unary
     async def Configure(self, request: pb.ConfigureModelRequest, context: Any) -> pb.ModelSettings:
         ref, manifest = self.app.store.resolve(request.model)
         settings = settings_from(request.settings)
-        if self.app.settings is None:
-            raise FailedPrecondition("this daemon keeps no model settings")
-        await asyncio.to_thread(self.app.settings.put, str(ref), settings)
+        await asyncio.to_thread(self.app.selection.settings.put, str(ref), settings)
         for v in manifest.variants:  # a loaded model's pin and keep-alive change now
             self.app.scheduler.apply_settings(
                 variant_digest(v), pinned=settings.pinned, keep_alive_s=settings.keep_alive_s

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from edged.backends.base import Job
+from edged.common.errors import InvalidArgument
 from edged.daemon.app import App
-from edged.daemon.convert import check_text, sampling_from
-from edged.daemon.errors import EdgedError, InvalidArgument
+from edged.daemon.request_ids import next_request_id
 from edged.daemon.services import _errors
 from edged.daemon.services.generation import (
     Outcome,
@@ -20,7 +20,7 @@ from edged.daemon.services.generation import (
     stream_interval_s,
 )
 from edged.daemon.sessions import SessionRecord
-from edged.daemon.workers import next_request_id
+from edged.daemon.wire import check_text, sampling_from
 from edged.v1 import edged_pb2 as pb
 from edged.v1 import edged_pb2_grpc as pbg
 
@@ -48,12 +48,7 @@ class SessionsService(pbg.SessionsServicer):  # type: ignore[misc]
         """Ask each loaded worker where its sessions' KV lives."""
         out: dict[str, str] = {}
         for digest in {r.model_digest for r in records}:
-            worker = self.app.scheduler.worker_of(digest)
-            if worker is not None:
-                try:
-                    out.update(await worker.call("kv_locations"))
-                except EdgedError:
-                    continue
+            out.update(await self.app.scheduler.kv_locations(digest))
         return out
 
     @_errors.unary
@@ -61,7 +56,9 @@ class SessionsService(pbg.SessionsServicer):  # type: ignore[misc]
         if not request.model:
             raise InvalidArgument("model is required (for example: smollm2)")
         device = check_device(request.device)
-        model = await asyncio.to_thread(self.app.resolve, request.model, request.backend, device)
+        model = await asyncio.to_thread(
+            self.app.selection.resolve, request.model, request.backend, device
+        )
         system = check_text("the system prompt", request.system_prompt) or model.system_prompt
         rec = self.app.sessions.create(model.name, model.digest, system, request.backend, device)
         return session_to(rec)
@@ -74,10 +71,11 @@ class SessionsService(pbg.SessionsServicer):  # type: ignore[misc]
         interval = stream_interval_s(self.app, request)
         rec = self.app.sessions.get(request.session_id)
         async with self.app.sessions.lock(rec.id):
-            model = await asyncio.to_thread(self.app.resolve, rec.model, rec.backend, rec.device)
+            model = await asyncio.to_thread(
+                self.app.selection.resolve, rec.model, rec.backend, rec.device
+            )
             options = load_options(
-                self.app,
-                model,
+                self.app.selection.model_settings(model.name),
                 keep_alive_s=request.keep_alive_s if request.HasField("keep_alive_s") else None,
                 backend=rec.backend,
                 device=rec.device,
@@ -135,10 +133,7 @@ class SessionsService(pbg.SessionsServicer):  # type: ignore[misc]
         parent = self.app.sessions.get(request.session_id)
         async with self.app.sessions.lock(parent.id):
             child = self.app.sessions.fork(parent)
-            where = "none"
-            worker = self.app.scheduler.worker_of(parent.model_digest)
-            if worker is not None:
-                where = await worker.call("fork_session", parent.id, child.id)
+            where = await self.app.scheduler.fork_session(parent.model_digest, parent.id, child.id)
             return session_to(child, kv=where)
 
     @_errors.unary

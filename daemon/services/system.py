@@ -6,9 +6,10 @@ import asyncio
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from edged.daemon.app import App, Ranking
-from edged.daemon.errors import NotFound
+from edged.common.errors import NotFound
+from edged.daemon.app import App
 from edged.daemon.hardware.report import hardware_response
+from edged.daemon.selection import Ranking
 from edged.daemon.services import _errors
 from edged.v1 import edged_pb2 as pb
 from edged.v1 import edged_pb2_grpc as pbg
@@ -38,12 +39,12 @@ class SystemService(pbg.SystemServicer):  # type: ignore[misc]
         calibrate it when asked. Without ``calibrate`` this answers in about the
         time the probes take; ``edged hw`` asks for a calibration itself the
         first time a model has none on this machine."""
-        hw = await asyncio.to_thread(self.app.monitor.refresh)
+        hw = await asyncio.to_thread(self.app.selection.monitor.refresh)
         name = request.model or DEFAULT_MODEL
         notes: list[str] = []
         try:
             ranking: Ranking | None = await asyncio.to_thread(
-                self.app.rank, name, "", "", hardware=hw
+                self.app.selection.rank, name, "", "", hardware=hw
             )
         except NotFound:
             if request.model:
@@ -52,7 +53,7 @@ class SystemService(pbg.SystemServicer):  # type: ignore[misc]
             notes.append(f"no model ranked: {DEFAULT_MODEL} is not pulled (edged hw --model M)")
         if ranking is not None and request.calibrate:
             async with self._calibrating:
-                ranking, outcomes = await self.app.calibrate(name, force=True)
+                ranking, outcomes = await self.app.calibrator.calibrate(name, force=True)
             notes += [
                 f"calibration of {o.target.backend} on {o.target.device} failed: {o.error}"
                 for o in outcomes

@@ -7,24 +7,17 @@ modules). OpenVINO's compiled-model cache is shared by every daemon of the run.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from edged.backends import registry
 from edged.v1 import edged_pb2 as pb
-from tests.conftest import Daemon, clone_store, start_daemon
+from harness.daemon import Daemon, clone_store, start_daemon
 
-BACKENDS = [
-    name
-    for name, module in (
-        ("llama.cpp", "llama_cpp"),
-        ("onnxruntime", "onnxruntime_genai"),
-        ("openvino", "openvino_genai"),
-    )
-    if importlib.util.find_spec(module) is not None
-]
+# Every installed backend (the registry is the one list of them).
+BACKENDS = list(registry.installed_names())
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +52,8 @@ def bd(
     backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Daemon, str]]:
     """A daemon whose smollm2 has the variant ``backend`` runs, and that name."""
-    fixture = "onnx_store" if backend == "onnxruntime" else "smollm2_store"
+    # a backend that runs a converted variant gets the store that has one
+    fixture = "onnx_store" if registry.backend_info(backend).converts_to else "smollm2_store"
     store: Path = request.getfixturevalue(fixture)
     root = tmp_path_factory.mktemp(f"conf-{backend}")
     clone_store(store, root / "data")

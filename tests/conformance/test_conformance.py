@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from edged.v1 import edged_pb2 as pb
-from tests.conftest import Daemon
+from harness.daemon import Daemon
 from tests.integration.helpers import collect
 
 pytestmark = pytest.mark.model
@@ -119,6 +119,17 @@ def test_seed_reproducibility_or_declared_absent(bd: tuple[Daemon, str]) -> None
         for s in (1, 2, 3)
     ]
     assert any(o != first for o in other)
+
+
+def test_every_seed_a_request_may_name_works(bd: tuple[Daemon, str]) -> None:
+    """Seeds up to 2^32 - 2 are valid on the wire; a library with a narrower seed
+    (onnxruntime-genai: 31 bits) folds them, never fails the request or the worker."""
+    d, _ = bd
+    for seed in (2**31, 2**32 - 2):
+        req = gen(bd, chat="Name a colour.", temperature=1.0, seed=seed, max_tokens=4)
+        first, stats, _ = collect(d.inference.Generate(req, timeout=60))
+        assert stats.completion_tokens > 0
+        assert collect(d.inference.Generate(req, timeout=60))[0] == first
 
 
 def test_undeclared_sampling_parameters_are_refused(bd: tuple[Daemon, str]) -> None:

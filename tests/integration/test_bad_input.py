@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from edged.v1 import edged_pb2 as pb
-from tests.conftest import Daemon
+from harness.daemon import Daemon
 from tests.integration.helpers import chat, collect
 
 pytestmark = pytest.mark.model

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import clone_store, daemon_env
+from harness.daemon import clone_store, daemon_env
 
 pytestmark = pytest.mark.model
 

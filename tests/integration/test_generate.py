@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from edged.v1 import edged_pb2 as pb
-from tests.conftest import Daemon
+from harness.daemon import Daemon
 from tests.integration.helpers import chat, collect
 
 pytestmark = pytest.mark.model
@@ -121,7 +121,10 @@ def test_concurrent_streams_share_the_worker(daemon: Daemon) -> None:
 
 
 def test_cancel_mid_stream_frees_the_request(daemon: Daemon) -> None:
-    req = chat("smollm2", "Tell me a very long story.", temperature=0.8, max_tokens=2000)
+    # sampled, but seeded (an unseeded draw could end the story before the cancel),
+    # and one message per token, so the cancel lands after three tokens
+    req = chat("smollm2", "Tell me a very long story.", temperature=0.8, max_tokens=2000, seed=7)
+    req.stream_interval_ms = 0
     call = daemon.inference.Generate(req, timeout=120)
     for got, _ in enumerate(call, start=1):
         if got == 3:

@@ -10,10 +10,11 @@ import sys
 import psutil
 import pytest
 
-from edged.daemon.memory import estimate_memory, model_facts
+from edged.backends.memory import estimate_memory
+from edged.common.model_facts import model_facts
 from edged.models_registry.store import Store
 from edged.v1 import edged_pb2 as pb
-from tests.conftest import Daemon
+from harness.daemon import Daemon
 
 pytestmark = pytest.mark.model
 
@@ -98,7 +99,9 @@ def test_show_has_the_ranking_and_a_memory_estimate_close_to_the_real_worker(
     gguf = manifest.variant("gguf")
     assert gguf is not None
     facts = model_facts(store.blob_path(gguf.main.digest), "gguf")
-    llama_est = estimate_memory(facts, context_length=2048, sequences=4).total_bytes
+    llama_est = estimate_memory(
+        facts, context_length=2048, sequences=4, backend="llama.cpp"
+    ).total_bytes
     # Measured here: estimate 419 MiB, RSS 337 MiB. The estimate is meant to
     # err high (it counts the whole compute buffer, a short prompt touches part).
     assert 0.6 * llama_est <= rss <= 1.1 * llama_est, (rss >> 20, llama_est >> 20)

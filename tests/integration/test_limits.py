@@ -17,7 +17,7 @@ import pytest
 
 from edged.v1 import edged_pb2 as pb
 from edged.v1 import edged_pb2_grpc as pbg
-from tests.conftest import Daemon, clone_store, start_daemon
+from harness.daemon import Daemon, clone_store, start_daemon
 from tests.integration.helpers import chat, collect
 
 C = grpc.StatusCode

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from edged.backends.openvino.engine import BLOCK_SIZE, ov_device, reused_prefix
-from edged.daemon.errors import InvalidArgument
+from edged.common.errors import InvalidArgument
 from edged.v1 import edged_pb2 as pb
-from tests.conftest import Daemon, clone_store, start_daemon
+from harness.daemon import Daemon, clone_store, start_daemon
 from tests.integration.helpers import collect
 
 pytestmark = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edged.v1 import edged_pb2 as pb
-from tests.conftest import Daemon, start_daemon
+from harness.daemon import Daemon, start_daemon
 from tests.integration.helpers import collect
 
 pytestmark = pytest.mark.model
@@ -47,7 +47,10 @@ def test_sessions_do_not_leak_into_each_other(daemon: Daemon) -> None:
     """Interleave sessions with distinct facts; each recalls its own, never another's."""
     import concurrent.futures
 
-    words = ["volcano", "saxophone", "violin", "dolphin"]
+    # Words SmolLM2 recalls at temperature 0 when asked alone. Its greedy answer
+    # depends on the CPU's arithmetic: on some x86 machines "violin" comes back
+    # as "Vinyl" even with no other session running, which is no leak.
+    words = ["volcano", "saxophone", "telescope", "dolphin"]
     sids = {
         w: daemon.sessions.Create(pb.CreateSessionRequest(model="smollm2"), timeout=30).id
         for w in words
@@ -65,7 +68,7 @@ def test_sessions_survive_a_restart(tmp_path, smollm2_store) -> None:  # type: i
     """Restart: the KV comes back from the disk tier; without it, from the history."""
     import shutil
 
-    from tests.conftest import clone_store
+    from harness.daemon import clone_store
 
     clone_store(smollm2_store, tmp_path / "data")
     d = start_daemon(tmp_path)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.store_crash_kit import CrashLoop, file_server
+from harness.store_crash_kit import CrashLoop, file_server
 
 ITERATIONS = 10
 

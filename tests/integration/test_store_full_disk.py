@@ -102,8 +102,8 @@ def _scenario(root: Path) -> None:  # pragma: no cover - runs in a subprocess
     from edged.models_registry.store import Store
     from edged.models_registry.verify import verify
     from edged.v1 import edged_pb2 as pb
-    from tests.conftest import start_daemon
-    from tests.integration.store_crash_kit import Served, file_server, sha256, tiny_gguf
+    from harness.daemon import start_daemon
+    from harness.store_crash_kit import Served, file_server, sha256, tiny_gguf
 
     data = root / "data"
     store_root = data / "models"

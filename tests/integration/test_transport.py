@@ -14,7 +14,7 @@ import pytest
 
 from edged.v1 import edged_pb2 as pb
 from edged.v1 import edged_pb2_grpc as pbg
-from tests.conftest import start_daemon
+from harness.daemon import start_daemon
 
 
 def free_port() -> int:

@@ -4,7 +4,7 @@ import pytest
 
 from edged.backends.base import Message
 from edged.backends.chat_template import CHATML, ChatTemplate
-from edged.daemon.errors import FailedPrecondition, InvalidArgument
+from edged.common.errors import FailedPrecondition, InvalidArgument
 
 
 def test_chatml_default() -> None:

@@ -9,6 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from edged.backends.base import Job, Stats
+from edged.common.errors import WorkerCrashed
+from edged.common.hardware_profile import IsaFeature
 from edged.daemon.calibration import (
     DECODE_TOKENS,
     TIMED_RUNS,
@@ -17,9 +19,7 @@ from edged.daemon.calibration import (
     calibrate,
     machine_key,
 )
-from edged.daemon.errors import WorkerCrashed
 from edged.daemon.hardware import basic_profile
-from edged.daemon.hardware.profile import IsaFeature
 
 DIGEST = "sha256:" + "a" * 64
 

@@ -7,16 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from edged.daemon.errors import InvalidModelFile
-from edged.daemon.memory import (
-    MiB,
-    ModelFacts,
-    estimate_memory,
-    gpu_need,
-    kv_bytes,
-    layers_that_fit,
-    model_facts,
-)
+from edged.backends.info import MiB
+from edged.backends.llamacpp.placement import gpu_need, layers_that_fit
+from edged.backends.memory import estimate_memory, kv_bytes
+from edged.common.errors import InvalidModelFile
+from edged.common.model_facts import ModelFacts, model_facts
+
+LLAMA = "llama.cpp"
 
 SMOLLM2 = ModelFacts(
     weights_bytes=96_576_768, n_layer=30, n_embd=576, n_head=9, n_head_kv=3,
@@ -33,26 +30,30 @@ SMOLLM2 = ModelFacts(
 )
 def test_kv_matches_llama_cpp(ctx: int, seqs: int, mib: float) -> None:
     # 16384 x 1 is capped at the model's training context (8192), as the engine does
-    assert kv_bytes(SMOLLM2, context_length=ctx, sequences=seqs) == int(mib * MiB)
+    assert kv_bytes(SMOLLM2, context_length=ctx, sequences=seqs, backend=LLAMA) == int(mib * MiB)
 
 
 def test_compute_buffer_matches_llama_cpp() -> None:
-    est = estimate_memory(SMOLLM2, context_length=2048, sequences=4)
+    est = estimate_memory(SMOLLM2, context_length=2048, sequences=4, backend=LLAMA)
     # "CPU compute buffer size = 98.25 MiB" + "CPU output buffer size = 0.75 MiB" + runtime
     assert est.overhead_bytes == int((98.25 + 0.75) * MiB) + 48 * MiB
     assert est.total_bytes == est.weights_bytes + est.kv_bytes + est.overhead_bytes
 
 
 def test_backend_and_device_change_the_estimate() -> None:
-    cpu = estimate_memory(SMOLLM2, context_length=4096, sequences=4)
+    cpu = estimate_memory(SMOLLM2, context_length=4096, sequences=4, backend=LLAMA)
     onnx = estimate_memory(SMOLLM2, context_length=4096, sequences=4, backend="onnxruntime")
-    cuda = estimate_memory(SMOLLM2, context_length=4096, sequences=4, device="cuda:0")
+    cuda = estimate_memory(
+        SMOLLM2, context_length=4096, sequences=4, backend=LLAMA, device="cuda:0"
+    )
     assert onnx.kv_bytes == 2 * cpu.kv_bytes  # f32 KV
     assert cuda.overhead_bytes > cpu.overhead_bytes  # the CUDA context
 
 
 def test_unknown_shape_counts_weights_only() -> None:
-    est = estimate_memory(ModelFacts(weights_bytes=1 << 30), context_length=4096, sequences=4)
+    est = estimate_memory(
+        ModelFacts(weights_bytes=1 << 30), context_length=4096, sequences=4, backend=LLAMA
+    )
     assert est.kv_bytes == 0 and est.weights_bytes == 1 << 30 and est.overhead_bytes > 0
 
 

@@ -109,7 +109,7 @@ def test_missing_libraries_and_crashes_become_notes() -> None:
             "nvml": {"error": "NVMLError_LibraryNotFound: NVML Shared Library Not Found"},
             "openvino": {"missing": "openvino is not installed"},
             "onnxruntime": {"error": "timed out after 30 s"},
-            "llama_cpp": {"gpu_offload": False, "version": "0.3.36"},
+            "llama.cpp": {"gpu_offload": False, "version": "0.3.36"},
         },
     )
     text = "\n".join(hw.notes)
@@ -162,7 +162,7 @@ def test_real_probe_on_this_machine() -> None:
     if not amx.usable:
         assert "arch_prctl" in amx.note
     # every optional probe either answered or left a note naming it
-    assert set(hw.probed) == {"cpuid", "nvml", "openvino", "onnxruntime", "llama_cpp"}
+    assert set(hw.probed) == {"cpuid", "nvml", "openvino", "onnxruntime", "llama.cpp"}
     cpu_flags = parse_cpuinfo(Path("/proc/cpuinfo").read_text()).flags
     avx2 = hw.feature("avx2")
     assert avx2 is not None and avx2.usable == ("avx2" in cpu_flags)
@@ -176,9 +176,9 @@ def test_real_probe_on_this_machine() -> None:
 
 
 def test_monitor_probes_in_the_background_and_refreshes() -> None:
-    mon = HardwareMonitor(optional=("llama_cpp",)).start()
+    mon = HardwareMonitor(optional=("llama.cpp",)).start()
     assert mon.basic.cores >= 1  # ready at once
     first = mon.profile()
-    assert first.probed == ("llama_cpp",)
+    assert first.probed == ("llama.cpp",)
     again = mon.refresh()
-    assert again.probed == ("llama_cpp",) and again.memory_available > 0
+    assert again.probed == ("llama.cpp",) and again.memory_available > 0

@@ -8,19 +8,18 @@ from pathlib import Path
 
 import pytest
 
+from edged.backends.registry import Survey, backend_info
+from edged.common.hardware_profile import profile_from_dict, profile_to_dict
+from edged.common.model_facts import ModelFacts
 from edged.daemon.hardware import (
-    BackendSpec,
     Choice,
     HardwareProfile,
     Overrides,
     VariantInfo,
     pick_overrides,
     rank_backends,
-    select_backends,
 )
-from edged.daemon.hardware.profile import profile_from_dict, profile_to_dict
-from edged.daemon.hardware.select import device_matches
-from edged.daemon.memory import ModelFacts
+from edged.daemon.hardware.ranking import device_matches
 
 NONE = Overrides()
 FIXTURES = Path(__file__).parent / "fixtures" / "hardware"
@@ -39,9 +38,10 @@ LLAMA8B = ModelFacts(
 )  # fmt: skip
 
 ALL = (
-    BackendSpec("llama.cpp", ("gguf",), True, "run ./install.sh", "0.3.36"),
-    BackendSpec("onnxruntime", ("onnx",), True, "pip install 'edged[onnx]'", "0.18.0"),
-    BackendSpec("openvino", ("gguf", "openvino"), True, "pip install 'edged[openvino]'", "2026.4"),
+    Survey(backend_info("llama.cpp"), True, "0.3.36"),
+    Survey(backend_info("onnxruntime"), True, "0.18.0"),
+    # an OpenVINO that also loads IR folders (what the NPU needs)
+    Survey(replace(backend_info("openvino"), formats=("gguf", "openvino")), True, "2026.4"),
 )
 
 
@@ -56,7 +56,7 @@ def gguf(facts: ModelFacts = SMOLLM2) -> list[VariantInfo]:
 def rank(
     hw: HardwareProfile,
     variants: list[VariantInfo] | None = None,
-    backends: tuple[BackendSpec, ...] = ALL,
+    backends: tuple[Survey, ...] = ALL,
     *,
     ctx: int = 4096,
     seqs: int = 4,
@@ -292,8 +292,3 @@ def test_override_that_cannot_run_is_not_silently_ignored() -> None:
 )
 def test_device_matching(wanted: str, device: str, ok: bool) -> None:
     assert device_matches(wanted, device) is ok
-
-
-def test_legacy_select_backends_entry_point() -> None:
-    choices = select_backends(profile("cpu_only"), ["gguf"], ["llama.cpp"])
-    assert first(choices) == ("llama.cpp", "cpu", True)

@@ -15,7 +15,7 @@ from edged.backends.base import LoadSpec
 from edged.backends.llamacpp import engine
 from edged.backends.llamacpp.engine import offloaded_layers
 from edged.backends.llamacpp.native import NativeModel, Offload, offload_for
-from edged.daemon.errors import FailedPrecondition, InvalidModelFile
+from edged.common.errors import FailedPrecondition, InvalidModelFile
 
 
 @pytest.mark.parametrize(

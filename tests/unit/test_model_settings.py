@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edged.daemon.errors import InvalidArgument
+from edged.common.errors import InvalidArgument
 from edged.models_registry.settings import FILE_NAME, ModelSettings, SettingsStore
 
 

@@ -11,6 +11,7 @@ import pytest
 
 ROOT = Path(__file__).parents[2]
 PACKAGES = {
+    "common": "common",
     "daemon": "daemon",
     "backends": "backends",
     "models_registry": "models_registry",

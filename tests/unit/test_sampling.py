@@ -5,8 +5,8 @@ import math
 import pytest
 
 from edged.backends.base import Sampling
-from edged.daemon.convert import sampling_from
-from edged.daemon.errors import InvalidArgument
+from edged.common.errors import InvalidArgument
+from edged.daemon.wire import sampling_from
 from edged.v1 import edged_pb2 as pb
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 
@@ -17,13 +18,11 @@ from edged.backends.base import (
     Sampling,
     Stats,
 )
+from edged.common.errors import Internal, QueueFull
 from edged.daemon.config import EngineConfig
-from edged.daemon.errors import FailedPrecondition, QueueFull
-from edged.daemon.hardware import HardwareProfile
 from edged.daemon.scheduler import ResolvedModel, Scheduler
 
-HW = HardwareProfile("linux", "x86_64", "t", 2, 2, frozenset(), 1 << 30, 1 << 30)
-MODEL = ResolvedModel("m:latest", "sha256:" + "a" * 64, "/x", "gguf")
+MODEL = ResolvedModel("m:latest", "sha256:" + "a" * 64, "/x", "gguf", "llama.cpp")
 
 
 class FakeWorker:
@@ -66,7 +65,7 @@ class FakeWorker:
 def make(queue: int = 1, seqs: int = 1) -> Scheduler:
     FakeWorker.started.clear()
     cfg = EngineConfig(threads=1, queue_size=queue, max_sequences=seqs, keep_alive_s=300)
-    return Scheduler(cfg, HW, FakeWorker, installed_backends=("llama.cpp",), estimate=None)
+    return Scheduler(cfg, FakeWorker, estimate=None)
 
 
 def job(i: int) -> Job:
@@ -74,7 +73,11 @@ def job(i: int) -> Job:
 
 
 async def drain(s: Scheduler, j: Job) -> list[object]:
-    return [e async for e in s.generate(MODEL, j)]
+    return await drain_model(s, MODEL, j)
+
+
+async def drain_model(s: Scheduler, m: ResolvedModel, j: Job) -> list[object]:
+    return [e async for e in s.generate(m, j)]
 
 
 def test_one_worker_per_model_and_queue_bound() -> None:
@@ -111,7 +114,7 @@ def test_dead_worker_is_replaced() -> None:
     asyncio.run(main())
 
 
-def test_unload_and_no_backend() -> None:
+def test_unload_and_a_model_that_was_not_resolved() -> None:
     async def main() -> None:
         s = make()
         t = asyncio.create_task(drain(s, job(1)))
@@ -120,10 +123,9 @@ def test_unload_and_no_backend() -> None:
         await t
         assert await s.unload(MODEL.digest) and FakeWorker.started[0].stopped
         assert s.loaded() == []
-        none = Scheduler(
-            EngineConfig(threads=1), HW, FakeWorker, installed_backends=(), estimate=None
-        )
-        with pytest.raises(FailedPrecondition, match="not installed"):
-            await drain(none, job(2))
+        # selection (daemon/selection.py) picks the backend; the scheduler never guesses
+        unresolved = replace(MODEL, backend="")
+        with pytest.raises(Internal, match="without a backend"):
+            await drain_model(s, unresolved, job(2))
 
     asyncio.run(main())

@@ -26,10 +26,9 @@ from edged.backends.base import (
     Sampling,
     Stats,
 )
+from edged.backends.memory import MemoryEstimate
+from edged.common.errors import InvalidArgument, ResourceExhausted
 from edged.daemon.config import EngineConfig
-from edged.daemon.errors import InvalidArgument, ResourceExhausted
-from edged.daemon.hardware import HardwareProfile
-from edged.daemon.memory import MemoryEstimate
 from edged.daemon.scheduler import (
     LoadOptions,
     ResolvedModel,
@@ -41,7 +40,6 @@ from edged.daemon.scheduler import (
 from edged.daemon.services.generation import check_device, load_options
 from edged.models_registry.settings import ModelSettings
 
-HW = HardwareProfile("linux", "x86_64", "t", 2, 2, frozenset(), 1 << 30, 1 << 30)
 MB = 1_000_000
 T = TypeVar("T")
 
@@ -125,7 +123,9 @@ def make(
 
     def probe(device: str) -> int:
         used = sum(
-            fake_estimate(ResolvedModel(w.label, "", "", "gguf"), w.backend, w.spec).total_bytes
+            fake_estimate(
+                ResolvedModel(w.label, "", "", "gguf", w.backend), w.backend, w.spec
+            ).total_bytes
             for w in FakeWorker.live
         )
         return cap - used
@@ -138,14 +138,7 @@ def make(
         memory_limit=limit,
         cache_dir=Path("/cache"),
     )
-    return Scheduler(
-        cfg,
-        HW,
-        FakeWorker,
-        installed_backends=("llama.cpp",),
-        estimate=fake_estimate,
-        memory_probe=probe,
-    )
+    return Scheduler(cfg, FakeWorker, estimate=fake_estimate, memory_probe=probe)
 
 
 _job_ids = iter(range(1, 1_000_000))
@@ -480,29 +473,17 @@ def test_unload_and_loaded_fields() -> None:
 # ---------------------------------------------------------------- request -> options
 
 
-class _App:
-    """The one App method load_options uses: the model's stored settings."""
-
-    def __init__(self, settings: ModelSettings) -> None:
-        self.settings = settings
-
-    def model_settings(self, name: str) -> ModelSettings:
-        return self.settings
-
-
 def test_load_options_request_beats_settings_beats_defaults() -> None:
-    app: Any = _App(ModelSettings(keep_alive_s=600, pinned=True, context_length=8192))
-    o = load_options(app, A)
+    stored = ModelSettings(keep_alive_s=600, pinned=True, context_length=8192)
+    o = load_options(stored)
     assert (o.keep_alive_s, o.pinned, o.context_length, o.exact) == (600, True, 8192, False)
-    o = load_options(app, A, keep_alive_s=0, context_length=1024, device="cpu", pin=True)
+    o = load_options(stored, keep_alive_s=0, context_length=1024, device="cpu", pin=True)
     assert (o.keep_alive_s, o.context_length, o.exact, o.pin) == (0, 1024, True, True)
-    plain: Any = _App(ModelSettings())
-    assert load_options(plain, A) == LoadOptions()  # nothing said: the daemon's defaults
-    asked: Any = _App(ModelSettings(backend="openvino"))
-    assert load_options(asked, A).exact
+    assert load_options(ModelSettings()) == LoadOptions()  # nothing said: the defaults
+    assert load_options(ModelSettings(backend="openvino")).exact
     with pytest.raises(InvalidArgument, match="between 256"):
-        load_options(app, A, context_length=10)
+        load_options(stored, context_length=10)
     with pytest.raises(InvalidArgument, match="finite"):
-        load_options(app, A, keep_alive_s=float("inf"))
+        load_options(stored, keep_alive_s=float("inf"))
     with pytest.raises(InvalidArgument, match="not a device"):
         check_device("cuda:0 --evil")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edged.daemon.errors import FailedPrecondition, InvalidArgument
+from edged.common.errors import FailedPrecondition, InvalidArgument
 from edged.daemon.security import ensure_private_dir, load_or_create_token, parse_loopback
 
 

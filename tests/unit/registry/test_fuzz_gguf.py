@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
-from edged.daemon.errors import InvalidModelHeader
+from edged.common.errors import InvalidModelHeader
 from edged.models_registry import Store, read_gguf_info
-from tests.fuzz import gguf_fuzz
-from tests.fuzz.gguf_fuzz import Outcome, Seed
+from harness import gguf_fuzz
+from harness.gguf_fuzz import Outcome, Seed
 
 pytestmark = pytest.mark.model
 

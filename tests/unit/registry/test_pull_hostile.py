@@ -26,7 +26,7 @@ import httpx
 import pytest
 import trustme
 
-from edged.daemon.errors import (
+from edged.common.errors import (
     Cancelled,
     DigestMismatch,
     EdgedError,
@@ -560,7 +560,7 @@ def test_a_bad_gguf_header_is_invalid_argument(store: Store, registry: Registry,
 
 def test_the_daemon_answers_a_bad_gguf_with_invalid_argument(tmp_path: Path, kit: Any) -> None:
     from edged.v1 import edged_pb2 as pb
-    from tests.conftest import start_daemon
+    from harness.daemon import start_daemon
 
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(model(kit)[:-100])  # the last tensor runs past the end

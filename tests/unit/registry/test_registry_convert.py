@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from edged.daemon.errors import Cancelled, FailedPrecondition, ModelNotFound
+from edged.common.errors import Cancelled, FailedPrecondition, ModelNotFound
 from edged.models_registry import (
     Manifest,
     ManifestFile,

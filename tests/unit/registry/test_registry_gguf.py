@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from edged.daemon.errors import InvalidModelFile, NotFound
+from edged.common.errors import InvalidModelFile, NotFound
 from edged.models_registry import read_gguf_info
 
 

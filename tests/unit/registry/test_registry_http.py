@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from edged.daemon.errors import (
+from edged.common.errors import (
     Cancelled,
     DigestMismatch,
     NotFound,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from edged.daemon.errors import (
+from edged.common.errors import (
     DigestMismatch,
     InvalidArgument,
     InvalidModelHeader,
@@ -276,7 +276,7 @@ def test_the_daemon_pulls_a_hub_file_and_never_shows_the_token(
     import grpc
 
     from edged.v1 import edged_pb2 as pb
-    from tests.conftest import start_daemon
+    from harness.daemon import start_daemon
 
     data = kit.build_gguf()
     hub.repos[REPO] = {FILE: data}

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from edged.daemon.errors import InvalidArgument
+from edged.common.errors import InvalidArgument
 from edged.models_registry import ModelRef, blob_name, parse_digest, parse_model_ref
 from edged.models_registry.names import sanitize_name, split_model_ref
 

@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 
-from edged.daemon.errors import (
+from edged.common.errors import (
     EdgedError,
     FailedPrecondition,
     InvalidArgument,
     InvalidModelFile,
     NotFound,
 )
+from edged.common.model_facts import FORMAT_ONNX
 from edged.models_registry import ModelRef, Store, pull
-from edged.models_registry.manifest import FORMAT_ONNX
 
 from .fake_hub import FakeServer, serve
 
@@ -190,7 +190,7 @@ def test_missing_hub_repo(store: Store, fake: FakeServer) -> None:
 
 
 def test_unreachable_hub(store: Store, fake: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    from edged.daemon.errors import Unavailable
+    from edged.common.errors import Unavailable
 
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: refused
     before = _snapshot(store.root)

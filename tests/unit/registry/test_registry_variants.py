@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from edged.daemon.errors import FailedPrecondition, InvalidArgument, ModelNotFound
+from edged.common.errors import FailedPrecondition, InvalidArgument, ModelNotFound
 from edged.models_registry import (
     CorruptManifest,
     Manifest,

@@ -16,11 +16,11 @@ from typing import Any
 import grpc
 import pytest
 
-from edged.daemon import errors
+from edged.common import errors
 from edged.daemon.cli.main import main
-from edged.daemon.status import status_code_for
+from edged.daemon.grpc_codes import status_code_for
 from edged.models_registry import Manifest, ManifestFile, ModelRef, Store, Variant
-from edged.models_registry import store as store_module
+from edged.models_registry import blobs as store_module
 from edged.models_registry.fsutil import DiskFull, storage_error
 from edged.models_registry.locks import locked
 from edged.models_registry.verify import NOTE, verify

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from edged.daemon.errors import FailedPrecondition, InvalidArgument, NotFound
+from edged.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from edged.models_registry import Manifest, ManifestFile, ModelRef, Store, Variant
 from edged.models_registry.archive import BadArchive, export_model, import_archive
 from edged.models_registry.verify import verify

@@ -3,7 +3,7 @@
 Every error that may reach a client is an :class:`EdgedError`. Its message is
 written for a person and must never contain a file-system path outside the
 user's own store. Library exceptions are translated at the boundary where they
-occur (``raise SomeEdgedError(...) from exc``); :mod:`edged.daemon.status`
+occur (``raise SomeEdgedError(...) from exc``); :mod:`edged.daemon.grpc_codes`
 holds the one table that maps these classes to gRPC status codes.
 """
 
@@ -89,3 +89,12 @@ class PermissionDenied(EdgedError):
 
 class Internal(EdgedError):
     """A bug or an unexpected library failure; details go to the log only."""
+
+
+def from_name(name: str, message: str) -> EdgedError:
+    """Rebuild an error sent by class name across a process boundary (the
+    worker pipe); an unknown name becomes :class:`Internal`."""
+    cls = globals().get(name)
+    if isinstance(cls, type) and issubclass(cls, EdgedError):
+        return cls(message)
+    return Internal(message)

@@ -35,7 +35,7 @@ import grpc
 from edged.models_registry.store import Store
 from edged.models_registry.verify import verify
 from edged.v1 import edged_pb2 as pb
-from tests.conftest import Daemon, daemon_env, start_daemon
+from harness.daemon import Daemon, daemon_env, start_daemon
 
 MODEL = "crash"
 

@@ -1,7 +1,7 @@
 """What edged knows about the machine: a plain, JSON-able value.
 
-A :class:`HardwareProfile` is what the probes (:mod:`.probes`) produce and what
-backend selection (:mod:`.select`) consumes. Tests build profiles from JSON
+A :class:`HardwareProfile` is what the probes (:mod:`edged.daemon.hardware.probes`) produce and what
+backend selection (:mod:`edged.daemon.hardware.ranking`) consumes. Tests build profiles from JSON
 fixtures with :func:`profile_from_dict`; the daemon serves one through
 System.Hardware.
 """
@@ -111,3 +111,11 @@ def profile_from_dict(raw: Mapping[str, Any]) -> HardwareProfile:
     for key in ("onnx_providers", "notes", "probed"):
         data[key] = tuple(data.get(key, ()))
     return HardwareProfile(**data)
+
+
+def probe_problem(answer: Mapping[str, Any]) -> str:
+    """Why a child probe found nothing: its "missing", "error" or "skipped" text, or ""."""
+    for key in ("missing", "error", "skipped"):
+        if answer.get(key):
+            return str(answer[key])
+    return ""

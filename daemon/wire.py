@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edged.backends.base import Message, Sampling, Stats
-from edged.daemon.errors import InvalidArgument
+from edged.common.errors import InvalidArgument
 from edged.v1 import edged_pb2 as pb
 
 MAX_PROMPT_CHARS = 4 * 1024 * 1024

@@ -28,8 +28,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from edged.daemon.errors import InvalidModelHeader
-from edged.models_registry.gguf import read_gguf_info
+from edged.common.errors import InvalidModelHeader
+from edged.common.gguf import read_gguf_info
 
 _SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 STRING, ARRAY, UINT32, INT32 = 8, 9, 4, 5

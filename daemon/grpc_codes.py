@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from edged.daemon import errors
+from edged.common import errors
 
 _CODES: tuple[tuple[type[errors.EdgedError], grpc.StatusCode], ...] = (
     (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from edged.daemon.errors import InvalidModelHeader, NotFound
+from edged.common.errors import InvalidModelHeader, NotFound
 
 from .ggml_types import FILE_TYPES, GGML_TYPES
 

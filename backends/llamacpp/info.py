@@ -1,0 +1,21 @@
+"""The llama.cpp backend as the registry describes it (imports no llama_cpp)."""
+
+from __future__ import annotations
+
+from edged.backends.info import BackendInfo, MiB
+
+INFO = BackendInfo(
+    name="llama.cpp",
+    formats=("gguf",),
+    module="llama_cpp",
+    distribution="llama-cpp-python",
+    engine="edged.backends.llamacpp.engine:LlamaEngine",
+    install_hint="run ./install.sh (it builds llama-cpp-python for this CPU)",
+    devices=("cpu", "cuda"),
+    cpu_rank=0,  # batching and saved session KV: first on the CPU until calibrated
+    kv_element_bytes=(("cpu", 2.0), ("cuda", 2.0)),  # f16 K and V
+    runtime_bytes=48 * MiB,
+    placement="edged.backends.llamacpp.placement:accelerator_choices",
+    probe="edged.backends.llamacpp.probe:probe",
+    apply_probe="edged.backends.llamacpp.probe:apply",
+)

@@ -1,0 +1,1 @@
+"""What tests, benchmarks and scripts share (not installed with edged)."""
