@@ -8,8 +8,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edged.backends.base import Chunk, Done, Event, Failed, Job, Stats
-from edged.backends.textstream import TextStream
+from edged.backends.base import Done, Event, Failed, Job, Stats
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +28,7 @@ class Waiting:
 
     job: Job
     prompt: list[int] | None = None
+    prepared: object = None  # what the engine's _prepare made of the job (a grammar)
 
 
 class WaitQueue:
@@ -87,18 +87,14 @@ class Timing:
     completion: int = 0
     unsent: int = 0
 
-    def final_events(self, job: Job, stream: TextStream, reason: str) -> list[Event]:
-        """The held-back text (if any) and the Done with the request's stats."""
-        out: list[Event] = []
-        tail = stream.finish() if reason != "stop_sequence" else ""
-        if tail:
-            out.append(Chunk(job.request_id, tail, self.unsent))
+    def stats(self, reason: str, stop_sequence: str = "") -> Stats:
+        """The request's final statistics, as of now."""
         now = time.perf_counter()
         first = self.t_first or now
         decode_s = now - first
         prefill_s = (self.t_prefilled or now) - self.t_start
         evaluated = self.prompt_tokens - self.cached
-        stats = Stats(
+        return Stats(
             prompt_tokens=self.prompt_tokens,
             cached_prompt_tokens=self.cached,
             completion_tokens=self.completion,
@@ -110,7 +106,5 @@ class Timing:
             total_ms=(now - self.t_start) * 1000.0,
             finish_reason=reason,
             kv_source=self.kv_source,
-            stop_sequence=stream.matched or "",
+            stop_sequence=stop_sequence,
         )
-        out.append(Done(job.request_id, stats))
-        return out

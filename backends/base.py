@@ -34,7 +34,6 @@ class Capabilities:
     max_sequences: int  # sequences resident at once
     batching: bool  # several requests share a decode step
     session_kv: bool  # keeps a session's KV between turns
-    grammar: bool = False
     # SamplingParams fields honoured; a request setting another one is refused
     sampling: tuple[str, ...] = (
         "max_tokens",
@@ -48,6 +47,20 @@ class Capabilities:
     kv_tiers: bool = True  # evicted sessions are saved (RAM/disk), not rebuilt
     fork: bool = True  # Fork copies the KV instead of rebuilding it
     gpu_layers: int = 0  # layers offloaded to a GPU device (0 on the CPU)
+    # Constraint kinds honoured (json_object, json_schema, grammar, regex) and the
+    # grammar syntaxes; a request asking for another is refused, naming the backend
+    response_formats: tuple[str, ...] = ()
+    grammar_syntaxes: tuple[str, ...] = ()
+    tools: bool = False  # tool calls, the required/named ones constrained
+    infill: bool = False  # fill-in-the-middle (the model has FIM tokens)
+    infill_refusal: str = ""  # why not, when the backend could but this model cannot
+    max_logprobs: int = 0  # 0: no logprobs; else the most alternatives per token
+    tokenize: bool = False  # tokenize/detokenize calls
+
+    @property
+    def grammar(self) -> bool:
+        """Some constrained output is supported (the proto's ``grammar`` flag)."""
+        return bool(self.response_formats)
 
 
 @dataclass(frozen=True)
@@ -111,19 +124,65 @@ def _check_float(name: str, value: float, lo: float, hi: float, *, lo_open: bool
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # a JSON object, as JSON text
+
+
+@dataclass(frozen=True)
 class Message:
-    role: str
+    role: str  # system | user | assistant | tool
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # assistant: the calls it made
+    tool_call_id: str = ""  # tool: the call this result answers
+    name: str = ""  # tool: the tool's name
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What a reply must be (see ResponseFormat in the proto)."""
+
+    kind: str  # json_object | json_schema | grammar | regex
+    text: str = ""  # the schema (JSON text), the grammar or the regex
+    syntax: str = ""  # the grammar's syntax: gbnf | ebnf | lark
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str = ""
+    parameters: str = ""  # a JSON schema, as JSON text ("" = no arguments)
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    mode: str = "auto"  # auto | none | required | function
+    function: str = ""  # mode "function": the tool to call
+
+
+@dataclass(frozen=True)
+class Infill:
+    """Fill-in-the-middle: the text between ``prefix`` and ``suffix``."""
+
+    prefix: str
+    suffix: str
+    prompt: str = ""  # already typed text of the middle
+    extra: tuple[tuple[str, str], ...] = ()  # (filename, text) of other files
+    n_indent: int = 0  # stop at a later line indented less than this
+    t_max_predict_ms: int = 0  # stop this long after the first token once a newline came
 
 
 @dataclass(frozen=True)
 class Job:
     """One generation request as the engine sees it.
 
-    Exactly one of ``prompt`` (raw text, no template) and ``messages`` (chat,
-    formatted with the model's template) is set. ``session_id`` lets the engine
-    keep and reuse this conversation's KV between turns; the daemon always sends
-    the full history, so an engine that lost the KV rebuilds it.
+    Exactly one of ``prompt`` (raw text, no template), ``messages`` (chat,
+    formatted with the model's template) and ``infill`` is set. ``session_id``
+    lets the engine keep and reuse this conversation's KV between turns; the
+    daemon always sends the full history, so an engine that lost the KV
+    rebuilds it. The controls (``constraint``, ``tools``, ``logprobs``) are
+    checked against the engine's :class:`Capabilities` before the job starts.
     """
 
     request_id: int
@@ -135,6 +194,12 @@ class Job:
     # how long (s) the worker may hold this request's text to send it with what
     # follows (fewer messages); its first text and its end always go at once
     stream_interval_s: float = 0.0
+    constraint: Constraint | None = None
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = ToolChoice()
+    parallel_tool_calls: bool = True
+    logprobs: int | None = None  # None: off; N: the chosen token's and N alternatives
+    infill: Infill | None = None
 
 
 @dataclass(frozen=True)
@@ -146,9 +211,29 @@ class Stats:
     decode_tokens_per_second: float = 0.0
     prefill_tokens_per_second: float = 0.0
     total_ms: float = 0.0
-    finish_reason: str = "stop"  # stop | stop_sequence | length | context_full | cancelled
+    # stop | stop_sequence | length | context_full | cancelled | tool_calls | time_limit
+    finish_reason: str = "stop"
     kv_source: str = "none"  # none | resident | rebuilt
     stop_sequence: str = ""
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A part of a streamed tool call: the first part of call ``index`` carries
+    its id and name, later parts more of its arguments' JSON text."""
+
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    id: int
+    piece: bytes
+    logprob: float
+    top: tuple[tuple[int, bytes, float], ...] = ()  # (id, piece, logprob), likeliest first
 
 
 @dataclass(frozen=True)
@@ -156,6 +241,8 @@ class Chunk:
     request_id: int
     text: str
     tokens: int
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -203,6 +290,15 @@ class Engine(Protocol):
 
     def kv_locations(self) -> dict[str, str]:
         """Where each known session's KV is: "resident", "ram" or "disk"."""
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        """Tokens of raw text."""
+
+    def tokenize_job(self, job: Job) -> list[int]:
+        """The tokens a chat or infill job's prompt is (what it will cost)."""
+
+    def pieces(self, tokens: list[int], *, special: bool) -> list[bytes]:
+        """Each token's bytes (``special``: control tokens as their text)."""
 
     def has_work(self) -> bool: ...
 

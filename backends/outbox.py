@@ -25,7 +25,13 @@ def merge_chunks(events: list[Event]) -> list[Event]:
             i = last_chunk[ev.request_id]
             prev = out[i]
             assert isinstance(prev, Chunk)
-            out[i] = Chunk(ev.request_id, prev.text + ev.text, prev.tokens + ev.tokens)
+            out[i] = Chunk(
+                ev.request_id,
+                prev.text + ev.text,
+                prev.tokens + ev.tokens,
+                tool_calls=prev.tool_calls + ev.tool_calls,
+                logprobs=prev.logprobs + ev.logprobs,
+            )
             continue
         if isinstance(ev, Chunk):
             last_chunk[ev.request_id] = len(out)

@@ -20,6 +20,15 @@ differently:
     :meth:`~EngineCore._finish` / :meth:`~EngineCore._fail`.
 ``_release(r, reason)``
     free what a request held once it has ended (optional).
+``_prepare(job)``
+    check and compile a job's controls (a grammar) once, while it may still
+    wait for room; what it returns reaches ``_start`` (optional).
+
+The controls a job may carry (constrained output, tools, logprobs, infill) are
+checked against the engine's :class:`Capabilities` first
+(:func:`check_controls`): a backend never silently ignores one. Tool calls
+in the reply are parsed here for every engine (:mod:`edged.backends.tool_calls`),
+and every chunk carries its tokens' logprobs when the job asked for them.
 
 Engines that keep per-session KV override ``drop_session``, ``fork_session``
 and ``kv_locations``; the defaults keep nothing.
@@ -30,6 +39,7 @@ The rules every engine follows live here too: :func:`common_prefix`,
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -37,19 +47,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from edged.backends import tool_calls
 from edged.backends.accounting import Timing, Waiting, WaitQueue
 from edged.backends.base import (
     Capabilities,
     Chunk,
+    Constraint,
+    Done,
     Event,
     Failed,
     Job,
     ModelDescription,
     Sampling,
+    TokenLogprob,
 )
 from edged.backends.chat_template import ChatTemplate
+from edged.backends.infill_rules import InfillRules
 from edged.backends.textstream import TextStream
-from edged.common.errors import ContextOverflow, EdgedError, InvalidArgument
+from edged.common.errors import ContextOverflow, EdgedError, FailedPrecondition, InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +133,45 @@ def check_sampling(sampling: Sampling, caps: Capabilities) -> None:
             )
 
 
+def check_controls(job: Job, caps: Capabilities) -> None:
+    """Refuse a control the backend does not support, naming the backend."""
+    name = caps.backend
+    c = job.constraint
+    if c is not None and c.kind not in caps.response_formats:
+        have = ", ".join(caps.response_formats) or "none"
+        raise InvalidArgument(
+            f"{c.kind} output is not supported by the {name} backend (it supports: {have})"
+        )
+    if c is not None and c.kind == "grammar" and c.syntax not in caps.grammar_syntaxes:
+        have = ", ".join(caps.grammar_syntaxes) or "none"
+        raise InvalidArgument(
+            f"the {name} backend does not take {c.syntax or 'unnamed'} grammars (it takes: {have})"
+        )
+    if job.tools and job.tool_choice.mode != "none" and not caps.tools:
+        raise InvalidArgument(f"tool calls are not supported by the {name} backend")
+    if job.logprobs is not None and not caps.max_logprobs:
+        raise InvalidArgument(f"logprobs are not supported by the {name} backend")
+    if job.logprobs is not None and job.logprobs > caps.max_logprobs:
+        raise InvalidArgument(
+            f"the {name} backend returns at most {caps.max_logprobs} alternatives per token"
+        )
+    if job.infill is not None and not caps.infill:
+        raise FailedPrecondition(
+            caps.infill_refusal or f"fill-in-the-middle is not supported by the {name} backend"
+        )
+
+
+def effective_constraint(job: Job) -> Constraint | None:
+    """What the reply must match: a ``required`` or named tool choice makes it
+    generic-format calls to the offered tools (:func:`tool_calls.call_schema`),
+    else the request's own constraint."""
+    if job.tools and job.tool_choice.mode in ("required", "function"):
+        offered = tool_calls.offered(job.tools, job.tool_choice)
+        schema = tool_calls.call_schema(offered, parallel=job.parallel_tool_calls)
+        return Constraint("json_schema", json.dumps(schema))
+    return job.constraint
+
+
 @dataclass(eq=False, kw_only=True)
 class Running:
     """A request that has started: what every engine tracks for it.
@@ -131,17 +185,29 @@ class Running:
     stream: TextStream
     t: Timing
     cancelled: bool = False
+    calls: tool_calls.CallParser | None = None  # when the reply may hold tool calls
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # for the next chunk
+    rules: InfillRules | None = None  # an infill reply's editor stop rules
 
     @classmethod
     def begin(
         cls: type[RunningT], job: Job, prompt: list[int], *, cached: int, source: str, **state: Any
     ) -> RunningT:
         """A request starting now, with ``cached`` prompt tokens already in its KV."""
+        parser = None
+        if job.tools and job.tool_choice.mode != "none":
+            names = frozenset(t.name for t in tool_calls.offered(job.tools, job.tool_choice))
+            only = job.tool_choice.mode in ("required", "function")
+            parser = tool_calls.CallParser(names, job.parallel_tool_calls, calls_only=only)
+        fill = job.infill
+        rules = InfillRules(fill.n_indent, fill.t_max_predict_ms) if fill is not None else None
         return cls(
             job=job,
             prompt=prompt,
             stream=TextStream(job.sampling.stop),
             t=Timing(len(prompt), cached, source, time.perf_counter()),
+            calls=parser,
+            rules=rules,
             **state,
         )
 
@@ -206,6 +272,20 @@ class EngineCore(Generic[RunningT]):
         self._advance(events)
         return events
 
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        """Tokens of raw text (engines whose tokenizer always reads control-token
+        text as control tokens ignore ``parse_special``)."""
+        return self._tokenize(text, add_special)
+
+    def tokenize_job(self, job: Job) -> list[int]:
+        """The tokens a chat or infill job's prompt is (what it will cost; a prompt
+        longer than the context is counted, not refused)."""
+        return self._prompt_tokens(job)
+
+    def pieces(self, tokens: list[int], *, special: bool) -> list[bytes]:
+        """Each token's bytes (``special``: control tokens as their text)."""
+        raise InvalidArgument(f"detokenizing is not supported by the {self._caps.backend} backend")
+
     def drop_session(self, session_id: str) -> None:
         """Forget any KV held for a session (engines that keep none: nothing to do)."""
 
@@ -226,8 +306,18 @@ class EngineCore(Generic[RunningT]):
     def _tokenize(self, text: str, add_special: bool) -> list[int]:
         raise NotImplementedError
 
-    def _start(self, job: Job, prompt: list[int]) -> RunningT | None:
+    def _start(self, job: Job, prompt: list[int], prepared: object) -> RunningT | None:
         raise NotImplementedError
+
+    def _prepare(self, job: Job) -> object:
+        """Check and compile a job's controls once (it may still wait for room)."""
+        return None
+
+    def _tokenize_parts(self, parts: list[tuple[str, bool]], add_special: bool) -> list[int]:
+        """Tokens of a rendered chat: the template's text may spell control
+        tokens, message content is tokenized as plain text. An engine whose
+        tokenizer cannot tell them apart tokenizes the whole text."""
+        return self._tokenize("".join(t for t, _ in parts), add_special)
 
     def _advance(self, events: list[Event]) -> None:
         raise NotImplementedError
@@ -241,17 +331,46 @@ class EngineCore(Generic[RunningT]):
     # ------------------------------------------------------------ admission
 
     def _encode(self, job: Job) -> list[int]:
-        """The job's prompt tokens: raw text as given, or chat through the template."""
+        """The job's prompt tokens, checked to fit the context."""
+        tokens = self._prompt_tokens(job)
+        check_prompt(tokens, self._n_ctx)
+        return tokens
+
+    def _prompt_tokens(self, job: Job) -> list[int]:
+        """Raw text as given, a chat through the template, or an infill layout."""
         if job.prompt is not None:
             if not job.prompt.strip():
                 raise InvalidArgument("the prompt is empty")
-            text, add_special = job.prompt, True
+            tokens = self._tokenize(job.prompt, True)
+        elif job.infill is not None:
+            tokens = self._encode_infill(job)
         else:
-            text = self._template.render(job.messages, add_generation_prompt=True)
+            parts = self.chat_parts(job)
+            text = parts[0][0] if parts else ""
             add_special = not (self._bos_text and text.startswith(self._bos_text))
-        tokens = self._tokenize(text, add_special)
-        check_prompt(tokens, self._n_ctx)
+            tokens = self._tokenize_parts(parts, add_special)
         return tokens
+
+    def chat_parts(self, job: Job) -> list[tuple[str, bool]]:
+        """A job's chat rendered for this model, tools included (see render_parts).
+
+        A template that knows tools renders them and the calls and results in
+        the history itself; any other gets the generic tool prompt, calls in the
+        generic format and results as user turns (:func:`tool_calls.generic_messages`).
+        """
+        tools = tool_calls.offered(job.tools, job.tool_choice)
+        if self._template.knows_tools:
+            specs = tool_calls.function_specs(tools) if tools else None
+            return self._template.render_parts(job.messages, True, specs)
+        messages = job.messages
+        if tools or any(m.role == "tool" or m.tool_calls for m in messages):
+            messages = tuple(tool_calls.generic_messages(messages, tools, job.tool_choice))
+        return self._template.render_parts(messages, True, None)
+
+    def _encode_infill(self, job: Job) -> list[int]:
+        raise FailedPrecondition(
+            f"fill-in-the-middle is not supported by the {self._caps.backend} backend"
+        )
 
     def _admit(self, w: Waiting, events: list[Event]) -> bool:
         """Start a waiting job if there is room; False leaves it waiting."""
@@ -259,8 +378,10 @@ class EngineCore(Generic[RunningT]):
         try:
             if w.prompt is None:
                 check_sampling(job.sampling, self._caps)
+                check_controls(job, self._caps)
+                w.prepared = self._prepare(job)
                 w.prompt = self._encode(job)
-            r = self._start(job, w.prompt)
+            r = self._start(job, w.prompt, w.prepared)
         except EdgedError as exc:
             events.append(Failed(job.request_id, type(exc).__name__, str(exc)))
             return True
@@ -275,15 +396,42 @@ class EngineCore(Generic[RunningT]):
 
     # ------------------------------------------------------------ tokens and endings
 
+    def _chunk(self, r: RunningT, text: str, events: list[Event], *, final: bool = False) -> None:
+        """Send ``text`` (may be empty) with the tokens counted since the last chunk
+        and their logprobs; tool calls in it leave as structured deltas."""
+        deltas: list[Any] = []
+        if r.calls is not None:
+            text, deltas = r.calls.feed(text)
+            if final:
+                rest, more = r.calls.finish()
+                text, deltas = text + rest, deltas + more
+        if not (text or deltas or r.logprobs):
+            return
+        events.append(
+            Chunk(
+                r.job.request_id,
+                text,
+                r.t.unsent,
+                tool_calls=tuple(deltas),
+                logprobs=tuple(r.logprobs),
+            )
+        )
+        r.t.unsent = 0
+        r.logprobs.clear()
+
     def _emit(self, r: RunningT, data: bytes, events: list[Event]) -> bool:
         """Feed generated bytes (tokens already counted) to ``r``'s text stream and
-        send what is safe to send; True when a stop string ended ``r``."""
+        send what is safe to send; True when a stop string or an infill rule ended ``r``."""
         text = r.stream.feed(data)
-        if text:
-            events.append(Chunk(r.job.request_id, text, r.t.unsent))
-            r.t.unsent = 0
+        ended = None
+        if r.rules is not None:
+            gen_ms = (time.perf_counter() - (r.t.t_first or time.perf_counter())) * 1000.0
+            text, ended = r.rules.feed(text, gen_ms)
+        self._chunk(r, text, events)
         if r.stream.matched is not None:
-            self._finish(r, "stop_sequence", events)
+            ended = "stop_sequence"
+        if ended is not None:
+            self._finish(r, ended, events)
             return True
         return False
 
@@ -303,7 +451,13 @@ class EngineCore(Generic[RunningT]):
     def _finish(self, r: RunningT, reason: str, events: list[Event]) -> None:
         """End ``r``: held text, then its stats; its resources are released."""
         self._flush(r, reason, events)
-        events.extend(r.t.final_events(r.job, r.stream, reason))
+        tail = r.stream.finish() if reason != "stop_sequence" else ""
+        if r.rules is not None:  # nothing after a rule's cut; held indentation otherwise
+            tail = r.rules.feed(tail, 0.0)[0] + r.rules.finish()
+        self._chunk(r, tail, events, final=True)
+        if reason == "stop" and r.calls is not None and r.calls.calls:
+            reason = "tool_calls"
+        events.append(Done(r.job.request_id, r.t.stats(reason, r.stream.matched or "")))
         self._active.remove(r)
         self._release(r, reason)
 

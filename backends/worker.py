@@ -23,6 +23,7 @@ from edged.backends.worker_protocol import (
     Call,
     CallFailed,
     Cancel,
+    Detokenize,
     DropSession,
     Events,
     Forked,
@@ -35,6 +36,8 @@ from edged.backends.worker_protocol import (
     StepFailed,
     Stop,
     Submit,
+    Tokenize,
+    Tokens,
     ToWorker,
 )
 from edged.common.errors import EdgedError
@@ -108,7 +111,7 @@ def _loop(conn: Connection, eng: Engine) -> None:
                     eng.cancel(rid)
                 case DropSession(session_id=sid):
                     eng.drop_session(sid)
-                case ForkSession() | ListKv():
+                case ForkSession() | ListKv() | Tokenize() | Detokenize():
                     flush()
                     send(_answer(eng, msg))
                 case Stop():
@@ -132,8 +135,23 @@ def _loop(conn: Connection, eng: Engine) -> None:
 
 def _answer(eng: Engine, call: Call) -> FromWorker:
     try:
-        if isinstance(call, ForkSession):
-            return Forked(call.call_id, eng.fork_session(call.source_id, call.new_id))
-        return KvLocations(call.call_id, eng.kv_locations())
+        match call:
+            case ForkSession(source_id=src, new_id=new):
+                return Forked(call.call_id, eng.fork_session(src, new))
+            case ListKv():
+                return KvLocations(call.call_id, eng.kv_locations())
+            case Tokenize(job=job) if job is not None:
+                tokens = eng.tokenize_job(job)
+            case Tokenize(text=text, add_special=add, parse_special=parse):
+                tokens = eng.tokenize(text or "", add_special=add, parse_special=parse)
+            case Detokenize(tokens=given):
+                tokens = list(given)
+        return Tokens(call.call_id, tokens, eng.pieces(tokens, special=_special(call)))
     except EdgedError as exc:
         return CallFailed(call.call_id, type(exc).__name__, str(exc))
+
+
+def _special(call: Call) -> bool:
+    """Pieces render control tokens as text when detokenizing with special, and
+    always when showing a tokenized prompt (its template spells them)."""
+    return call.special if isinstance(call, Detokenize) else True

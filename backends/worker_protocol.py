@@ -54,12 +54,33 @@ class ListKv:
 
 
 @dataclass(frozen=True)
+class Tokenize:
+    """Tokens of raw ``text``, or of ``job``'s prompt (chat or infill, as it would
+    be evaluated); answered by :class:`Tokens` (with each token's bytes)."""
+
+    call_id: int
+    text: str | None = None
+    job: Job | None = None
+    add_special: bool = False
+    parse_special: bool = False
+
+
+@dataclass(frozen=True)
+class Detokenize:
+    """Each token's bytes; answered by :class:`Tokens`."""
+
+    call_id: int
+    tokens: list[int]
+    special: bool = False
+
+
+@dataclass(frozen=True)
 class Stop:
     """Flush, free the model and exit."""
 
 
-Call = ForkSession | ListKv
-ToWorker = Submit | Cancel | DropSession | ForkSession | ListKv | Stop
+Call = ForkSession | ListKv | Tokenize | Detokenize
+ToWorker = Submit | Cancel | DropSession | ForkSession | ListKv | Tokenize | Detokenize | Stop
 
 # ------------------------------------------------------------ worker -> daemon
 
@@ -111,6 +132,15 @@ class KvLocations:
 
 
 @dataclass(frozen=True)
+class Tokens:
+    """Answer to :class:`Tokenize` / :class:`Detokenize`: token ids and their bytes."""
+
+    call_id: int
+    tokens: list[int]
+    pieces: list[bytes]
+
+
+@dataclass(frozen=True)
 class CallFailed:
     """A call raised an edged error (``error`` names its class)."""
 
@@ -119,5 +149,5 @@ class CallFailed:
     message: str
 
 
-Reply = Forked | KvLocations | CallFailed
-FromWorker = Ready | LoadFailed | Events | StepFailed | Forked | KvLocations | CallFailed
+Reply = Forked | KvLocations | Tokens | CallFailed
+FromWorker = Ready | LoadFailed | Events | StepFailed | Forked | KvLocations | Tokens | CallFailed

@@ -41,6 +41,7 @@ import psutil
 
 from edged.backends.base import Chunk, Done, Job, LoadSpec, ModelDescription
 from edged.backends.memory import MemoryEstimate, estimate_memory
+from edged.backends.toolkit import check_controls
 from edged.common.errors import EdgedError, Internal, QueueFull, ResourceExhausted
 from edged.common.model_facts import model_facts
 from edged.daemon.config import EngineConfig
@@ -68,6 +69,15 @@ class Worker(Protocol):
     def drop_session(self, session_id: str) -> None: ...
     async def fork_session(self, source_id: str, new_id: str) -> str: ...
     async def kv_locations(self) -> dict[str, str]: ...
+    async def tokenize(
+        self,
+        *,
+        text: str | None = None,
+        job: Job | None = None,
+        add_special: bool = False,
+        parse_special: bool = False,
+    ) -> tuple[list[int], list[bytes]]: ...
+    async def detokenize(self, tokens: list[int], *, special: bool) -> list[bytes]: ...
     async def stop(self) -> None: ...
 
 
@@ -457,6 +467,45 @@ class Scheduler:
     async def generate(
         self, model: ResolvedModel, job: Job, options: LoadOptions | None = None
     ) -> AsyncIterator[Chunk | Done]:
+        async with self._serving(model, options) as worker:
+            if worker.description is not None:  # refused here, before it queues
+                check_controls(job, worker.description.capabilities)
+            async for event in worker.run(job):
+                yield event
+
+    async def tokenize(
+        self,
+        model: ResolvedModel,
+        options: LoadOptions | None = None,
+        *,
+        text: str | None = None,
+        job: Job | None = None,
+        add_special: bool = False,
+        parse_special: bool = False,
+    ) -> tuple[list[int], list[bytes]]:
+        """Tokens of raw text or of a job's prompt, from the model's worker."""
+        async with self._serving(model, options) as worker:
+            return await worker.tokenize(
+                text=text, job=job, add_special=add_special, parse_special=parse_special
+            )
+
+    async def detokenize(
+        self,
+        model: ResolvedModel,
+        tokens: list[int],
+        *,
+        special: bool,
+        options: LoadOptions | None = None,
+    ) -> list[bytes]:
+        async with self._serving(model, options) as worker:
+            return await worker.detokenize(tokens, special=special)
+
+    @contextlib.asynccontextmanager
+    async def _serving(
+        self, model: ResolvedModel, options: LoadOptions | None
+    ) -> AsyncIterator[Worker]:
+        """The model's worker for one request: counted against the queue bound
+        and kept loaded while the request runs."""
         options = options or LoadOptions()
         limit = self._cfg.queue_size + self._cfg.max_sequences
         inflight = self._inflight.get(model.digest, 0)
@@ -469,8 +518,7 @@ class Scheduler:
         entry: _Loaded | None = None
         try:
             entry = await self._worker_for(model, options)
-            async for event in entry.worker.run(job):
-                yield event
+            yield entry.worker
         finally:
             self._inflight[model.digest] -= 1
             if entry is not None:

@@ -17,10 +17,12 @@ import re
 import secrets
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from edged.backends.base import Message
+from edged.backends.base import Message, ToolCall
 from edged.common.errors import InvalidArgument, SessionNotFound
 
 log = logging.getLogger(__name__)
@@ -48,13 +50,14 @@ class SessionRecord:
     backend: str = ""  # requested at creation; "" = auto
     device: str = ""  # requested at creation; "" = auto
 
-    def messages(self, user_turn: str | None = None) -> tuple[Message, ...]:
+    def messages(self, added: Sequence[Message] = ()) -> tuple[Message, ...]:
+        """The conversation as the model sees it: system prompt, history, then
+        ``added`` (this turn's user message and/or tool results)."""
         out: list[Message] = []
         if self.system_prompt:
             out.append(Message("system", self.system_prompt))
         out.extend(self.history)
-        if user_turn is not None:
-            out.append(Message("user", user_turn))
+        out.extend(added)
         return tuple(out)
 
     @property
@@ -68,8 +71,22 @@ class SessionRecord:
     @classmethod
     def from_json(cls, text: str) -> SessionRecord:
         data = json.loads(text)
-        data["history"] = [Message(**m) for m in data.get("history", [])]
+        data["history"] = [_message(m) for m in data.get("history", [])]
         return cls(**data)
+
+
+def _message(m: Any) -> Message:
+    """A stored message (a malformed one raises KeyError/TypeError: the file is skipped)."""
+    calls = m.get("tool_calls") or ()
+    return Message(
+        role=str(m["role"]),
+        content=str(m["content"]),
+        tool_calls=tuple(
+            ToolCall(str(c["id"]), str(c["name"]), str(c["arguments"])) for c in calls
+        ),
+        tool_call_id=str(m.get("tool_call_id", "")),
+        name=str(m.get("name", "")),
+    )
 
 
 def _now_ms() -> int:
@@ -150,8 +167,11 @@ class SessionStore:
     def lock(self, session_id: str) -> asyncio.Lock:
         return self._locks.setdefault(session_id, asyncio.Lock())
 
-    def append_turn(self, rec: SessionRecord, user: str, reply: str, token_count: int) -> None:
-        rec.history.extend([Message("user", user), Message("assistant", reply)])
+    def append_turn(
+        self, rec: SessionRecord, added: Sequence[Message], reply: Message, token_count: int
+    ) -> None:
+        """Record a completed turn: what the client sent and the assistant's reply."""
+        rec.history.extend([*added, reply])
         rec.token_count = token_count
         rec.updated_unix_ms = _now_ms()
         self._write(rec)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from edged.backends.base import Message, Sampling, Stats
+import json
+
+from edged.backends.base import Chunk, Message, Sampling, Stats, ToolCall
+from edged.backends.tool_calls import new_call_id
 from edged.common.errors import InvalidArgument
 from edged.v1 import edged_pb2 as pb
 
@@ -15,6 +18,8 @@ _FINISH = {
     "length": pb.FINISH_REASON_LENGTH,
     "context_full": pb.FINISH_REASON_CONTEXT_FULL,
     "cancelled": pb.FINISH_REASON_CANCELLED,
+    "tool_calls": pb.FINISH_REASON_TOOL_CALLS,
+    "time_limit": pb.FINISH_REASON_TIME_LIMIT,
 }
 
 
@@ -61,9 +66,59 @@ def check_text(name: str, text: str) -> str:
 def messages_from(chat: pb.ChatMessages) -> tuple[Message, ...]:
     if len(chat.messages) > MAX_MESSAGES:
         raise InvalidArgument(f"at most {MAX_MESSAGES} messages per request")
-    return tuple(
-        Message(role=m.role, content=check_text("a message", m.content)) for m in chat.messages
+    return tuple(message_from(m) for m in chat.messages)
+
+
+def message_from(m: pb.ChatMessage) -> Message:
+    """One chat message; tool calls and results checked for what a template needs."""
+    content = check_text("a message", m.content)
+    if m.tool_calls and m.role != "assistant":
+        raise InvalidArgument(f"a {m.role or 'role-less'} message cannot carry tool_calls")
+    if m.role == "tool" and not m.tool_call_id:
+        raise InvalidArgument("a tool message needs the tool_call_id it answers")
+    calls = tuple(_call_from(c) for c in m.tool_calls)
+    return Message(m.role, content, calls, m.tool_call_id if m.role == "tool" else "", m.name)
+
+
+def _call_from(c: pb.ToolCall) -> ToolCall:
+    if not c.name:
+        raise InvalidArgument("a tool call needs the tool's name")
+    arguments = c.arguments or "{}"
+    try:
+        parsed = json.loads(arguments)
+    except ValueError as exc:
+        raise InvalidArgument(f"the arguments of the {c.name!r} call are not JSON") from exc
+    if not isinstance(parsed, dict):
+        raise InvalidArgument(f"the arguments of the {c.name!r} call must be a JSON object")
+    return ToolCall(c.id or new_call_id(), check_text("a tool call", c.name), arguments)
+
+
+def message_to(m: Message) -> pb.ChatMessage:
+    return pb.ChatMessage(
+        role=m.role,
+        content=m.content,
+        tool_calls=[pb.ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in m.tool_calls],
+        tool_call_id=m.tool_call_id,
+        name=m.name,
     )
+
+
+def chunk_to(c: Chunk) -> pb.GenerateChunk:
+    """A chunk of a reply: text, tool call deltas and per-token logprobs."""
+    out = pb.GenerateChunk(text=c.text, tokens=c.tokens)
+    for d in c.tool_calls:
+        out.tool_calls.add(index=d.index, id=d.id, name=d.name, arguments=d.arguments)
+    for lp in c.logprobs:
+        entry = out.logprobs.add(
+            id=lp.id, token=_text(lp.piece), token_bytes=lp.piece, logprob=lp.logprob
+        )
+        for tid, piece, logprob in lp.top:
+            entry.top.add(id=tid, token=_text(piece), token_bytes=piece, logprob=logprob)
+    return out
+
+
+def _text(piece: bytes) -> str:
+    return piece.decode("utf-8", errors="replace")
 
 
 def stats_to(stats: Stats, *, backend: str, device: str) -> pb.GenerationStats:

@@ -22,8 +22,10 @@ from typing import Any
 from edged.backends.base import Chunk, Done, Event, Failed, Job, LoadSpec, ModelDescription
 from edged.backends.worker import worker_main
 from edged.backends.worker_protocol import (
+    Call,
     CallFailed,
     Cancel,
+    Detokenize,
     DropSession,
     Events,
     Forked,
@@ -37,6 +39,8 @@ from edged.backends.worker_protocol import (
     StepFailed,
     Stop,
     Submit,
+    Tokenize,
+    Tokens,
     ToWorker,
 )
 from edged.common import errors
@@ -118,7 +122,7 @@ class WorkerHandle:
             case StepFailed(error=error, message=message):
                 for each in self._requests.values():
                     each.queue.put_nowait(errors.from_name(error, message))
-            case Forked() | KvLocations() | CallFailed():
+            case Forked() | KvLocations() | Tokens() | CallFailed():
                 fut = self._calls.pop(msg.call_id, None)
                 if fut is not None and not fut.done():
                     fut.set_result(msg)
@@ -221,7 +225,33 @@ class WorkerHandle:
             raise errors.Internal(f"the worker answered ListKv with {type(reply).__name__}")
         return dict(reply.locations)
 
-    async def _call(self, call: ForkSession | ListKv, timeout_s: float) -> Reply:
+    async def tokenize(
+        self,
+        *,
+        text: str | None = None,
+        job: Job | None = None,
+        add_special: bool = False,
+        parse_special: bool = False,
+        timeout_s: float = 60.0,
+    ) -> tuple[list[int], list[bytes]]:
+        """Tokens (and their bytes) of raw text, or of a job's prompt."""
+        call = Tokenize(next_request_id(), text, job, add_special, parse_special)
+        return self._tokens(await self._call(call, timeout_s))
+
+    async def detokenize(
+        self, tokens: list[int], *, special: bool, timeout_s: float = 60.0
+    ) -> list[bytes]:
+        """Each token's bytes."""
+        reply = await self._call(Detokenize(next_request_id(), tokens, special), timeout_s)
+        return self._tokens(reply)[1]
+
+    @staticmethod
+    def _tokens(reply: Reply) -> tuple[list[int], list[bytes]]:
+        if not isinstance(reply, Tokens):
+            raise errors.Internal(f"the worker answered with {type(reply).__name__}")
+        return list(reply.tokens), list(reply.pieces)
+
+    async def _call(self, call: Call, timeout_s: float) -> Reply:
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._calls[call.call_id] = fut
         try:

@@ -17,9 +17,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from edged.backends import toolkit
-from edged.backends.base import Capabilities, Event, Job, LoadSpec
+from edged.backends.base import Capabilities, Event, Job, LoadSpec, TokenLogprob
 from edged.backends.kvstore import KVTiers, SavedState
+from edged.backends.llamacpp import grammar
 from edged.backends.llamacpp.info import INFO
 from edged.backends.llamacpp.layout import compaction_swaps, keeps_one_run
 from edged.backends.llamacpp.native import (
@@ -29,12 +32,23 @@ from edged.backends.llamacpp.native import (
     gpu_offload_supported,
     offload_for,
 )
-from edged.common.errors import EdgedError, FailedPrecondition, Internal
+from edged.common.errors import EdgedError, FailedPrecondition, Internal, InvalidArgument
 
 log = logging.getLogger(__name__)
 
 PREFILL_CHUNK = 512
 MIN_SHARED_PREFIX = 16  # tokens; shorter common prefixes are cheaper to prefill
+MAX_LOGPROBS = 20  # alternatives per token a request may ask for
+# Infill prompts are laid out as llama-server lays them out. The window around
+# the cursor is its default batch of 2048 tokens, or half the context when that
+# is smaller: the prefix keeps its last 3/4, the suffix its first 1/4; extra
+# files fill what the context has left after the window and max_tokens.
+FIM_BATCH = 2048
+FIM_NEEDED = ("pre", "suf", "mid")
+NO_FIM = (
+    "this model was not trained for infill: its vocabulary has no fill-in-the-middle "
+    "tokens (fim_pre, fim_suf, fim_mid); use a code model that has them"
+)
 
 
 @dataclass
@@ -99,6 +113,8 @@ class LlamaEngine(toolkit.EngineCore[Request]):
         self._spec = spec
         self._slots = [Slot(seq=i) for i in range(n_seq)]
         self._layout_changed = False  # a request started or ended since the last compaction
+        self._fim = self._model.fim_tokens()
+        can_infill = all(k in self._fim for k in FIM_NEEDED)
         caps = Capabilities(
             backend=INFO.name,
             device=spec.device,
@@ -108,6 +124,13 @@ class LlamaEngine(toolkit.EngineCore[Request]):
             batching=True,
             session_kv=True,
             gpu_layers=self._gpu_layers,
+            response_formats=("json_object", "json_schema", "grammar", "regex"),
+            grammar_syntaxes=("gbnf",),
+            tools=True,
+            infill=can_infill,
+            infill_refusal="" if can_infill else NO_FIM,
+            max_logprobs=MAX_LOGPROBS,
+            tokenize=True,
         )
         super().__init__(
             caps,
@@ -176,6 +199,58 @@ class LlamaEngine(toolkit.EngineCore[Request]):
 
     def _tokenize(self, text: str, add_special: bool) -> list[int]:
         return self._model.tokenize(text, add_special=add_special, parse_special=True)
+
+    def _tokenize_parts(self, parts: list[tuple[str, bool]], add_special: bool) -> list[int]:
+        """The template's text may spell control tokens; message content never does."""
+        tokens: list[int] = []
+        for i, (text, is_content) in enumerate(parts):
+            bos = add_special and i == 0
+            tokens += self._model.tokenize(text, add_special=bos, parse_special=not is_content)
+        return tokens
+
+    def _prepare(self, job: Job) -> object:
+        """The job's grammar, parsed once to refuse a bad one before it waits."""
+        c = toolkit.effective_constraint(job)
+        if c is None:
+            return None
+        gbnf = grammar.to_gbnf(c)
+        grammar.check_gbnf(self._model.vocab, gbnf)
+        return gbnf
+
+    def _encode_infill(self, job: Job) -> list[int]:
+        """Tokens exactly as llama-server's format_prompt_infill lays them out
+        (repo-level FIM: extra files first, then prefix, suffix, middle)."""
+        fill = job.infill
+        assert fill is not None
+        if not all(k in self._fim for k in FIM_NEEDED):
+            raise FailedPrecondition(NO_FIM)
+
+        def text(t: str) -> list[int]:
+            return self._model.tokenize(t, add_special=False, parse_special=False)
+
+        fim = self._fim
+        extra: list[int] = []
+        if "rep" in fim:
+            extra += [fim["rep"], *text("myproject\n")]
+        for filename, chunk in fill.extra:
+            if "sep" in fim:
+                extra += [fim["sep"], *text((filename or "tmp") + "\n")]
+            else:
+                extra += text("\n\n--- snippet ---\n\n")
+            extra += text(chunk)
+        if "sep" in fim:
+            extra += [fim["sep"], *text("filename\n")]
+        prefix, suffix, typed = text(fill.prefix), text(fill.suffix), text(fill.prompt)
+        n_batch = min(FIM_BATCH, self._n_ctx_seq // 2)
+        n_prefix = min(len(prefix), 3 * (n_batch // 4))
+        n_suffix = min(len(suffix), max(0, n_batch // 4 - (2 + len(typed))))
+        n_predict = job.sampling.max_tokens or self._n_ctx_seq // 4
+        n_extra = min(max(0, self._n_ctx_seq - n_batch - n_predict), len(extra))
+        head = [fim["pre"], *prefix[len(prefix) - n_prefix :], *typed]
+        if self._model.add_bos():
+            head.insert(0, self._model.bos())
+        tail = [fim["suf"], *suffix[:n_suffix]]
+        return [*extra[len(extra) - n_extra :], *head, *tail, fim["mid"]]
 
     def _pick_slot(self, job: Job, prompt: list[int]) -> Slot | None:
         if job.session_id is not None:
@@ -250,11 +325,17 @@ class LlamaEngine(toolkit.EngineCore[Request]):
         self._ctx.seq_rm(target.seq, best_n, -1)
         target.tokens = list(prompt[:best_n])
 
-    def _start(self, job: Job, prompt: list[int]) -> Request | None:
+    def _start(self, job: Job, prompt: list[int], prepared: object) -> Request | None:
         slot = self._pick_slot(job, prompt)
         if slot is None:
             return None
-        sampler = NativeSampler(self._model, job.sampling, toolkit.request_seed(job.sampling))
+        seed = toolkit.request_seed(job.sampling)
+        if isinstance(prepared, str):
+            sampler: NativeSampler = grammar.ConstrainedSampler(
+                self._model, job.sampling, seed, prepared
+            )
+        else:
+            sampler = NativeSampler(self._model, job.sampling, seed)
         try:
             resident = job.session_id is not None and slot.session_id == job.session_id
             restored = "" if resident else self._restore(job, slot)
@@ -384,6 +465,8 @@ class LlamaEngine(toolkit.EngineCore[Request]):
             if r.pending is None:
                 r.t.t_prefilled = now
             token = r.sampler.sample(self._ctx, index)
+            if r.job.logprobs is not None and not self._model.is_eog(token):
+                r.logprobs.append(self._logprob(index, token, r.job.logprobs))
             self._on_token(r, token, now, events)
 
     def _on_token(self, r: Request, token: int, now: float, events: list[Event]) -> None:
@@ -393,6 +476,36 @@ class LlamaEngine(toolkit.EngineCore[Request]):
             self._finish(r, "stop", events)
         elif not self._on_text_token(r, self._model.piece(token), events):
             r.pending = token
+
+    def _logprob(self, index: int, token: int, top: int) -> TokenLogprob:
+        """The model's log-probabilities at batch entry ``index``: a log-softmax of
+        its logits (before temperature, truncation and penalties)."""
+        logits = self._ctx.logits(index).astype(np.float64)
+        peak = float(logits.max())
+        logz = peak + float(np.log(np.exp(logits - peak).sum()))
+        alternatives: tuple[tuple[int, bytes, float], ...] = ()
+        if top:
+            best = np.argpartition(logits, -top)[-top:]
+            best = best[np.argsort(-logits[best], kind="stable")]
+            alternatives = tuple(
+                (int(t), self._model.piece(int(t)), float(logits[t]) - logz) for t in best
+            )
+        return TokenLogprob(
+            token, self._model.piece(token), float(logits[token]) - logz, alternatives
+        )
+
+    # ------------------------------------------------------------ tokens
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        return self._model.tokenize(text, add_special=add_special, parse_special=parse_special)
+
+    def pieces(self, tokens: list[int], *, special: bool) -> list[bytes]:
+        bad = [t for t in tokens if not self._model.valid_token(t)]
+        if bad:
+            raise InvalidArgument(
+                f"token {bad[0]} is not in the vocabulary (0-{self._model.n_vocab() - 1})"
+            )
+        return self._model.pieces(tokens, special=special)
 
     def _release(self, r: Request, reason: str) -> None:
         r.sampler.free()

@@ -38,6 +38,11 @@ def _log_callback_silence() -> None:
 _QUIET: Any = None
 
 
+def restore_log_callback() -> None:
+    """Back to edged's log callback after a call that captured llama.cpp's log."""
+    lc.llama_log_set(_QUIET, ctypes.c_void_p(0))
+
+
 # llama_get_logits returning the address as an int: llama-cpp-python's binding
 # returns a float pointer, and turning that into an address (ctypes.cast) costs
 # more than the call itself right after a decode, when Python's caches are cold.
@@ -150,6 +155,22 @@ class NativeModel:
     def n_ctx_train(self) -> int:
         return int(lc.llama_model_n_ctx_train(self.model))
 
+    def n_vocab(self) -> int:
+        return int(lc.llama_vocab_n_tokens(self.vocab))
+
+    def fim_tokens(self) -> dict[str, int]:
+        """The vocabulary's fill-in-the-middle tokens that exist ("pre", "suf",
+        "mid", "pad", "rep", "sep"); -1 from llama.cpp means absent."""
+        found = {
+            "pre": lc.llama_vocab_fim_pre(self.vocab),
+            "suf": lc.llama_vocab_fim_suf(self.vocab),
+            "mid": lc.llama_vocab_fim_mid(self.vocab),
+            "pad": lc.llama_vocab_fim_pad(self.vocab),
+            "rep": lc.llama_vocab_fim_rep(self.vocab),
+            "sep": lc.llama_vocab_fim_sep(self.vocab),
+        }
+        return {k: int(v) for k, v in found.items() if int(v) >= 0}
+
     def token_text(self, token: int) -> str:
         raw = lc.llama_vocab_get_text(self.vocab, token)
         return raw.decode("utf-8", errors="replace") if raw else ""
@@ -189,13 +210,20 @@ class NativeModel:
             data = self._pieces[token] = self._piece(token)
         return data
 
-    def _piece(self, token: int) -> bytes:
+    def _piece(self, token: int, special: bool = False) -> bytes:
         buf = ctypes.create_string_buffer(64)
-        n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
-            n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+            n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         return buf.raw[:n]
+
+    def pieces(self, tokens: list[int], *, special: bool) -> list[bytes]:
+        """Each token's bytes; ``special`` renders control tokens as their text."""
+        return [self._piece(t, special) for t in tokens]
+
+    def valid_token(self, token: int) -> bool:
+        return 0 <= token < self.n_vocab()
 
     def free(self) -> None:
         if self.model:
@@ -349,23 +377,8 @@ class NativeSampler:
         # it skips building llama.cpp's 49k-entry candidate array every token
         # (~0.2 ms here, 2% of a decode step). Same result: the first maximum.
         self._argmax = s.temperature <= 0.0 and s.repeat_penalty == 1.0
-        params = lc.llama_sampler_chain_default_params()
-        params.no_perf = True
-        chain = lc.llama_sampler_chain_init(params)
-        add = lc.llama_sampler_chain_add
-        if s.repeat_penalty != 1.0:
-            n_vocab = lc.llama_vocab_n_tokens(model.vocab)
-            add(chain, lc.llama_sampler_init_penalties(n_vocab, 64, s.repeat_penalty, 0.0, 0.0))
-        if s.temperature <= 0.0:
-            add(chain, lc.llama_sampler_init_greedy())
-        else:
-            if s.top_k > 0:
-                add(chain, lc.llama_sampler_init_top_k(s.top_k))
-            add(chain, lc.llama_sampler_init_top_p(s.top_p, 1))
-            if s.min_p > 0.0:
-                add(chain, lc.llama_sampler_init_min_p(s.min_p, 1))
-            add(chain, lc.llama_sampler_init_temp(s.temperature))
-            add(chain, lc.llama_sampler_init_dist(seed))
+        chain = new_chain(truncation(model, s))
+        lc.llama_sampler_chain_add(chain, final_choice(s, seed))
         self.chain = chain
 
     def sample(self, ctx: NativeContext, index: int) -> int:
@@ -377,3 +390,36 @@ class NativeSampler:
         if self.chain:
             lc.llama_sampler_free(self.chain)
             self.chain = None
+
+
+def new_chain(samplers: list[Any]) -> Any:
+    """A llama.cpp sampler chain of ``samplers`` (the chain owns them)."""
+    params = lc.llama_sampler_chain_default_params()
+    params.no_perf = True
+    chain = lc.llama_sampler_chain_init(params)
+    for sampler in samplers:
+        lc.llama_sampler_chain_add(chain, sampler)
+    return chain
+
+
+def truncation(model: NativeModel, s: Sampling) -> list[Any]:
+    """A request's samplers before the final choice: penalties, then (when it
+    samples) top-k, top-p, min-p and temperature."""
+    out = []
+    if s.repeat_penalty != 1.0:
+        out.append(lc.llama_sampler_init_penalties(model.n_vocab(), 64, s.repeat_penalty, 0.0, 0.0))
+    if s.temperature > 0.0:
+        if s.top_k > 0:
+            out.append(lc.llama_sampler_init_top_k(s.top_k))
+        out.append(lc.llama_sampler_init_top_p(s.top_p, 1))
+        if s.min_p > 0.0:
+            out.append(lc.llama_sampler_init_min_p(s.min_p, 1))
+        out.append(lc.llama_sampler_init_temp(s.temperature))
+    return out
+
+
+def final_choice(s: Sampling, seed: int) -> Any:
+    """Greedy at temperature 0, else a seeded draw."""
+    return (
+        lc.llama_sampler_init_greedy() if s.temperature <= 0.0 else lc.llama_sampler_init_dist(seed)
+    )

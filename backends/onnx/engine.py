@@ -24,17 +24,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnxruntime_genai as og
 
 from edged.backends import toolkit
-from edged.backends.base import Capabilities, Event, Job, LoadSpec, Sampling
+from edged.backends.base import Capabilities, Event, Job, LoadSpec, Sampling, TokenLogprob
 from edged.backends.onnx.info import INFO
 from edged.common import onnx_folder
-from edged.common.errors import EdgedError, Internal, InvalidModelFile
+from edged.common.errors import EdgedError, Internal, InvalidArgument, InvalidModelFile
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_SAMPLING = ("max_tokens", "temperature", "top_p", "top_k", "repeat_penalty", "seed")
+MAX_LOGPROBS = 20
+# edged's constraint kinds as onnxruntime-genai's guidance types
+GUIDANCE = {"json_schema": "json_schema", "regex": "regex", "grammar": "lark_grammar"}
 # onnxruntime-genai's random_seed is a signed 32-bit int: edged's seeds (up to
 # 2^32 - 2) are folded into it, so one seed always means the same generator.
 ORT_SEED_MASK = 0x7FFFFFFF
@@ -52,6 +56,7 @@ class _Gen:
     session_id: str | None
     busy: bool = False
     last_used: float = 0.0
+    constrained: bool = False  # built with guidance: never reused for another turn
 
 
 @dataclass(eq=False, kw_only=True)
@@ -94,7 +99,14 @@ class OnnxEngine(toolkit.EngineCore[_Req]):
             sampling=SUPPORTED_SAMPLING,
             kv_tiers=False,
             fork=False,
+            # onnxruntime-genai's guidance (llguidance): JSON schema, regex, Lark grammars
+            response_formats=("json_object", "json_schema", "grammar", "regex"),
+            grammar_syntaxes=("lark",),
+            tools=True,
+            max_logprobs=MAX_LOGPROBS,
+            tokenize=True,
         )
+        self._controls = _special_texts(tok_cfg)
         model = onnx_folder.model_section(genai)
         super().__init__(
             caps,
@@ -130,21 +142,50 @@ class OnnxEngine(toolkit.EngineCore[_Req]):
         # onnxruntime-genai's tokenizer adds the model's special tokens itself
         return [int(t) for t in self._tokenizer.encode(text)]
 
-    def _start(self, job: Job, prompt: list[int]) -> _Req | None:
+    def _prepare(self, job: Job) -> object:
+        """(guidance type, data) for a constrained job, else None."""
+        c = toolkit.effective_constraint(job)
+        if c is None:
+            return None
+        if c.kind == "json_object":
+            return ("json_schema", json.dumps({"type": "object"}))
+        return (GUIDANCE[c.kind], c.text)
+
+    def _tokenize_parts(self, parts: list[tuple[str, bool]], add_special: bool) -> list[int]:
+        """onnxruntime-genai's tokenizer reads control-token text as control tokens:
+        a message that spells one is refused instead of forging a turn."""
+        for text, is_content in parts:
+            found = next((c for c in self._controls if is_content and c in text), None)
+            if found is not None:
+                raise InvalidArgument(
+                    f"a message contains the control token {found!r}, which the {INFO.name} "
+                    "backend cannot keep as plain text; remove it or use a backend that can "
+                    "(llama.cpp)"
+                )
+        return super()._tokenize_parts(parts, add_special)
+
+    def pieces(self, tokens: list[int], *, special: bool) -> list[bytes]:
+        return [self._tokenizer.decode([t]).encode("utf-8") for t in tokens]
+
+    def _start(self, job: Job, prompt: list[int], prepared: object) -> _Req | None:
         if sum(1 for g in self._gens if g.busy) >= self._max_seq:
             return None
         gen = self._session_generator(job.session_id)
         if gen is not None and gen.busy:
             return None  # the session's previous turn is still running
         key = _search_key(job.sampling)
-        cached = self._reuse(gen, job, prompt, key) if gen is not None else 0
+        guidance = prepared if isinstance(prepared, tuple) else None
+        # a grammar's state lives in its generator: a constrained turn never reuses one
+        reusable = gen is not None and guidance is None and gen.key == key
+        cached = self._reuse(gen, job, prompt, key) if gen is not None and reusable else 0
         if gen is not None and cached == 0:
             self._gens.remove(gen)
             gen = None
         resident = gen is not None
         if gen is None:
             self._make_room()
-            gen = _Gen(self._new_generator(job.sampling), [], key, job.session_id)
+            generator = self._new_generator(job.sampling, guidance)
+            gen = _Gen(generator, [], key, job.session_id, constrained=guidance is not None)
             self._gens.append(gen)
         gen.busy = True
         return _Req.begin(
@@ -177,8 +218,13 @@ class OnnxEngine(toolkit.EngineCore[_Req]):
                 return 0
         return cached
 
-    def _new_generator(self, s: Sampling) -> Any:
+    def _new_generator(self, s: Sampling, guidance: tuple[str, str] | None = None) -> Any:
         params = og.GeneratorParams(self._model)
+        if guidance is not None:
+            try:
+                params.set_guidance(*guidance)
+            except Exception as exc:  # onnxruntime-genai raises plain RuntimeError
+                raise InvalidArgument(f"onnxruntime-genai refused the constraint: {exc}") from exc
         opts: dict[str, Any] = {
             "max_length": self._n_ctx,
             "do_sample": s.temperature > 0.0,
@@ -222,6 +268,9 @@ class OnnxEngine(toolkit.EngineCore[_Req]):
         if g.is_done() or len(r.gen.tokens) >= self._n_ctx:
             self._finish(r, "context_full" if not g.is_done() else "stop", events)
             return
+        # the logits this step samples from: after generate_next_token, get_logits
+        # already holds the next position's
+        logits = g.get_logits() if r.job.logprobs is not None else None
         g.generate_next_token()
         token = int(g.get_next_tokens()[0])
         if r.t.completion == 0:
@@ -230,14 +279,48 @@ class OnnxEngine(toolkit.EngineCore[_Req]):
         if g.is_done():  # end of generation token (or max_length)
             self._finish(r, "stop", events)
             return
+        if logits is not None and r.job.logprobs is not None:
+            r.logprobs.append(self._logprob(logits, token, r.job.logprobs))
         self._on_text_token(r, r.tok_stream.decode(token).encode("utf-8"), events)
+
+    def _logprob(self, step_logits: Any, token: int, top: int) -> TokenLogprob:
+        """A log-softmax of the step's logits (before temperature and truncation)."""
+        raw = np.asarray(step_logits, dtype=np.float64)
+        logits = raw.reshape(-1, raw.shape[-1])[-1]  # the last position's row
+        peak = float(logits.max())
+        logz = peak + float(np.log(np.exp(logits - peak).sum()))
+        piece = self._tokenizer.decode([token]).encode("utf-8")
+        alternatives: tuple[tuple[int, bytes, float], ...] = ()
+        if top:
+            best = np.argpartition(logits, -top)[-top:]
+            best = best[np.argsort(-logits[best], kind="stable")]
+            alternatives = tuple(
+                (int(t), self._tokenizer.decode([int(t)]).encode("utf-8"), float(logits[t]) - logz)
+                for t in best
+            )
+        return TokenLogprob(token, piece, float(logits[token]) - logz, alternatives)
 
     def _release(self, r: _Req, reason: str) -> None:
         r.gen.busy = False
         r.gen.last_used = time.monotonic()
-        keep = r.job.session_id is not None and reason != "failed"
+        keep = r.job.session_id is not None and reason != "failed" and not r.gen.constrained
         if not keep and r.gen in self._gens:
             self._gens.remove(r.gen)
+
+
+def _special_texts(tok_cfg: dict[str, Any]) -> tuple[str, ...]:
+    """The text of every special token tokenizer_config.json declares."""
+    decoder = tok_cfg.get("added_tokens_decoder")
+    texts = set()
+    if isinstance(decoder, dict):
+        for entry in decoder.values():
+            if isinstance(entry, dict) and entry.get("special") and entry.get("content"):
+                texts.add(str(entry["content"]))
+    for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
+        text = onnx_folder.token_text(tok_cfg.get(key))
+        if text:
+            texts.add(text)
+    return tuple(sorted(texts, key=len, reverse=True))
 
 
 def _threads_overlay(threads: int) -> dict[str, Any]:

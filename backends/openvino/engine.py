@@ -30,6 +30,7 @@ tokenizer are paid on every load.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -45,7 +46,7 @@ import openvino as ov
 import openvino_genai as og
 
 from edged.backends import toolkit
-from edged.backends.base import Capabilities, Chunk, Event, Job, LoadSpec, Sampling
+from edged.backends.base import Capabilities, Event, Job, LoadSpec, Sampling
 from edged.backends.openvino.info import INFO
 from edged.common.errors import (
     EdgedError,
@@ -154,6 +155,11 @@ class OpenVinoEngine(toolkit.EngineCore[_Req]):
             session_kv=True,
             kv_tiers=False,
             fork=False,
+            # openvino-genai's structured output (xgrammar): JSON schema, regex, EBNF
+            response_formats=("json_object", "json_schema", "grammar", "regex"),
+            grammar_syntaxes=("ebnf",),
+            tools=True,
+            tokenize=True,
         )
         metadata = {
             "model.format": fmt,
@@ -293,8 +299,43 @@ class OpenVinoEngine(toolkit.EngineCore[_Req]):
         enc = self._tokenizer.encode(text, add_special_tokens=add_special)
         return [int(t) for t in enc.input_ids.data[0]]
 
-    def _config(self, s: Sampling, limit: int) -> Any:
+    def _prepare(self, job: Job) -> object:
+        """The job's structured-output config (openvino-genai checks it when the
+        request is added: a bad one fails the request then, naming the problem)."""
+        c = toolkit.effective_constraint(job)
+        if c is None:
+            return None
+        if c.kind == "json_object":
+            return og.StructuredOutputConfig(json_schema=json.dumps({"type": "object"}))
+        if c.kind == "json_schema":
+            return og.StructuredOutputConfig(json_schema=c.text)
+        if c.kind == "regex":
+            return og.StructuredOutputConfig(regex=c.text)
+        return og.StructuredOutputConfig(grammar=c.text)
+
+    def _tokenize_parts(self, parts: list[tuple[str, bool]], add_special: bool) -> list[int]:
+        """OpenVINO's tokenizer always reads control-token text as control tokens:
+        a message that spells one is refused instead of forging a turn."""
+        for text, is_content in parts:
+            if is_content:
+                ids = self._tokenize(text, False)
+                plain = self._tokenizer.decode(ids, skip_special_tokens=True)
+                if plain != self._tokenizer.decode(ids, skip_special_tokens=False):
+                    raise InvalidArgument(
+                        "a message contains the text of a control token, which the "
+                        f"{INFO.name} backend cannot keep as plain text; remove it or use a "
+                        "backend that can (llama.cpp)"
+                    )
+        return super()._tokenize_parts(parts, add_special)
+
+    def pieces(self, tokens: list[int], *, special: bool) -> list[bytes]:
+        decode = self._tokenizer.decode
+        return [decode([t], skip_special_tokens=not special).encode("utf-8") for t in tokens]
+
+    def _config(self, s: Sampling, limit: int, structured: object = None) -> Any:
         cfg = self._pipe.get_config()
+        if structured is not None:
+            cfg.structured_output_config = structured
         cfg.max_new_tokens = limit
         cfg.repetition_penalty = s.repeat_penalty
         cfg.stop_strings = set()  # edged's TextStream handles stop strings
@@ -320,7 +361,7 @@ class OpenVinoEngine(toolkit.EngineCore[_Req]):
         resident = own is not None and reused_prefix(prompt, own, self._block) > 0
         return cached, toolkit.kv_source(job, resident=resident, cached=cached)
 
-    def _start(self, job: Job, prompt: list[int]) -> _Req | None:
+    def _start(self, job: Job, prompt: list[int], prepared: object) -> _Req | None:
         if len(self._active) >= self._max_seq:
             return None
         if job.session_id is not None and any(
@@ -333,7 +374,7 @@ class OpenVinoEngine(toolkit.EngineCore[_Req]):
         cached, source = self._cached(job, prompt)
         try:
             handle = self._pipe.add_request(
-                self._new_id(), _tensor(prompt), self._config(job.sampling, limit)
+                self._new_id(), _tensor(prompt), self._config(job.sampling, limit, prepared)
             )
         except RuntimeError as exc:
             raise Internal(f"openvino: {_library_reason(exc)}") from exc
@@ -417,10 +458,7 @@ class OpenVinoEngine(toolkit.EngineCore[_Req]):
         before = decode(r.text_ids[r.prefix : r.read], skip_special_tokens=True)
         rest = decode(r.text_ids[r.prefix :], skip_special_tokens=True)[len(before) :]
         r.read = len(r.text_ids)
-        text = r.stream.feed(rest.encode("utf-8"))
-        if text:
-            events.append(Chunk(r.job.request_id, text, r.t.unsent))
-            r.t.unsent = 0
+        self._chunk(r, r.stream.feed(rest.encode("utf-8")), events)
 
     def _release(self, r: _Req, reason: str) -> None:
         if reason in ("cancelled", "stop_sequence"):

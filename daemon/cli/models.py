@@ -276,6 +276,7 @@ def _show_text(reply: pb.ShowModelResponse) -> str:
         ("source", m.source or "-"),
         ("modified", render.ago(m.modified_unix_ms)),
         ("chat template", "yes" if m.has_chat_template else "no"),
+        ("capabilities", ", ".join(reply.capabilities) or "-"),
     ]
     text = "  Model\n" + "\n".join(f"    {key:<18}{value}" for key, value in rows)
     if reply.variants:

@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from edged.backends.base import Chunk, Done, Job
+from edged.backends.base import Chunk, Done, Job, ToolCall, ToolCallDelta
 from edged.common.errors import InvalidArgument
+from edged.daemon import controls
 from edged.daemon.app import App
 from edged.daemon.config import MAX_STREAM_INTERVAL_MS
 from edged.daemon.scheduler import LoadOptions, ResolvedModel
-from edged.daemon.wire import stats_to
+from edged.daemon.wire import chunk_to, stats_to
 from edged.models_registry.settings import MAX_CONTEXT, MIN_CONTEXT, check_keep_alive
 from edged.models_registry.settings import ModelSettings as Settings
 from edged.v1 import edged_pb2 as pb
@@ -71,12 +72,43 @@ def load_options(
     )
 
 
+def job_controls(request: Any) -> dict[str, Any]:
+    """The controls of a GenerateRequest or SendRequest (the same fields) as Job
+    keyword arguments, checked (see :mod:`edged.daemon.controls`)."""
+    tools = controls.tools_from(request.tools)
+    return {
+        "constraint": controls.constraint_from(request.response_format),
+        "tools": tools,
+        "tool_choice": controls.tool_choice_from(request.tool_choice, tools),
+        "parallel_tool_calls": (
+            request.parallel_tool_calls if request.HasField("parallel_tool_calls") else True
+        ),
+        "logprobs": controls.logprobs_from(request),
+    }
+
+
 @dataclass
 class Outcome:
     """What a finished generation produced (sessions record it as the turn)."""
 
     text: list[str] = field(default_factory=list)
+    calls: dict[int, list[ToolCallDelta]] = field(default_factory=dict)
     done: Done | None = None
+
+    def add(self, chunk: Chunk) -> None:
+        self.text.append(chunk.text)
+        for d in chunk.tool_calls:
+            self.calls.setdefault(d.index, []).append(d)
+
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        """The reply's tool calls, their streamed parts joined."""
+        out = []
+        for index in sorted(self.calls):
+            parts = self.calls[index]
+            call_id = next((p.id for p in parts if p.id), "")
+            name = next((p.name for p in parts if p.name), "")
+            out.append(ToolCall(call_id, name, "".join(p.arguments for p in parts)))
+        return tuple(out)
 
 
 async def resolve_request(
@@ -84,15 +116,37 @@ async def resolve_request(
 ) -> tuple[ResolvedModel, LoadOptions]:
     """The model a GenerateRequest or LoadRequest names, and what it asks of its
     worker (both carry model, backend, device, keep_alive_s, context_length)."""
-    if not request.model:
-        raise InvalidArgument("model is required (for example: smollm2)")
-    device = check_device(request.device)
-    model = await asyncio.to_thread(app.selection.resolve, request.model, request.backend, device)
-    options = load_options(
-        app.selection.model_settings(model.name),
+    return await resolve_model(
+        app,
+        request.model,
+        backend=request.backend,
+        device=request.device,
         keep_alive_s=request.keep_alive_s if request.HasField("keep_alive_s") else None,
         context_length=request.context_length,
-        backend=request.backend,
+        pin=pin,
+    )
+
+
+async def resolve_model(
+    app: App,
+    name: str,
+    *,
+    backend: str = "",
+    device: str = "",
+    keep_alive_s: float | None = None,
+    context_length: int = 0,
+    pin: bool | None = None,
+) -> tuple[ResolvedModel, LoadOptions]:
+    """A model name (and optional backend/device) resolved for a request."""
+    if not name:
+        raise InvalidArgument("model is required (for example: smollm2)")
+    device = check_device(device)
+    model = await asyncio.to_thread(app.selection.resolve, name, backend, device)
+    options = load_options(
+        app.selection.model_settings(model.name),
+        keep_alive_s=keep_alive_s,
+        context_length=context_length,
+        backend=backend,
         device=device,
         pin=pin,
     )
@@ -113,8 +167,8 @@ async def stream_generation(
             if first is None:
                 first = time.perf_counter()
             if outcome is not None:
-                outcome.text.append(event.text)
-            yield pb.GenerateChunk(text=event.text, tokens=event.tokens)
+                outcome.add(event)
+            yield chunk_to(event)
             continue
         stats = stats_to(event.stats, **_backend_device(app, model))
         if first is not None:

@@ -8,11 +8,13 @@ from typing import Any
 from edged.backends.base import Job
 from edged.backends.chat_template import validate_messages
 from edged.common.errors import InvalidArgument
+from edged.daemon import controls
 from edged.daemon.app import App
 from edged.daemon.request_ids import next_request_id
 from edged.daemon.services import _errors
 from edged.daemon.services.generation import (
     deadline_of,
+    job_controls,
     resolve_request,
     stream_generation,
     stream_interval_s,
@@ -41,14 +43,17 @@ class InferenceService(pbg.InferenceServicer):  # type: ignore[misc]
             messages = messages_from(request.chat)
             validate_messages(messages)
             text = {"messages": with_system_prompt(messages, model.system_prompt)}
+        elif which == "infill":
+            text = {"infill": controls.infill_from(request.infill)}
         else:
-            raise InvalidArgument("set either prompt or chat")
+            raise InvalidArgument("set one of prompt, chat or infill")
         job = Job(
             next_request_id(),
             sampling_from(request.sampling, model.sampling_defaults),
             deadline=deadline_of(context),
             stream_interval_s=stream_interval_s(self.app, request),
             **text,
+            **job_controls(request),
         )
         async for chunk in stream_generation(self.app, model, job, options=options):
             yield chunk

@@ -14,15 +14,18 @@ from typing import Any
 import psutil
 
 from edged.backends import registry
-from edged.backends.base import Capabilities
+from edged.backends.base import Capabilities, Job, Sampling
+from edged.backends.chat_template import ChatTemplate
 from edged.common.errors import InvalidArgument
 from edged.common.gguf import read_gguf_info
+from edged.daemon import controls
 from edged.daemon.app import App
 from edged.daemon.hardware.report import memory_pb, ranking_fields
 from edged.daemon.scheduler import LoadedInfo, Scheduler
 from edged.daemon.selection import Selection, variant_digest
 from edged.daemon.services import _errors
-from edged.daemon.services.generation import resolve_request
+from edged.daemon.services.generation import resolve_model, resolve_request
+from edged.daemon.wire import check_text, messages_from, with_system_prompt
 from edged.models_registry.convert import convert_to_onnx
 from edged.models_registry.manifest import Manifest, Variant
 from edged.models_registry.names import ModelRef
@@ -65,6 +68,12 @@ def _caps(c: Capabilities) -> pb.BackendCapabilities:
         fork=c.fork,
         grammar=c.grammar,
         sampling=c.sampling,
+        response_formats=c.response_formats,
+        grammar_syntaxes=c.grammar_syntaxes,
+        tools=c.tools,
+        infill=c.infill,
+        max_logprobs=c.max_logprobs,
+        tokenize=c.tokenize,
     )
 
 
@@ -86,6 +95,26 @@ def settings_from(msg: pb.ModelSettings) -> ModelSettings:
         pinned=msg.pinned,
         context_length=msg.context_length,
     )
+
+
+# GGUF keys naming fill-in-the-middle tokens (llama.cpp reads both spellings)
+FIM_KEYS = (
+    ("tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.prefix_token_id"),
+    ("tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.suffix_token_id"),
+    ("tokenizer.ggml.fim_mid_token_id", "tokenizer.ggml.middle_token_id"),
+)
+
+
+def model_capabilities(template: str, metadata: dict[str, str]) -> list[str]:
+    """What a model's files say it can do: "completion", "chat", "tools", "infill"."""
+    caps = ["completion"]
+    if template:
+        caps.append("chat")
+        if ChatTemplate(template).knows_tools:
+            caps.append("tools")
+    if all(any(k in metadata for k in keys) for keys in FIM_KEYS):
+        caps.append("infill")
+    return caps
 
 
 def show_fields(selection: Selection, model: str) -> dict[str, Any]:
@@ -202,6 +231,7 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
             template, metadata = info.chat_template, info.metadata
         return pb.ShowModelResponse(
             model=model_info(ref.name, ref.tag, manifest),
+            capabilities=model_capabilities(template, metadata),
             chat_template=template,
             metadata=metadata,
             system_prompt=manifest.system_prompt,
@@ -287,3 +317,47 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
             )
         ):
             yield item
+
+    @_errors.unary
+    async def Tokenize(self, request: pb.TokenizeRequest, context: Any) -> pb.TokenizeResponse:
+        model, options = await resolve_model(self.app, request.model, backend=request.backend)
+        which = request.WhichOneof("input")
+        if which == "text":
+            tokens, pieces = await self.app.scheduler.tokenize(
+                model,
+                options,
+                text=check_text("the text", request.text),
+                add_special=request.add_special,
+                parse_special=request.parse_special,
+            )
+        elif which == "chat":
+            messages = messages_from(request.chat)
+            tools = controls.tools_from(request.tools)
+            job = Job(
+                0,
+                Sampling(),
+                messages=with_system_prompt(messages, model.system_prompt),
+                tools=tools,
+            )
+            tokens, pieces = await self.app.scheduler.tokenize(model, options, job=job)
+        elif which == "infill":
+            job = Job(0, Sampling(), infill=controls.infill_from(request.infill))
+            tokens, pieces = await self.app.scheduler.tokenize(model, options, job=job)
+        else:
+            raise InvalidArgument("set text, chat or infill")
+        return pb.TokenizeResponse(tokens=tokens, pieces=pieces, count=len(tokens))
+
+    @_errors.unary
+    async def Detokenize(
+        self, request: pb.DetokenizeRequest, context: Any
+    ) -> pb.DetokenizeResponse:
+        if len(request.tokens) > MAX_DETOKENIZE:
+            raise InvalidArgument(f"at most {MAX_DETOKENIZE} tokens per request")
+        model, options = await resolve_model(self.app, request.model, backend=request.backend)
+        pieces = await self.app.scheduler.detokenize(
+            model, list(request.tokens), special=request.special, options=options
+        )
+        return pb.DetokenizeResponse(text=b"".join(pieces).decode("utf-8", errors="replace"))
+
+
+MAX_DETOKENIZE = 1 << 20

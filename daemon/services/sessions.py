@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from edged.backends.base import Job
+from edged.backends.base import Job, Message
 from edged.common.errors import InvalidArgument
 from edged.daemon.app import App
 from edged.daemon.request_ids import next_request_id
@@ -15,12 +15,13 @@ from edged.daemon.services.generation import (
     Outcome,
     check_device,
     deadline_of,
+    job_controls,
     load_options,
     stream_generation,
     stream_interval_s,
 )
 from edged.daemon.sessions import SessionRecord
-from edged.daemon.wire import check_text, sampling_from
+from edged.daemon.wire import check_text, message_from, message_to, sampling_from
 from edged.v1 import edged_pb2 as pb
 from edged.v1 import edged_pb2_grpc as pbg
 
@@ -66,7 +67,10 @@ class SessionsService(pbg.SessionsServicer):  # type: ignore[misc]
     @_errors.stream
     async def Send(self, request: pb.SendRequest, context: Any) -> AsyncIterator[pb.GenerateChunk]:
         content = check_text("the message", request.content)
-        if not content.strip():
+        results = [message_from(m) for m in request.tool_results]
+        if any(m.role != "tool" for m in results):
+            raise InvalidArgument('tool_results hold role "tool" messages only')
+        if not content.strip() and not results:
             raise InvalidArgument("the message is empty")
         interval = stream_interval_s(self.app, request)
         rec = self.app.sessions.get(request.session_id)
@@ -85,24 +89,24 @@ class SessionsService(pbg.SessionsServicer):  # type: ignore[misc]
                 # the name now points at other weights: the old KV is meaningless
                 self.app.scheduler.drop_session(rec.model_digest, rec.id)
                 rec.model_digest = model.digest
+            added = [*results, *([Message("user", content)] if content else [])]
             job = Job(
                 next_request_id(),
                 sampling,
-                messages=rec.messages(content),
+                messages=rec.messages(added),
                 session_id=rec.id,
                 deadline=deadline_of(context),
                 stream_interval_s=interval,
+                **job_controls(request),
             )
             outcome = Outcome()
             async for chunk in stream_generation(self.app, model, job, outcome, options):
                 yield chunk
             done = outcome.done
             if done is not None and done.stats.finish_reason != "cancelled":
+                reply = Message("assistant", "".join(outcome.text), outcome.tool_calls())
                 self.app.sessions.append_turn(
-                    rec,
-                    content,
-                    "".join(outcome.text),
-                    done.stats.prompt_tokens + done.stats.completion_tokens,
+                    rec, added, reply, done.stats.prompt_tokens + done.stats.completion_tokens
                 )
 
     @_errors.unary
@@ -119,7 +123,7 @@ class SessionsService(pbg.SessionsServicer):  # type: ignore[misc]
         kv = await self._kv([rec])
         return pb.GetSessionResponse(
             session=session_to(rec, kv=kv.get(rec.id, "none")),
-            history=[pb.ChatMessage(role=m.role, content=m.content) for m in rec.history],
+            history=[message_to(m) for m in rec.history],
         )
 
     @_errors.unary

@@ -60,7 +60,7 @@ def test_bad_requests(daemon: Daemon) -> None:
         (chat("../../etc/passwd", "hi"), C.INVALID_ARGUMENT, ""),
         (chat("smollm2", "   "), C.INVALID_ARGUMENT, "empty"),
         (pb.GenerateRequest(model="smollm2", prompt=""), C.INVALID_ARGUMENT, ""),
-        (pb.GenerateRequest(model="smollm2"), C.INVALID_ARGUMENT, "prompt or chat"),
+        (pb.GenerateRequest(model="smollm2"), C.INVALID_ARGUMENT, "prompt, chat or infill"),
         (pb.GenerateRequest(prompt="hi"), C.INVALID_ARGUMENT, "model"),
         (chat("smollm2", "word " * 3000), C.RESOURCE_EXHAUSTED, "context"),
     ]

@@ -22,6 +22,7 @@ from edged.backends.base import (
     Job,
     Message,
     Sampling,
+    Tool,
 )
 from edged.backends.toolkit import (
     MAX_SEED,
@@ -47,17 +48,20 @@ class FakeRequest(Running):
 class FakeEngine(EngineCore[FakeRequest]):
     """Two sequences; replies are scripted per prompt text (``replies``)."""
 
-    def __init__(self, *, sampling: tuple[str, ...] = ("max_tokens", "temperature", "seed")):
+    def __init__(
+        self, *, sampling: tuple[str, ...] = ("max_tokens", "temperature", "seed"), ctx: int = 32
+    ):
         super().__init__(
             Capabilities(
                 backend="fake",
                 device="cpu",
                 formats=("fake",),
-                context_length=32,
+                context_length=ctx,
                 max_sequences=2,
                 batching=True,
                 session_kv=False,
                 sampling=sampling,
+                tools=True,
             ),
             PromptFormat(chat_template="", bos_token="<s>", eos_token="</s>", metadata={"k": "v"}),
         )
@@ -70,7 +74,7 @@ class FakeEngine(EngineCore[FakeRequest]):
         self.tokenized.append(text)
         return [ord(c) for c in text]
 
-    def _start(self, job: Job, prompt: list[int]) -> FakeRequest | None:
+    def _start(self, job: Job, prompt: list[int], prepared: object) -> FakeRequest | None:
         if self.fail_start:
             raise RuntimeError("the library broke")
         if len(self._active) >= self._caps.max_sequences:
@@ -291,3 +295,35 @@ def test_common_prefix_and_prompt_checks() -> None:
         check_prompt([], 3)
     with pytest.raises(ContextOverflow, match="is 3 tokens but the context holds 3"):
         check_prompt([1, 2, 3], 3)
+
+
+def test_tool_calls_in_a_reply_leave_as_structured_deltas() -> None:
+    eng = FakeEngine(ctx=4096)
+    eng.replies[CHATML_HI] = '{"tool_calls": [{"name": "now", "arguments": {}}]}'
+    eng.submit(Job(1, Sampling(), messages=(Message("user", "hi"),), tools=(Tool("now"),)))
+    events = run(eng, steps=500)
+    chunks = [e for e in events if isinstance(e, Chunk)]
+    assert "".join(c.text for c in chunks) == ""
+    (delta,) = [d for c in chunks for d in c.tool_calls]
+    assert (delta.index, delta.name, delta.arguments) == (0, "now", "{}")
+    assert sum(c.tokens for c in chunks) == done_of(events, 1).stats.completion_tokens
+    assert done_of(events, 1).stats.finish_reason == "tool_calls"
+
+
+def test_a_call_to_a_tool_not_offered_stays_text() -> None:
+    eng = FakeEngine(ctx=4096)
+    reply = '{"tool_calls": [{"name": "rm", "arguments": {}}]}'
+    eng.replies[CHATML_HI] = reply
+    eng.submit(Job(1, Sampling(), messages=(Message("user", "hi"),), tools=(Tool("now"),)))
+    events = run(eng, steps=500)
+    assert text_of(events, 1) == reply and done_of(events, 1).stats.finish_reason == "stop"
+
+
+CHATML_HI = (
+    "<|im_start|>system\nYou can call these tools. Each has a name, a description and the JSON "
+    'schema of its arguments:\n[{"name": "now", "description": "", "parameters": {"type": '
+    '"object", "properties": {}}}]\nTo call tools, reply with only this JSON and nothing else:\n'
+    '{"tool_calls": [{"name": "<tool name>", "arguments": {<the arguments>}}]}\nIf no tool is '
+    "needed, answer in plain text instead.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from edged.backends.base import Chunk, Done, Failed, Job, Sampling, Stats
+from edged.backends.base import (
+    Chunk,
+    Done,
+    Event,
+    Failed,
+    Job,
+    Sampling,
+    Stats,
+    TokenLogprob,
+    ToolCallDelta,
+)
 from edged.backends.outbox import Outbox, merge_chunks
 from edged.daemon.config import load_engine
 
@@ -112,3 +122,15 @@ def test_the_daemon_default_comes_from_the_environment() -> None:
     assert load_engine({"EDGED_STREAM_INTERVAL_MS": "0"}).stream_interval_ms == 0
     with pytest.raises(ValueError, match="EDGED_STREAM_INTERVAL_MS"):
         load_engine({"EDGED_STREAM_INTERVAL_MS": "20000"})
+
+
+def test_merge_keeps_tool_call_parts_and_logprobs_in_order() -> None:
+    lp = [TokenLogprob(i, b"x", -0.1 * i) for i in range(3)]
+    events: list[Event] = [
+        Chunk(1, "a", 1, logprobs=(lp[0],)),
+        Chunk(1, "", 1, tool_calls=(ToolCallDelta(0, "call_1", "t", '{"a"'),), logprobs=(lp[1],)),
+        Chunk(1, "", 1, tool_calls=(ToolCallDelta(0, arguments=": 1}"),), logprobs=(lp[2],)),
+    ]
+    (merged,) = merge_chunks(events)
+    assert isinstance(merged, Chunk) and merged.tokens == 3 and merged.logprobs == tuple(lp)
+    assert "".join(d.arguments for d in merged.tool_calls) == '{"a": 1}'

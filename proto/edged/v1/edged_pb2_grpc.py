@@ -488,6 +488,16 @@ class ModelsStub:
                 request_serializer=edged_dot_v1_dot_edged__pb2.ConvertRequest.SerializeToString,
                 response_deserializer=edged_dot_v1_dot_edged__pb2.PullProgress.FromString,
                 _registered_method=True)
+        self.Tokenize = channel.unary_unary(
+                '/edged.v1.Models/Tokenize',
+                request_serializer=edged_dot_v1_dot_edged__pb2.TokenizeRequest.SerializeToString,
+                response_deserializer=edged_dot_v1_dot_edged__pb2.TokenizeResponse.FromString,
+                _registered_method=True)
+        self.Detokenize = channel.unary_unary(
+                '/edged.v1.Models/Detokenize',
+                request_serializer=edged_dot_v1_dot_edged__pb2.DetokenizeRequest.SerializeToString,
+                response_deserializer=edged_dot_v1_dot_edged__pb2.DetokenizeResponse.FromString,
+                _registered_method=True)
 
 
 class ModelsServicer:
@@ -550,6 +560,20 @@ class ModelsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Tokenize(self, request, context):
+        """Tokens of a text, or of a chat as the model's template formats it (what the
+        prompt will cost); answered by the loaded model's worker (loading it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Detokenize(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -597,6 +621,16 @@ def add_ModelsServicer_to_server(servicer, server):
                     servicer.Convert,
                     request_deserializer=edged_dot_v1_dot_edged__pb2.ConvertRequest.FromString,
                     response_serializer=edged_dot_v1_dot_edged__pb2.PullProgress.SerializeToString,
+            ),
+            'Tokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Tokenize,
+                    request_deserializer=edged_dot_v1_dot_edged__pb2.TokenizeRequest.FromString,
+                    response_serializer=edged_dot_v1_dot_edged__pb2.TokenizeResponse.SerializeToString,
+            ),
+            'Detokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Detokenize,
+                    request_deserializer=edged_dot_v1_dot_edged__pb2.DetokenizeRequest.FromString,
+                    response_serializer=edged_dot_v1_dot_edged__pb2.DetokenizeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -842,6 +876,60 @@ class Models:
             '/edged.v1.Models/Convert',
             edged_dot_v1_dot_edged__pb2.ConvertRequest.SerializeToString,
             edged_dot_v1_dot_edged__pb2.PullProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edged.v1.Models/Tokenize',
+            edged_dot_v1_dot_edged__pb2.TokenizeRequest.SerializeToString,
+            edged_dot_v1_dot_edged__pb2.TokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Detokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edged.v1.Models/Detokenize',
+            edged_dot_v1_dot_edged__pb2.DetokenizeRequest.SerializeToString,
+            edged_dot_v1_dot_edged__pb2.DetokenizeResponse.FromString,
             options,
             channel_credentials,
             insecure,

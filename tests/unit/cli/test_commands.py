@@ -228,6 +228,7 @@ def test_show(fake: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
     doc = json.loads(capsys.readouterr().out)
     assert set(doc) == {
         "backends",
+        "capabilities",
         "model",
         "chat_template",
         "metadata",
