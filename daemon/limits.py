@@ -44,18 +44,38 @@ def server_options(limits: Limits) -> list[tuple[str, int]]:
 
 
 def _prompt_bytes(request: Any) -> int:
+    """What a request asks the model to read: its text, messages, infill and tools."""
     if isinstance(request, pb.GenerateRequest):
         which = request.WhichOneof("input")
         if which == "prompt":
-            return len(request.prompt.encode())
-        if which == "chat":
-            return sum(len(m.content.encode()) + len(m.role) for m in request.chat.messages)
-        return 0
+            size = len(request.prompt.encode())
+        elif which == "chat":
+            size = sum(_message_bytes(m) for m in request.chat.messages)
+        elif which == "infill":
+            fill = request.infill
+            texts = [fill.prefix, fill.suffix, fill.prompt]
+            texts += [t for e in fill.extra for t in (e.filename, e.text)]
+            size = sum(len(t.encode()) for t in texts)
+        else:
+            size = 0
+        return size + _tools_bytes(request.tools)
     if isinstance(request, pb.SendRequest):
-        return len(request.content.encode())
+        size = len(request.content.encode()) + _tools_bytes(request.tools)
+        return size + sum(_message_bytes(m) for m in request.tool_results)
     if isinstance(request, pb.CreateSessionRequest):
         return len(request.system_prompt.encode())
     return 0
+
+
+def _message_bytes(m: pb.ChatMessage) -> int:
+    calls = sum(len(c.name) + len(c.arguments.encode()) for c in m.tool_calls)
+    return len(m.content.encode()) + len(m.role) + calls
+
+
+def _tools_bytes(tools: Any) -> int:
+    return sum(
+        len(t.name) + len(t.description.encode()) + len(t.parameters.encode()) for t in tools
+    )
 
 
 def _max_tokens(request: Any) -> int:

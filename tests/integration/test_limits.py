@@ -59,6 +59,14 @@ def test_prompt_and_max_tokens_limits(limited: Daemon) -> None:
     err = error_of(lambda: limited.inference.Generate(chat("smollm2", "y" * 30000), timeout=30))
     assert err.code() == C.RESOURCE_EXHAUSTED
     assert "EDGED_MAX_PROMPT_BYTES" in (err.details() or "")
+    # infill text and tool definitions count too
+    big_infill = pb.GenerateRequest(model="smollm2", infill=pb.Infill(prefix="y" * 30000))
+    err = error_of(lambda: limited.inference.Generate(big_infill, timeout=30))
+    assert err.code() == C.RESOURCE_EXHAUSTED and "EDGED_MAX_PROMPT_BYTES" in (err.details() or "")
+    big_tools = chat("smollm2", "hi")
+    big_tools.tools.add(name="t", description="y" * 30000)
+    err = error_of(lambda: limited.inference.Generate(big_tools, timeout=30))
+    assert err.code() == C.RESOURCE_EXHAUSTED
     err = error_of(
         lambda: limited.inference.Generate(chat("smollm2", "hi", max_tokens=65), timeout=30)
     )
