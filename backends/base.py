@@ -291,6 +291,9 @@ class Engine(Protocol):
     def kv_locations(self) -> dict[str, str]:
         """Where each known session's KV is: "resident", "ram" or "disk"."""
 
+    def kv_bytes(self) -> dict[str, int]:
+        """Bytes of session KV in each tier ("resident", "ram", "disk") it keeps."""
+
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         """Tokens of raw text."""
 

@@ -296,6 +296,9 @@ class EngineCore(Generic[RunningT]):
     def kv_locations(self) -> dict[str, str]:
         return {}
 
+    def kv_bytes(self) -> dict[str, int]:
+        return {}
+
     def close(self) -> None:
         for r in list(self._active):
             self._active.remove(r)

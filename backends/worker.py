@@ -139,7 +139,7 @@ def _answer(eng: Engine, call: Call) -> FromWorker:
             case ForkSession(source_id=src, new_id=new):
                 return Forked(call.call_id, eng.fork_session(src, new))
             case ListKv():
-                return KvLocations(call.call_id, eng.kv_locations())
+                return KvLocations(call.call_id, eng.kv_locations(), eng.kv_bytes())
             case Tokenize(job=job) if job is not None:
                 tokens = eng.tokenize_job(job)
             case Tokenize(text=text, add_special=add, parse_special=parse):

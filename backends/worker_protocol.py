@@ -9,7 +9,7 @@ expects an answer (:data:`Call`) carries a ``call_id`` its reply repeats.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from edged.backends.base import Event, Job, ModelDescription
 
@@ -125,10 +125,12 @@ class Forked:
 
 @dataclass(frozen=True)
 class KvLocations:
-    """Answer to :class:`ListKv`: session id -> "resident", "ram" or "disk"."""
+    """Answer to :class:`ListKv`: session id -> "resident", "ram" or "disk", and
+    the bytes of saved session KV in each of those tiers."""
 
     call_id: int
     locations: dict[str, str]
+    tier_bytes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

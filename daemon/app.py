@@ -8,10 +8,11 @@ calibration runs in :mod:`.calibrator`, workers and memory in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from edged.daemon.calibrator import Calibrator
 from edged.daemon.config import ServerConfig
+from edged.daemon.metrics import Metrics
 from edged.daemon.scheduler import Scheduler
 from edged.daemon.selection import Selection
 from edged.daemon.sessions import SessionStore
@@ -26,3 +27,5 @@ class App:
     sessions: SessionStore
     selection: Selection
     calibrator: Calibrator
+    metrics: Metrics = field(default_factory=Metrics)
+    http_url: str = ""  # set once the HTTP listener is bound ("" = off)

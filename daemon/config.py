@@ -13,6 +13,13 @@ EDGED_RUNTIME_DIR      the unix socket's directory (made 0700)     user runtime 
 EDGED_SOCKET           the unix socket path                        RUNTIME/edged.sock
 EDGED_TCP              also listen on loopback ``HOST:PORT``       off
 EDGED_TOKEN_FILE       bearer token for TCP (0600)                 config dir/token
+EDGED_TOKENS_FILE      scoped tokens (hashed; edged token ...)      config dir/tokens.json
+EDGED_HTTP             HTTP listener HOST:PORT, or "off"           127.0.0.1:11435
+EDGED_ORIGINS          browser origins allowed to call the HTTP    none
+                       API (comma-separated, e.g. http://x:3000)
+EDGED_HTTP_ANON        scopes of anonymous HTTP requests from this generate,read
+                       user's own processes ("none": a token is
+                       always needed)
 EDGED_THREADS          decode threads per worker                   physical cores
 EDGED_CONTEXT          context length (tokens) per loaded model    4096
 EDGED_KEEP_ALIVE       seconds an idle model stays loaded          300
@@ -67,6 +74,7 @@ class Paths:
     runtime_dir: Path
     socket: Path
     token_file: Path
+    tokens_file: Path = Path("tokens.json")  # scoped tokens (daemon/tokens.py)
 
     @property
     def registry_dir(self) -> Path:
@@ -122,6 +130,50 @@ def load_selection(env: Mapping[str, str] | None = None) -> SelectionConfig:
     return SelectionConfig(backend=backend, device=device)
 
 
+SCOPES = ("generate", "read", "models", "admin")
+DEFAULT_HTTP = "127.0.0.1:11435"
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """The HTTP listener (OpenAI, Ollama, Anthropic, llama-server dialects)."""
+
+    address: str | None = DEFAULT_HTTP  # HOST:PORT; None = off
+    origins: tuple[str, ...] = ()  # browser origins allowed (CORS); none by default
+    anonymous_scopes: frozenset[str] = frozenset({"generate", "read"})
+
+
+def parse_scopes(raw: str, name: str = "scopes") -> frozenset[str]:
+    """ "generate,read" -> its scopes; "" or "none" -> none; anything else is an error."""
+    words = [w.strip() for w in raw.split(",") if w.strip()]
+    if words in ([], ["none"]):
+        return frozenset()
+    unknown = [w for w in words if w not in SCOPES]
+    if unknown:
+        raise ValueError(f"{name}: unknown scope {unknown[0]!r} (known: {', '.join(SCOPES)})")
+    return frozenset(words)
+
+
+def load_http(env: Mapping[str, str] | None = None) -> HttpConfig:
+    env = os.environ if env is None else env
+    raw = env.get("EDGED_HTTP", DEFAULT_HTTP).strip()
+    origins = tuple(
+        o.strip().rstrip("/") for o in env.get("EDGED_ORIGINS", "").split(",") if o.strip()
+    )
+    for origin in origins:
+        if not origin.startswith(("http://", "https://")) or len(origin) > 256:
+            raise ValueError(
+                f"EDGED_ORIGINS: {origin[:60]!r} is not an origin (http(s)://host[:port])"
+            )
+    return HttpConfig(
+        address=None if raw.lower() in ("off", "") else raw,
+        origins=origins,
+        anonymous_scopes=parse_scopes(
+            env.get("EDGED_HTTP_ANON", "generate,read"), "EDGED_HTTP_ANON"
+        ),
+    )
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     paths: Paths
@@ -131,6 +183,7 @@ class ServerConfig:
     grace_s: float = 10.0
     extra: Mapping[str, str] = field(default_factory=dict)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
 
 
 def _default_runtime_dir() -> Path:
@@ -175,6 +228,9 @@ def load_paths(env: Mapping[str, str] | None = None) -> Paths:
         runtime_dir=runtime,
         socket=pick("EDGED_SOCKET", runtime / "edged.sock"),
         token_file=pick("EDGED_TOKEN_FILE", Path(platformdirs.user_config_dir(APP)) / "token"),
+        tokens_file=pick(
+            "EDGED_TOKENS_FILE", Path(platformdirs.user_config_dir(APP)) / "tokens.json"
+        ),
     )
 
 
@@ -244,5 +300,6 @@ def load_server(env: Mapping[str, str] | None = None, **overrides: object) -> Se
         limits=load_limits(env),
         tcp=env.get("EDGED_TCP") or None,
         selection=load_selection(env),
+        http=load_http(env),
     )
     return replace(cfg, **overrides)  # type: ignore[arg-type]

@@ -16,7 +16,8 @@ are gRPC channel options (:func:`server_options`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -30,8 +31,10 @@ def server_options(limits: Limits) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", limits.max_message_bytes),
         ("grpc.max_send_message_length", limits.max_message_bytes),
-        # per connection; the interceptor bounds streaming calls across connections
-        ("grpc.max_concurrent_streams", max(16, limits.max_streams * 2)),
+        # Per connection, and far above EDGED_MAX_STREAMS: the limiter answers
+        # (RESOURCE_EXHAUSTED naming the variable), never HTTP/2's own refusal
+        # (UNAVAILABLE "Stream removed"), whichever connection the calls share.
+        ("grpc.max_concurrent_streams", max(1024, limits.max_streams * 8)),
         # ping idle connections every 2 minutes; a peer that does not answer in
         # 20 s is dropped and its streams are cancelled (its work freed)
         ("grpc.keepalive_time_ms", 120_000),
@@ -63,7 +66,8 @@ def _prompt_bytes(request: Any) -> int:
         size = len(request.content.encode()) + _tools_bytes(request.tools)
         return size + sum(_message_bytes(m) for m in request.tool_results)
     if isinstance(request, pb.CreateSessionRequest):
-        return len(request.system_prompt.encode())
+        history = sum(_message_bytes(m) for m in request.history)
+        return len(request.system_prompt.encode()) + history
     return 0
 
 
@@ -97,7 +101,10 @@ _STREAMING = frozenset(
 _NEW_SESSION = frozenset({"/edged.v1.Sessions/Create", "/edged.v1.Sessions/Fork"})
 
 
-class LimitsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class Limiter:
+    """The limits every door applies (gRPC listeners and the HTTP door share one):
+    the same request gets the same answer whichever door it came through."""
+
     def __init__(self, limits: Limits, session_count: Callable[[], int]) -> None:
         self._limits = limits
         self._session_count = session_count
@@ -106,6 +113,32 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     @property
     def active_streams(self) -> int:
         return self._streams
+
+    @contextlib.contextmanager
+    def streaming(self, method: str) -> Iterator[None]:
+        """Count a running call against EDGED_MAX_STREAMS while it streams."""
+        counted = method in _STREAMING
+        self._streams += counted
+        try:
+            yield
+        finally:
+            self._streams -= counted
+
+    def refusal(self, method: str, request: Any) -> tuple[str, str] | None:
+        """(which limit, the reason) when this request is refused, else None; the
+        limit is "size", "tokens", "sessions" or "streams" (HTTP answers 413 for
+        size, 400 for tokens, 429 for the others; gRPC RESOURCE_EXHAUSTED)."""
+        reason = self.check(method, request)
+        if reason is None:
+            return None
+        for variable, kind in (
+            ("EDGED_MAX_PROMPT_BYTES", "size"),
+            ("EDGED_MAX_TOKENS", "tokens"),
+            ("EDGED_MAX_SESSIONS", "sessions"),
+        ):
+            if variable in reason:
+                return kind, reason
+        return "streams", reason
 
     def check(self, method: str, request: Any) -> str | None:
         """The reason this request is refused, or None."""
@@ -136,6 +169,13 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
         return None
 
+
+class LimitsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """The :class:`Limiter` at a gRPC listener: RESOURCE_EXHAUSTED beyond a limit."""
+
+    def __init__(self, limiter: Limiter) -> None:
+        self._limiter = limiter
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
@@ -153,23 +193,19 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             inner_stream = handler.unary_stream
 
             async def guarded_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-                reason = self.check(method, request)
+                reason = self._limiter.check(method, request)
                 if reason is not None:
                     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, reason)
-                counted = method in _STREAMING
-                self._streams += counted
-                try:
+                with self._limiter.streaming(method):
                     async for item in inner_stream(request, context):
                         yield item
-                finally:
-                    self._streams -= counted
 
             return grpc.unary_stream_rpc_method_handler(guarded_stream, **kw)
         if handler.unary_unary:
             inner_unary = handler.unary_unary
 
             async def guarded_unary(request: Any, context: Any) -> Any:
-                reason = self.check(method, request)
+                reason = self._limiter.check(method, request)
                 if reason is not None:
                     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, reason)
                 return await inner_unary(request, context)

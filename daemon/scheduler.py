@@ -69,6 +69,7 @@ class Worker(Protocol):
     def drop_session(self, session_id: str) -> None: ...
     async def fork_session(self, source_id: str, new_id: str) -> str: ...
     async def kv_locations(self) -> dict[str, str]: ...
+    async def kv_bytes(self) -> dict[str, int]: ...
     async def tokenize(
         self,
         *,
@@ -196,6 +197,7 @@ class Scheduler:
         self._reaper: asyncio.Task[None] | None = None
         self._poke = asyncio.Event()  # something changed: the reaper recomputes
         self._stopping: set[asyncio.Task[None]] = set()
+        self.restarts = 0  # workers started again after a crash
 
     # ------------------------------------------------------------ keep-alive
 
@@ -295,8 +297,9 @@ class Scheduler:
                     await asyncio.sleep(0.05)  # let the streams running on it finish
                 self._forget(model.digest, entry)
                 await entry.worker.stop()
-            elif entry is not None:
+            elif entry is not None:  # its worker crashed: this request starts another
                 self._forget(model.digest, entry)
+                self.restarts += 1
             async with self._admission:
                 entry = await self._load(model, options)
             self._loaded[model.digest] = entry
@@ -561,6 +564,20 @@ class Scheduler:
             return await asyncio.wait_for(worker.kv_locations(), timeout_s)
         except (EdgedError, asyncio.TimeoutError):
             return {}
+
+    async def kv_bytes(self, digest: str, timeout_s: float = 5.0) -> dict[str, int]:
+        """Bytes of session KV per tier in the model's worker ({} when not loaded or busy)."""
+        worker = self.worker_of(digest)
+        if worker is None:
+            return {}
+        try:
+            return await asyncio.wait_for(worker.kv_bytes(), timeout_s)
+        except (EdgedError, asyncio.TimeoutError):
+            return {}
+
+    def inflight(self, digest: str) -> int:
+        """Requests for a model running or waiting (the EDGED_QUEUE_SIZE count)."""
+        return self._inflight.get(digest, 0)
 
     @contextlib.asynccontextmanager
     async def dedicated(

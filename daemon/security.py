@@ -48,6 +48,28 @@ def load_or_create_token(path: Path) -> str:
     return token
 
 
+def parse_address(address: str, flag: str) -> tuple[str, int]:
+    """``HOST:PORT`` (an IP, ``[v6]`` or ``localhost``) for a listener."""
+    host, sep, port_s = address.rpartition(":")
+    if not sep or not port_s.isdigit():
+        raise InvalidArgument(f"{flag} wants HOST:PORT, got {address[:80]!r}")
+    host = host.strip("[]") or "127.0.0.1"
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise InvalidArgument(f"{flag} host must be an IP address, got {host[:80]!r}") from None
+    port = int(port_s)
+    if not 0 <= port <= 65535:
+        raise InvalidArgument(f"{flag} port out of range: {port}")
+    return host, port
+
+
+def is_loopback_ip(host: str) -> bool:
+    return ipaddress.ip_address(host).is_loopback
+
+
 def parse_loopback(address: str) -> tuple[str, int]:
     """Validate ``HOST:PORT`` for the TCP listener: loopback addresses only."""
     host, sep, port_s = address.rpartition(":")

@@ -28,11 +28,20 @@ from edged.daemon import calibration
 from edged.daemon.app import App
 from edged.daemon.auth import BearerTokenInterceptor
 from edged.daemon.calibrator import Calibrator
-from edged.daemon.config import ServerConfig, load_gc_grace
+from edged.daemon.config import HttpConfig, ServerConfig, load_gc_grace
 from edged.daemon.hardware import HardwareMonitor
-from edged.daemon.limits import LimitsInterceptor, server_options
+from edged.daemon.http import app as http_app
+from edged.daemon.http.door import Services
+from edged.daemon.http.listener import HttpListener
+from edged.daemon.limits import Limiter, LimitsInterceptor, server_options
 from edged.daemon.scheduler import Scheduler
-from edged.daemon.security import ensure_private_dir, load_or_create_token, parse_loopback
+from edged.daemon.security import (
+    ensure_private_dir,
+    is_loopback_ip,
+    load_or_create_token,
+    parse_address,
+    parse_loopback,
+)
 from edged.daemon.selection import Selection
 from edged.daemon.services import _errors
 from edged.daemon.services.inference import InferenceService
@@ -40,6 +49,7 @@ from edged.daemon.services.models import ModelsService
 from edged.daemon.services.sessions import SessionsService
 from edged.daemon.services.system import SystemService, edged_version
 from edged.daemon.sessions import SessionStore
+from edged.daemon.tokens import TokenStore
 from edged.daemon.workers import WorkerHandle
 from edged.models_registry.settings import SettingsStore
 from edged.models_registry.store import Store
@@ -125,11 +135,11 @@ def _collect_garbage(store: Store) -> None:
         log.info("start-up garbage collection removed %d unreferenced blob(s)", len(removed))
 
 
-def _add_services(server: grpc.aio.Server, app: App, health_servicer: object) -> None:
-    pbg.add_InferenceServicer_to_server(InferenceService(app), server)
-    pbg.add_SessionsServicer_to_server(SessionsService(app), server)
-    pbg.add_ModelsServicer_to_server(ModelsService(app), server)
-    pbg.add_SystemServicer_to_server(SystemService(app), server)
+def _add_services(server: grpc.aio.Server, services: Services, health_servicer: object) -> None:
+    pbg.add_InferenceServicer_to_server(services.inference, server)
+    pbg.add_SessionsServicer_to_server(services.sessions, server)
+    pbg.add_ModelsServicer_to_server(services.models, server)
+    pbg.add_SystemServicer_to_server(services.system, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
@@ -144,17 +154,31 @@ def _add_services(server: grpc.aio.Server, app: App, health_servicer: object) ->
 async def serve(cfg: ServerConfig, *, ready: asyncio.Event | None = None) -> None:
     # validate everything that can be wrong before listening anywhere
     tcp_addr = parse_loopback(cfg.tcp) if cfg.tcp else None
+    http_addr = _http_address(cfg.http)
     token = load_or_create_token(cfg.paths.token_file) if tcp_addr else ""
     app = build_app(cfg)
     health_servicer = health.aio.HealthServicer()
     servers: list[grpc.aio.Server] = []
     options = server_options(cfg.limits)
-    # one instance for both listeners: the stream limit counts all clients
-    limits = LimitsInterceptor(cfg.limits, app.sessions.count)
+    # One of each service and one limiter for every door (unix and TCP gRPC,
+    # HTTP): the same request gets the same answer, and the stream limit counts
+    # all clients.
+    limiter = Limiter(cfg.limits, app.sessions.count)
+    services = Services(
+        app=app,
+        inference=InferenceService(app),
+        sessions=SessionsService(app),
+        models=ModelsService(app),
+        system=SystemService(app),
+        limiter=limiter,
+        max_body_bytes=cfg.limits.max_message_bytes,
+    )
+    limits = LimitsInterceptor(limiter)
+    tokens = TokenStore(cfg.paths.tokens_file)
     _errors.allow_paths_under(cfg.paths.data_dir, cfg.paths.cache_dir)
 
     unix = grpc.aio.server(options=options, interceptors=[limits])
-    _add_services(unix, app, health_servicer)
+    _add_services(unix, services, health_servicer)
     _prepare_socket(cfg.paths.socket)
     old = os.umask(0o177)  # the socket is born 0600: no window where it is looser
     try:
@@ -168,12 +192,31 @@ async def serve(cfg: ServerConfig, *, ready: asyncio.Event | None = None) -> Non
 
     if tcp_addr:
         host, port = tcp_addr
-        tcp = grpc.aio.server(options=options, interceptors=[BearerTokenInterceptor(token), limits])
-        _add_services(tcp, app, health_servicer)
+        auth = BearerTokenInterceptor(token, tokens)
+        tcp = grpc.aio.server(options=options, interceptors=[auth, limits])
+        _add_services(tcp, services, health_servicer)
         bound = tcp.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         await tcp.start()
         servers.append(tcp)
-        log.info("also listening on %s:%d (bearer token required)", host, bound)
+        log.info("also listening on %s:%d (bearer or scoped token required)", host, bound)
+
+    http: HttpListener | None = None
+    if http_addr:
+        host, port = http_addr
+        door = http_app.build(services, cfg.http, tokens, bound_host=host)
+        http = HttpListener(door, host, port, grace_s=cfg.grace_s)
+        try:
+            bound_host, bound_port = await http.start()
+        except (OSError, SystemExit) as exc:  # uvicorn exits when it cannot bind
+            for s in servers:
+                await s.stop(0)
+            raise FailedPrecondition(
+                f"cannot listen for HTTP on {cfg.http.address}: {exc or 'address in use?'} "
+                "(EDGED_HTTP / --http; off turns it off)"
+            ) from None
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        app.http_url = f"http://{shown}:{bound_port}"
+        log.info("HTTP API (OpenAI, Ollama, Anthropic, llama-server) on %s", app.http_url)
 
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -193,13 +236,30 @@ async def serve(cfg: ServerConfig, *, ready: asyncio.Event | None = None) -> Non
     finally:
         log.info("shutting down: health NOT_SERVING, draining streams (%.0fs grace)", cfg.grace_s)
         await health_servicer.enter_graceful_shutdown()
-        await asyncio.gather(*(s.stop(cfg.grace_s) for s in servers))
+        stopping = [s.stop(cfg.grace_s) for s in servers]
+        await asyncio.gather(*stopping, *([http.stop()] if http else []))
         await app.scheduler.close()
         with contextlib.suppress(Exception):
             await gc_task
         with contextlib.suppress(FileNotFoundError):
             cfg.paths.socket.unlink()
         log.info("stopped")
+
+
+def _http_address(cfg: HttpConfig) -> tuple[str, int] | None:
+    """The HTTP listener's address; refused on a non-loopback address while
+    requests without a token are served (EDGED_HTTP_ANON)."""
+    if not cfg.address:
+        return None
+    host, port = parse_address(cfg.address, "EDGED_HTTP")
+    if not is_loopback_ip(host) and cfg.anonymous_scopes:
+        raise FailedPrecondition(
+            f"refusing to serve HTTP on {cfg.address}, a non-loopback address, while requests "
+            f"without a token get {','.join(sorted(cfg.anonymous_scopes))} (EDGED_HTTP_ANON): "
+            "set EDGED_HTTP_ANON=none so every request needs a token (edged token create), "
+            "or listen on 127.0.0.1"
+        )
+    return host, port
 
 
 def run_server(cfg: ServerConfig) -> int:

@@ -134,6 +134,8 @@ class SessionStore:
         system_prompt: str,
         backend: str = "",
         device: str = "",
+        *,
+        history: Sequence[Message] = (),
     ) -> SessionRecord:
         if len(system_prompt) > MAX_SYSTEM_PROMPT:
             raise InvalidArgument(f"the system prompt is over {MAX_SYSTEM_PROMPT} characters")
@@ -147,6 +149,7 @@ class SessionStore:
             updated_unix_ms=now,
             backend=backend,
             device=device,
+            history=list(history),
         )
         self._write(rec)
         self._cache[rec.id] = rec

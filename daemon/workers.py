@@ -220,10 +220,17 @@ class WorkerHandle:
 
     async def kv_locations(self, timeout_s: float = 60.0) -> dict[str, str]:
         """Where each session's KV is in the worker: "resident", "ram" or "disk"."""
+        return dict((await self._list_kv(timeout_s)).locations)
+
+    async def kv_bytes(self, timeout_s: float = 60.0) -> dict[str, int]:
+        """Bytes of session KV the worker keeps in each tier."""
+        return dict((await self._list_kv(timeout_s)).tier_bytes)
+
+    async def _list_kv(self, timeout_s: float) -> KvLocations:
         reply = await self._call(ListKv(next_request_id()), timeout_s)
         if not isinstance(reply, KvLocations):
             raise errors.Internal(f"the worker answered ListKv with {type(reply).__name__}")
-        return dict(reply.locations)
+        return reply
 
     async def tokenize(
         self,

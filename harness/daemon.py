@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from edged.v1 import edged_pb2 as pb
 from edged.v1 import edged_pb2_grpc as pbg
 
 
@@ -46,6 +47,12 @@ class Daemon:
     def system(self) -> pbg.SystemStub:
         return pbg.SystemStub(self.channel)
 
+    @property
+    def http_url(self) -> str:
+        """The daemon's HTTP API ("" when EDGED_HTTP is off)."""
+        version = self.system.Version(pb.VersionRequest(), timeout=10)
+        return str(version.http_url)
+
     def log(self) -> str:
         path = self.root / "log" / "edged.log"
         return path.read_text() if path.exists() else ""
@@ -65,6 +72,8 @@ def daemon_env(root: Path, **extra: str) -> dict[str, str]:
         EDGED_LOG_DIR=str(root / "log"),
         EDGED_RUNTIME_DIR=str(root / "run"),
         EDGED_TOKEN_FILE=str(root / "config" / "token"),
+        EDGED_TOKENS_FILE=str(root / "config" / "tokens.json"),
+        EDGED_HTTP="127.0.0.1:0",  # a free port each (Daemon.http_url says which)
         EDGED_THREADS=env.get("EDGED_TEST_THREADS", "2"),
         EDGED_CONTEXT="2048",
     )

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edged.common.errors import (
+    AlreadyExists,
     EdgedError,
     FailedPrecondition,
     InvalidArgument,
@@ -103,6 +105,48 @@ class ManifestsMixin:
             return current.with_variant(variant)
 
         return self.update_manifest(ref, change)
+
+    def copy(
+        self, source: ModelRef, destination: ModelRef, *, replace: bool = False
+    ) -> tuple[Manifest, Manifest | None]:
+        """Store the model ``source`` under ``destination`` too (Ollama's ``cp``).
+
+        Blobs are content-addressed, so nothing is copied: the new manifest names
+        the same blobs, written atomically under the destination's lock while the
+        store is pinned (the source's blobs cannot be collected meanwhile). A
+        destination holding the same model is rewritten as is; one holding a
+        different model is AlreadyExists unless ``replace`` (then its blobs that
+        no model uses any more are freed). Copying a model onto itself does
+        nothing. Returns (the destination's manifest, the manifest it replaced or
+        None).
+        """
+        replaced: list[Manifest] = []
+        with self.pinned():
+            original = self.get_manifest(source)
+            if source == destination:
+                return original, None
+
+            def change(current: Manifest | None) -> Manifest:
+                if current is not None and not _same_model(current, original):
+                    if not replace:
+                        raise AlreadyExists(
+                            f"model '{destination}' already exists and is a different model; "
+                            f"remove it first (`edged rm {destination}`)"
+                        )
+                    replaced.append(current)
+                return dataclasses.replace(
+                    original,
+                    name=destination.name,
+                    tag=destination.tag,
+                    created_unix_ms=int(time.time() * 1000),
+                )
+
+            written = self.update_manifest(destination, change, replace_corrupt=replace)
+        old = replaced[0] if replaced else None
+        if old is not None:
+            freed = frozenset(old.digests - written.digests)
+            self._collect(grace_s=None, dry_run=False, now=None, freed=freed)
+        return written, old
 
     def get_manifest(self, ref: ModelRef) -> Manifest:
         path = self.manifest_path(ref)
@@ -267,6 +311,15 @@ def _tag_of(path: Path) -> str | None:
         return validate_tag(path.stem)
     except InvalidArgument:
         return None
+
+
+def _same_model(a: Manifest, b: Manifest) -> bool:
+    """Whether two manifests describe the same model (whatever their names and dates)."""
+
+    def blank(m: Manifest) -> Manifest:
+        return dataclasses.replace(m, name="", tag="", created_unix_ms=0)
+
+    return blank(a) == blank(b)
 
 
 def _sha256_hex(data: bytes) -> str:

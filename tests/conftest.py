@@ -61,6 +61,28 @@ def smollm2_store(smollm2_seed: Seed) -> Path:
     return smollm2_seed.data_dir
 
 
+@pytest.fixture(scope="session")
+def fim_store(tmp_path_factory: pytest.TempPathFactory, smollm2_store: Path) -> Path:
+    """A data dir holding smollm2 and "smolfim": SmolLM2 with FIM tokens declared
+    in its metadata (no offline model has them), for infill tests."""
+    from tests.integration.helpers import write_fim_copy
+
+    root = tmp_path_factory.mktemp("fimseed")
+    clone_store(smollm2_store, root / "data")
+    d = start_daemon(root)
+    try:
+        shown = d.models.Show(pb.ModelRef(model="smollm2"), timeout=60)
+        blob = root / "data" / "models" / "blobs" / ("sha256-" + shown.model.digest.split(":")[1])
+        write_fim_copy(blob, root / "smolfim.gguf")
+        for _ in d.models.Pull(
+            pb.PullRequest(source=str(root / "smolfim.gguf"), name="smolfim"), timeout=300
+        ):
+            pass
+    finally:
+        d.stop()
+    return root / "data"
+
+
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory, smollm2_store: Path) -> Iterator[Daemon]:
     root = tmp_path_factory.mktemp("daemon")

@@ -179,6 +179,12 @@ class LlamaEngine(toolkit.EngineCore[Request]):
         out.update({s.session_id: "resident" for s in self._slots if s.session_id})
         return out
 
+    def kv_bytes(self) -> dict[str, int]:
+        resident = sum(
+            self._ctx.seq_state_size(s.seq) for s in self._slots if s.session_id and s.tokens
+        )
+        return {"resident": resident, "ram": self._tiers.ram_bytes, "disk": self._tiers.disk_bytes}
+
     def _advance(self, events: list[Event]) -> None:
         if self._layout_changed:
             self._layout_changed = False

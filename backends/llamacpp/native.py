@@ -288,6 +288,10 @@ class NativeContext:
             raise Internal("llama.cpp could not save a sequence state")
         return buf, n
 
+    def seq_state_size(self, seq: int) -> int:
+        """The bytes one sequence's KV state takes (counted, not copied)."""
+        return int(lc.llama_state_seq_get_size(self.ctx, seq))
+
     def seq_state(self, seq: int) -> bytes:
         """A copy of one sequence's KV state (llama_state_seq_get_data)."""
         buf, n = self._read_state(seq)

@@ -17,12 +17,14 @@ import grpc
 from edged.common import errors
 from edged.daemon.cli import models, render, run, serve, service, system
 from edged.daemon.cli import store as store_cli
+from edged.daemon.cli import tokens as tokens_cli
 from edged.daemon.cli.context import Context
 
 _EPILOG = """\
 The daemon is reached on its unix socket (EDGED_SOCKET, default
 RUNTIME_DIR/edged.sock), or on loopback TCP with --tcp / EDGED_TCP using the
-bearer token in --token-file / EDGED_TOKEN_FILE. A client command starts the
+bearer token in --token-file / EDGED_TOKEN_FILE (that file may also hold a
+scoped token from `edged token create`). A client command starts the
 daemon in the background when none is running (output in LOG_DIR/serve.out)
 unless --no-autostart is given. Run `edged COMMAND --help` for a command's
 options."""
@@ -62,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     system.register(sub)
     store_cli.register(sub)
     service.register(sub)
+    tokens_cli.register(sub)
     return parser
 
 

@@ -19,6 +19,12 @@ _FLAGS: tuple[tuple[str, str, str, str], ...] = (
     ("--socket", "EDGED_SOCKET", "PATH", "unix socket path (default RUNTIME_DIR/edged.sock)"),
     ("--tcp", "EDGED_TCP", "HOST:PORT", "also listen on loopback TCP (bearer token required)"),
     ("--token-file", "EDGED_TOKEN_FILE", "PATH", "bearer token for TCP clients (0600)"),
+    (
+        "--http",
+        "EDGED_HTTP",
+        "HOST:PORT|off",
+        "HTTP listener for OpenAI/Ollama/Anthropic clients (default 127.0.0.1:11435)",
+    ),
     ("--threads", "EDGED_THREADS", "N", "decode threads per worker (default: physical cores)"),
     ("--context", "EDGED_CONTEXT", "N", "context length in tokens per sequence (default 4096)"),
     (

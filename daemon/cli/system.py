@@ -199,6 +199,7 @@ def cmd_version(ctx: Context, args: argparse.Namespace) -> int:
         ctx.out(f"client version {client_version()}")
         if daemon is not None:
             ctx.out(f"daemon version {daemon.version} (api {daemon.api})")
+            ctx.out(f"HTTP API {daemon.http_url or 'off'}")
     if daemon is None:
         ctx.err(f"edged: warning: could not reach the daemon: {problem}")
     return 0

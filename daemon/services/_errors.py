@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -99,3 +100,27 @@ def stream(fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIterator[T
 def _is_abort(exc: BaseException) -> bool:
     """``context.abort`` raises this to end the call; it must pass through."""
     return isinstance(exc, grpc.aio.AbortError) or type(exc).__name__ == "AbortError"
+
+
+def unary_of(method: str) -> Callable[..., Awaitable[Any]]:
+    """The gRPC binding of a plain service method ``method(request)``: errors
+    become status codes (one line per RPC in a servicer class)."""
+
+    async def rpc(self: Any, request: Any, context: Any) -> Any:
+        return await getattr(self, method)(request)
+
+    rpc.__name__ = rpc.__qualname__ = method
+    return unary(rpc)
+
+
+def stream_of(method: str) -> Callable[..., AsyncIterator[Any]]:
+    """The gRPC binding of a plain streaming method ``method(request, deadline=...)``."""
+
+    async def rpc(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.time() + float(remaining)
+        async for item in getattr(self, method)(request, deadline=deadline):
+            yield item
+
+    rpc.__name__ = rpc.__qualname__ = method
+    return stream(rpc)

@@ -162,22 +162,36 @@ async def stream_generation(
 ) -> AsyncIterator[pb.GenerateChunk]:
     accepted = time.perf_counter()
     first: float | None = None
-    async for event in app.scheduler.generate(model, job, options):
-        if isinstance(event, Chunk):
-            if first is None:
-                first = time.perf_counter()
+    emitted = 0
+    finished = False
+    try:
+        async for event in app.scheduler.generate(model, job, options):
+            if isinstance(event, Chunk):
+                if first is None:
+                    first = time.perf_counter()
+                if outcome is not None:
+                    outcome.add(event)
+                emitted += event.tokens
+                yield chunk_to(event)
+                continue
+            stats = stats_to(event.stats, **_backend_device(app, model))
+            if first is not None:
+                # measured here: from the daemon accepting the request to the first text
+                stats.time_to_first_token_ms = (first - accepted) * 1000.0
+            stats.total_ms = (time.perf_counter() - accepted) * 1000.0
             if outcome is not None:
-                outcome.add(event)
-            yield chunk_to(event)
-            continue
-        stats = stats_to(event.stats, **_backend_device(app, model))
-        if first is not None:
-            # measured here: from the daemon accepting the request to the first text
-            stats.time_to_first_token_ms = (first - accepted) * 1000.0
-        stats.total_ms = (time.perf_counter() - accepted) * 1000.0
-        if outcome is not None:
-            outcome.done = event
-        yield pb.GenerateChunk(stats=stats)
+                outcome.done = event
+            finished = True
+            app.metrics.generation(model.name, stats)
+            yield pb.GenerateChunk(stats=stats)
+    except (asyncio.CancelledError, GeneratorExit):
+        if not finished:  # the client went away (or its deadline passed)
+            app.metrics.ended_early(model.name, "cancelled", emitted)
+        raise
+    except Exception:
+        if not finished:
+            app.metrics.ended_early(model.name, "error", emitted)
+        raise
 
 
 def _backend_device(app: App, model: ResolvedModel) -> dict[str, str]:

@@ -1,4 +1,9 @@
-"""edged.v1.Inference: one-shot streaming generation."""
+"""edged.v1.Inference: one-shot streaming generation.
+
+:meth:`InferenceService.generate` is the service itself, for every door (the
+HTTP dialects call it with the GenerateRequest they translated); ``Generate``
+is its gRPC binding.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,6 @@ from edged.daemon.app import App
 from edged.daemon.request_ids import next_request_id
 from edged.daemon.services import _errors
 from edged.daemon.services.generation import (
-    deadline_of,
     job_controls,
     resolve_request,
     stream_generation,
@@ -28,10 +32,10 @@ class InferenceService(pbg.InferenceServicer):  # type: ignore[misc]
     def __init__(self, app: App) -> None:
         self.app = app
 
-    @_errors.stream
-    async def Generate(
-        self, request: pb.GenerateRequest, context: Any
+    async def generate(
+        self, request: pb.GenerateRequest, *, deadline: float | None = None
     ) -> AsyncIterator[pb.GenerateChunk]:
+        """Stream one generation; raises EdgedError for anything wrong with it."""
         model, options = await resolve_request(self.app, request)
         which = request.WhichOneof("input")
         if which == "prompt":
@@ -50,10 +54,13 @@ class InferenceService(pbg.InferenceServicer):  # type: ignore[misc]
         job = Job(
             next_request_id(),
             sampling_from(request.sampling, model.sampling_defaults),
-            deadline=deadline_of(context),
+            deadline=deadline,
             stream_interval_s=stream_interval_s(self.app, request),
             **text,
             **job_controls(request),
         )
         async for chunk in stream_generation(self.app, model, job, options=options):
             yield chunk
+
+    # gRPC binding: errors become status codes (services/_errors.py)
+    Generate = _errors.stream_of("generate")

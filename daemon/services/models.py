@@ -28,7 +28,7 @@ from edged.daemon.services.generation import resolve_model, resolve_request
 from edged.daemon.wire import check_text, messages_from, with_system_prompt
 from edged.models_registry.convert import convert_to_onnx
 from edged.models_registry.manifest import Manifest, Variant
-from edged.models_registry.names import ModelRef
+from edged.models_registry.names import ModelRef, parse_model_ref
 from edged.models_registry.progress import ProgressFn, PullProgress
 from edged.models_registry.pull import pull
 from edged.models_registry.settings import ModelSettings
@@ -162,8 +162,9 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
     def __init__(self, app: App) -> None:
         self.app = app
 
-    @_errors.stream
-    async def Pull(self, request: pb.PullRequest, context: Any) -> AsyncIterator[pb.PullProgress]:
+    async def pull(
+        self, request: pb.PullRequest, *, deadline: float | None = None
+    ) -> AsyncIterator[pb.PullProgress]:
         source = request.source.strip()
         if not source:
             raise InvalidArgument("source is required: a catalog name, a URL or a file path")
@@ -214,13 +215,11 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
             cancel.set()  # no-op when finished; stops the work if the client left
         yield pb.PullProgress(status="success", model=model_info(ref.name, ref.tag, manifest))
 
-    @_errors.unary
-    async def List(self, request: pb.ListModelsRequest, context: Any) -> pb.ListModelsResponse:
+    async def list_models(self, request: pb.ListModelsRequest) -> pb.ListModelsResponse:
         items = self.app.store.list_manifests()
         return pb.ListModelsResponse(models=[model_info(r.name, r.tag, m) for r, m in items])
 
-    @_errors.unary
-    async def Show(self, request: pb.ModelRef, context: Any) -> pb.ShowModelResponse:
+    async def show(self, request: pb.ModelRef) -> pb.ShowModelResponse:
         ref, manifest = self.app.store.resolve(request.model)
         gguf = manifest.variant("gguf")
         template, metadata = "", {}
@@ -253,8 +252,7 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
             source=v.source,
         )
 
-    @_errors.unary
-    async def Delete(self, request: pb.ModelRef, context: Any) -> pb.DeleteModelResponse:
+    async def delete(self, request: pb.ModelRef) -> pb.DeleteModelResponse:
         ref, manifest = self.app.store.resolve(request.model)
         others = {
             variant_digest(v)
@@ -269,25 +267,43 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
         self.app.selection.settings.remove(str(ref))
         return pb.DeleteModelResponse()
 
-    @_errors.unary
-    async def ListLoaded(
-        self, request: pb.ListLoadedRequest, context: Any
-    ) -> pb.ListLoadedResponse:
+    async def copy(self, request: pb.CopyModelRequest) -> pb.ModelInfo:
+        """``source`` stored as ``destination`` too, with the source's settings; a
+        replaced model's variants no other model uses are unloaded."""
+        store = self.app.store
+        source, _ = store.resolve(request.source)
+        destination = parse_model_ref(request.destination)
+        manifest, replaced = await asyncio.to_thread(
+            store.copy, source, destination, replace=request.replace
+        )
+        if replaced is not None:
+            await self._unload_unused(replaced)
+        if source != destination:
+            settings = self.app.selection.settings
+            await asyncio.to_thread(settings.put, str(destination), settings.get(str(source)))
+        return model_info(destination.name, destination.tag, manifest)
+
+    async def _unload_unused(self, manifest: Manifest) -> None:
+        """Unload the variants of ``manifest`` that no stored model uses."""
+        used = {variant_digest(v) for _, m in self.app.store.list_manifests() for v in m.variants}
+        for v in manifest.variants:
+            if variant_digest(v) not in used:
+                await self.app.scheduler.unload(variant_digest(v))
+
+    async def list_loaded(self, request: pb.ListLoadedRequest) -> pb.ListLoadedResponse:
         infos = self.app.scheduler.loaded()
         scheduler = self.app.scheduler
         loaded = await asyncio.gather(*(loaded_to(scheduler, i) for i in infos))
         return pb.ListLoadedResponse(models=loaded)
 
-    @_errors.unary
-    async def Load(self, request: pb.LoadRequest, context: Any) -> pb.LoadedModel:
+    async def load(self, request: pb.LoadRequest) -> pb.LoadedModel:
         model, options = await resolve_request(self.app, request, pin=request.pin)
         started = time.monotonic()
         info = await self.app.scheduler.load(model, options)
         log.info("Load %s: ready in %.1f s", model.name, time.monotonic() - started)
         return await loaded_to(self.app.scheduler, info)
 
-    @_errors.unary
-    async def Configure(self, request: pb.ConfigureModelRequest, context: Any) -> pb.ModelSettings:
+    async def configure(self, request: pb.ConfigureModelRequest) -> pb.ModelSettings:
         ref, manifest = self.app.store.resolve(request.model)
         settings = settings_from(request.settings)
         await asyncio.to_thread(self.app.selection.settings.put, str(ref), settings)
@@ -297,16 +313,14 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
             )
         return settings_to(settings)
 
-    @_errors.unary
-    async def Unload(self, request: pb.ModelRef, context: Any) -> pb.UnloadResponse:
+    async def unload(self, request: pb.ModelRef) -> pb.UnloadResponse:
         _, manifest = self.app.store.resolve(request.model)
         for v in manifest.variants:
             await self.app.scheduler.unload(variant_digest(v))
         return pb.UnloadResponse()
 
-    @_errors.stream
-    async def Convert(
-        self, request: pb.ConvertRequest, context: Any
+    async def convert(
+        self, request: pb.ConvertRequest, *, deadline: float | None = None
     ) -> AsyncIterator[pb.PullProgress]:
         if request.to != "onnx":
             raise InvalidArgument(f"cannot convert to {request.to!r}; supported: onnx")
@@ -318,8 +332,7 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
         ):
             yield item
 
-    @_errors.unary
-    async def Tokenize(self, request: pb.TokenizeRequest, context: Any) -> pb.TokenizeResponse:
+    async def tokenize(self, request: pb.TokenizeRequest) -> pb.TokenizeResponse:
         model, options = await resolve_model(self.app, request.model, backend=request.backend)
         which = request.WhichOneof("input")
         if which == "text":
@@ -347,10 +360,7 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
             raise InvalidArgument("set text, chat or infill")
         return pb.TokenizeResponse(tokens=tokens, pieces=pieces, count=len(tokens))
 
-    @_errors.unary
-    async def Detokenize(
-        self, request: pb.DetokenizeRequest, context: Any
-    ) -> pb.DetokenizeResponse:
+    async def detokenize(self, request: pb.DetokenizeRequest) -> pb.DetokenizeResponse:
         if len(request.tokens) > MAX_DETOKENIZE:
             raise InvalidArgument(f"at most {MAX_DETOKENIZE} tokens per request")
         model, options = await resolve_model(self.app, request.model, backend=request.backend)
@@ -358,6 +368,20 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
             model, list(request.tokens), special=request.special, options=options
         )
         return pb.DetokenizeResponse(text=b"".join(pieces).decode("utf-8", errors="replace"))
+
+    # gRPC bindings: errors become status codes (services/_errors.py)
+    Pull = _errors.stream_of("pull")
+    List = _errors.unary_of("list_models")
+    Show = _errors.unary_of("show")
+    Delete = _errors.unary_of("delete")
+    ListLoaded = _errors.unary_of("list_loaded")
+    Load = _errors.unary_of("load")
+    Configure = _errors.unary_of("configure")
+    Unload = _errors.unary_of("unload")
+    Convert = _errors.stream_of("convert")
+    Tokenize = _errors.unary_of("tokenize")
+    Detokenize = _errors.unary_of("detokenize")
+    Copy = _errors.unary_of("copy")
 
 
 MAX_DETOKENIZE = 1 << 20

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 from edged.backends.base import Job, Message
 from edged.common.errors import InvalidArgument
@@ -14,14 +13,13 @@ from edged.daemon.services import _errors
 from edged.daemon.services.generation import (
     Outcome,
     check_device,
-    deadline_of,
     job_controls,
     load_options,
     stream_generation,
     stream_interval_s,
 )
 from edged.daemon.sessions import SessionRecord
-from edged.daemon.wire import check_text, message_from, message_to, sampling_from
+from edged.daemon.wire import check_text, message_from, message_to, messages_from, sampling_from
 from edged.v1 import edged_pb2 as pb
 from edged.v1 import edged_pb2_grpc as pbg
 
@@ -52,8 +50,7 @@ class SessionsService(pbg.SessionsServicer):  # type: ignore[misc]
             out.update(await self.app.scheduler.kv_locations(digest))
         return out
 
-    @_errors.unary
-    async def Create(self, request: pb.CreateSessionRequest, context: Any) -> pb.Session:
+    async def create(self, request: pb.CreateSessionRequest) -> pb.Session:
         if not request.model:
             raise InvalidArgument("model is required (for example: smollm2)")
         device = check_device(request.device)
@@ -61,11 +58,19 @@ class SessionsService(pbg.SessionsServicer):  # type: ignore[misc]
             self.app.selection.resolve, request.model, request.backend, device
         )
         system = check_text("the system prompt", request.system_prompt) or model.system_prompt
-        rec = self.app.sessions.create(model.name, model.digest, system, request.backend, device)
+        history = messages_from(pb.ChatMessages(messages=request.history))
+        if any(m.role not in ("user", "assistant", "tool") for m in history):
+            raise InvalidArgument(
+                "history holds user, assistant and tool messages (system_prompt is a field)"
+            )
+        rec = self.app.sessions.create(
+            model.name, model.digest, system, request.backend, device, history=history
+        )
         return session_to(rec)
 
-    @_errors.stream
-    async def Send(self, request: pb.SendRequest, context: Any) -> AsyncIterator[pb.GenerateChunk]:
+    async def send(
+        self, request: pb.SendRequest, *, deadline: float | None = None
+    ) -> AsyncIterator[pb.GenerateChunk]:
         content = check_text("the message", request.content)
         results = [message_from(m) for m in request.tool_results]
         if any(m.role != "tool" for m in results):
@@ -95,7 +100,7 @@ class SessionsService(pbg.SessionsServicer):  # type: ignore[misc]
                 sampling,
                 messages=rec.messages(added),
                 session_id=rec.id,
-                deadline=deadline_of(context),
+                deadline=deadline,
                 stream_interval_s=interval,
                 **job_controls(request),
             )
@@ -109,16 +114,14 @@ class SessionsService(pbg.SessionsServicer):  # type: ignore[misc]
                     rec, added, reply, done.stats.prompt_tokens + done.stats.completion_tokens
                 )
 
-    @_errors.unary
-    async def List(self, request: pb.ListSessionsRequest, context: Any) -> pb.ListSessionsResponse:
+    async def list_sessions(self, request: pb.ListSessionsRequest) -> pb.ListSessionsResponse:
         records = self.app.sessions.list()
         kv = await self._kv(records)
         return pb.ListSessionsResponse(
             sessions=[session_to(r, kv=kv.get(r.id, "none")) for r in records]
         )
 
-    @_errors.unary
-    async def Get(self, request: pb.SessionRef, context: Any) -> pb.GetSessionResponse:
+    async def get(self, request: pb.SessionRef) -> pb.GetSessionResponse:
         rec = self.app.sessions.get(request.session_id)
         kv = await self._kv([rec])
         return pb.GetSessionResponse(
@@ -126,24 +129,30 @@ class SessionsService(pbg.SessionsServicer):  # type: ignore[misc]
             history=[message_to(m) for m in rec.history],
         )
 
-    @_errors.unary
-    async def Delete(self, request: pb.SessionRef, context: Any) -> pb.DeleteSessionResponse:
+    async def delete(self, request: pb.SessionRef) -> pb.DeleteSessionResponse:
         rec = self.app.sessions.delete(request.session_id)
         self.app.scheduler.drop_session(rec.model_digest, rec.id)
         return pb.DeleteSessionResponse()
 
-    @_errors.unary
-    async def Fork(self, request: pb.SessionRef, context: Any) -> pb.Session:
+    async def fork(self, request: pb.SessionRef) -> pb.Session:
         parent = self.app.sessions.get(request.session_id)
         async with self.app.sessions.lock(parent.id):
             child = self.app.sessions.fork(parent)
             where = await self.app.scheduler.fork_session(parent.model_digest, parent.id, child.id)
             return session_to(child, kv=where)
 
-    @_errors.unary
-    async def Rewind(self, request: pb.RewindRequest, context: Any) -> pb.Session:
+    async def rewind(self, request: pb.RewindRequest) -> pb.Session:
         rec = self.app.sessions.get(request.session_id)
         async with self.app.sessions.lock(rec.id):
             self.app.sessions.rewind(rec, request.turns)
             kv = await self._kv([rec])
             return session_to(rec, kv=kv.get(rec.id, "none"))
+
+    # gRPC bindings: errors become status codes (services/_errors.py)
+    Create = _errors.unary_of("create")
+    Send = _errors.stream_of("send")
+    List = _errors.unary_of("list_sessions")
+    Get = _errors.unary_of("get")
+    Delete = _errors.unary_of("delete")
+    Fork = _errors.unary_of("fork")
+    Rewind = _errors.unary_of("rewind")

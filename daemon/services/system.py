@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
 
 from edged.common.errors import NotFound
 from edged.daemon.app import App
@@ -29,12 +28,12 @@ class SystemService(pbg.SystemServicer):  # type: ignore[misc]
         self.app = app
         self._calibrating = asyncio.Lock()
 
-    @_errors.unary
-    async def Version(self, request: pb.VersionRequest, context: Any) -> pb.VersionResponse:
-        return pb.VersionResponse(version=edged_version(), api="edged.v1")
+    async def version(self, request: pb.VersionRequest) -> pb.VersionResponse:
+        return pb.VersionResponse(
+            version=edged_version(), api="edged.v1", http_url=self.app.http_url
+        )
 
-    @_errors.unary
-    async def Hardware(self, request: pb.HardwareRequest, context: Any) -> pb.HardwareResponse:
+    async def hardware(self, request: pb.HardwareRequest) -> pb.HardwareResponse:
         """Probe again, rank backends for the model (``smollm2`` if pulled) and
         calibrate it when asked. Without ``calibrate`` this answers in about the
         time the probes take; ``edged hw`` asks for a calibration itself the
@@ -68,3 +67,7 @@ class SystemService(pbg.SystemServicer):  # type: ignore[misc]
             calibrations=ranking.calibrations,
             notes=notes,
         )
+
+    # gRPC bindings: errors become status codes (services/_errors.py)
+    Version = _errors.unary_of("version")
+    Hardware = _errors.unary_of("hardware")

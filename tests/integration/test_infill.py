@@ -12,47 +12,16 @@ import pytest
 
 from edged.v1 import edged_pb2 as pb
 from harness.daemon import Daemon, clone_store, start_daemon
-from tests.integration.helpers import collect
+from tests.integration.helpers import FIM, collect, write_fim_copy  # noqa: F401  (re-exported)
 
 pytestmark = pytest.mark.model
-# SmolLM2 token ids standing in for FIM tokens (real tokens of its vocabulary).
-FIM = {"pre": 7, "suf": 8, "mid": 9, "rep": 3, "sep": 5}
-
-
-def write_fim_copy(src: Path, dst: Path) -> None:
-    gguf = pytest.importorskip("gguf")
-    from gguf.scripts.gguf_new_metadata import (
-        MetadataDetails,
-        copy_with_new_metadata,
-        get_field_data,
-    )
-
-    reader = gguf.GGUFReader(src, "r")
-    writer = gguf.GGUFWriter(
-        dst, arch=get_field_data(reader, gguf.Keys.General.ARCHITECTURE), endianess=reader.endianess
-    )
-    alignment = get_field_data(reader, gguf.Keys.General.ALIGNMENT)
-    if alignment is not None:
-        writer.data_alignment = alignment
-    meta = {
-        f"tokenizer.ggml.fim_{k}_token_id": MetadataDetails(gguf.GGUFValueType.UINT32, v)
-        for k, v in FIM.items()
-    }
-    copy_with_new_metadata(reader, writer, meta, [])
 
 
 @pytest.fixture(scope="module")
-def fim(tmp_path_factory: pytest.TempPathFactory, smollm2_store: Path) -> Iterator[Daemon]:
+def fim(tmp_path_factory: pytest.TempPathFactory, fim_store: Path) -> Iterator[Daemon]:
     root = tmp_path_factory.mktemp("fim")
-    clone_store(smollm2_store, root / "data")
+    clone_store(fim_store, root / "data")
     d = start_daemon(root)
-    shown = d.models.Show(pb.ModelRef(model="smollm2"), timeout=60)
-    blob = root / "data" / "models" / "blobs" / ("sha256-" + shown.model.digest.split(":")[1])
-    write_fim_copy(blob, root / "smolfim.gguf")
-    for _ in d.models.Pull(
-        pb.PullRequest(source=str(root / "smolfim.gguf"), name="smolfim"), timeout=300
-    ):
-        pass
     yield d
     d.stop()
 

@@ -187,3 +187,74 @@ def test_another_user_cannot_connect() -> None:
             d.stop()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_extra_streams_on_one_connection_all_get_resource_exhausted(limited: Daemon) -> None:
+    """150 streams on one HTTP/2 connection: the one EDGED_MAX_STREAMS admits runs,
+    every other gets the documented RESOURCE_EXHAUSTED naming the limit, none the
+    transport's own refusal (UNAVAILABLE "Stream removed", HTTP/2's 128 streams)."""
+    import asyncio
+
+    async def run() -> list[grpc.StatusCode]:
+        async with grpc.aio.insecure_channel(f"unix:{limited.socket}") as channel:
+            stub = pbg.InferenceStub(channel)
+            req = chat(
+                "smollm2", "Write a long story about a lighthouse.", max_tokens=64, temperature=0.0
+            )
+
+            async def one() -> grpc.StatusCode:
+                try:
+                    async for _ in stub.Generate(req, timeout=300):
+                        pass
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() == C.RESOURCE_EXHAUSTED:
+                        assert "EDGED_MAX_STREAMS" in (exc.details() or "")
+                    return exc.code()
+                return C.OK
+
+            return list(await asyncio.gather(*(one() for _ in range(150))))
+
+    codes = asyncio.run(run())
+    assert C.UNAVAILABLE not in codes
+    assert set(codes) <= {C.OK, C.RESOURCE_EXHAUSTED}
+    assert codes.count(C.OK) >= 1 and codes.count(C.RESOURCE_EXHAUSTED) >= 100
+
+
+def test_http_door_applies_the_same_limits(limited: Daemon) -> None:
+    """The limits answer the same on HTTP: 413 for size, 400 for max_tokens, 429
+    with Retry-After for sessions and streams."""
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(limited.http_url)
+
+    def post(path: str, body: object) -> tuple[int, dict[str, str], dict[str, object]]:
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=120)
+        conn.request(
+            "POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"}
+        )
+        r = conn.getresponse()
+        out = r.status, {k.lower(): v for k, v in r.getheaders()}, json.loads(r.read())
+        conn.close()
+        return out
+
+    def ask(text: str, **extra: object) -> dict[str, object]:
+        return {"model": "smollm2", "messages": [{"role": "user", "content": text}], **extra}
+
+    status, _, body = post("/v1/chat/completions", ask("x" * (2 << 20)))
+    assert status == 413  # over EDGED_MAX_MESSAGE_MB
+    status, _, body = post("/v1/chat/completions", ask("y" * 30000))
+    assert status == 413 and "EDGED_MAX_PROMPT_BYTES" in str(body)
+    status, _, body = post("/v1/chat/completions", ask("hi", max_tokens=65))
+    assert status == 400 and "EDGED_MAX_TOKENS" in str(body)
+    # streams: one running generation holds the only slot
+    first = limited.inference.Generate(
+        chat("smollm2", "Write a long story about a dolphin.", max_tokens=64, temperature=0.0),
+        timeout=120,
+    )
+    next(iter(first))
+    status, headers, body = post("/v1/chat/completions", ask("hi", max_tokens=2))
+    first.cancel()
+    assert status == 429 and headers.get("retry-after") == "1"
+    assert "EDGED_MAX_STREAMS" in str(body)

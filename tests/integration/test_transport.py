@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from edged.daemon.tokens import TokenStore
 from edged.v1 import edged_pb2 as pb
 from edged.v1 import edged_pb2_grpc as pbg
 from harness.daemon import start_daemon
@@ -84,6 +85,56 @@ def test_tcp_requires_the_bearer_token(tmp_path: Path) -> None:
             pb.VersionRequest(), metadata=(("authorization", f"Bearer {token}"),), timeout=10
         )
         assert ok.api == "edged.v1"
+        channel.close()
+    finally:
+        d.stop()
+
+
+def test_tcp_scoped_tokens(tmp_path: Path) -> None:
+    """Scoped tokens (edged token create) on TCP: each may call what its scopes
+    allow; one created or revoked while the daemon runs counts at once."""
+    port = free_port()
+    tokens = TokenStore(tmp_path / "config" / "tokens.json")
+    reader = tokens.create("reader", ["read"])
+    d = start_daemon(tmp_path, EDGED_TCP=f"127.0.0.1:{port}", EDGED_TOKENS_FILE=str(tokens.path))
+    try:
+        legacy = (tmp_path / "config" / "token").read_text().strip()
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        system, models = pbg.SystemStub(channel), pbg.ModelsStub(channel)
+        inference = pbg.InferenceStub(channel)
+
+        def auth(token: str) -> tuple[tuple[str, str]]:
+            return (("authorization", f"Bearer {token}"),)
+
+        # legacy token: everything, as before
+        assert system.Version(pb.VersionRequest(), metadata=auth(legacy), timeout=10).api
+        # a read token reads (also as x-api-key) ...
+        assert system.Version(pb.VersionRequest(), metadata=auth(reader), timeout=10).api
+        models.List(pb.ListModelsRequest(), metadata=(("x-api-key", reader),), timeout=10)
+        # ... and may not pull or generate
+        with pytest.raises(grpc.RpcError) as err:
+            list(models.Pull(pb.PullRequest(source="smollm2"), metadata=auth(reader), timeout=10))
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "'models' scope" in (err.value.details() or "")
+        assert "'reader'" in (err.value.details() or "")
+        with pytest.raises(grpc.RpcError) as err:
+            request = pb.GenerateRequest(model="smollm2", prompt="hi")
+            list(inference.Generate(request, metadata=auth(reader), timeout=10))
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "'generate' scope" in (err.value.details() or "")
+
+        # created while the daemon runs: accepted at once, and past auth
+        manager = TokenStore(tokens.path).create("manager", ["models"])
+        with pytest.raises(grpc.RpcError) as err:
+            models.Delete(pb.ModelRef(model="absent"), metadata=auth(manager), timeout=10)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND  # the service answered
+        # revoked while it runs: refused at once
+        assert TokenStore(tokens.path).revoke("reader")
+        with pytest.raises(grpc.RpcError) as err:
+            system.Version(pb.VersionRequest(), metadata=auth(reader), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # the unix socket needs no token
+        assert pbg.SystemStub(d.channel).Version(pb.VersionRequest(), timeout=10).api
         channel.close()
     finally:
         d.stop()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edged.daemon.config import Limits, load_limits
-from edged.daemon.limits import LimitsInterceptor
+from edged.daemon.limits import Limiter
 from edged.daemon.services import _errors
 from edged.v1 import edged_pb2 as pb
 
@@ -29,11 +29,9 @@ def _chat(text: str, **sampling: int) -> pb.GenerateRequest:
     )
 
 
-def test_interceptor_checks() -> None:
+def test_limiter_checks() -> None:
     sessions = [0]
-    guard = LimitsInterceptor(
-        Limits(max_prompt_bytes=10, max_tokens=5, max_sessions=1), lambda: sessions[0]
-    )
+    guard = Limiter(Limits(max_prompt_bytes=10, max_tokens=5, max_sessions=1), lambda: sessions[0])
     gen = "/edged.v1.Inference/Generate"
     assert guard.check(gen, _chat("short")) is None
     assert "EDGED_MAX_PROMPT_BYTES" in (guard.check(gen, _chat("é" * 6)) or "")  # 12 bytes
@@ -64,3 +62,13 @@ def test_redact_paths(message: str, request_text: str, expected: str) -> None:
         assert _errors.redact_paths(message, request_text) == expected
     finally:
         _errors.allow_paths_under()
+
+
+def test_the_stream_limit_counts_running_streams() -> None:
+    guard = Limiter(Limits(max_streams=1), lambda: 0)
+    gen = "/edged.v1.Inference/Generate"
+    with guard.streaming(gen):
+        assert "EDGED_MAX_STREAMS" in (guard.check(gen, _chat("x")) or "")
+        with guard.streaming("/edged.v1.Models/List"):  # not a streaming call: not counted
+            assert guard.active_streams == 1
+    assert guard.check(gen, _chat("x")) is None and guard.active_streams == 0

@@ -299,16 +299,18 @@ class Session(_message.Message):
     def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., model_digest: _Optional[str] = ..., system_prompt: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., updated_unix_ms: _Optional[int] = ..., turns: _Optional[int] = ..., token_count: _Optional[int] = ..., backend: _Optional[str] = ..., kv_location: _Optional[str] = ...) -> None: ...
 
 class CreateSessionRequest(_message.Message):
-    __slots__ = ("model", "system_prompt", "backend", "device")
+    __slots__ = ("model", "system_prompt", "backend", "device", "history")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
     model: str
     system_prompt: str
     backend: str
     device: str
-    def __init__(self, model: _Optional[str] = ..., system_prompt: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+    history: _containers.RepeatedCompositeFieldContainer[ChatMessage]
+    def __init__(self, model: _Optional[str] = ..., system_prompt: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., history: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ...) -> None: ...
 
 class SendRequest(_message.Message):
     __slots__ = ("session_id", "content", "sampling", "keep_alive_s", "stream_interval_ms", "response_format", "tools", "tool_choice", "parallel_tool_calls", "logprobs", "tool_results")
@@ -554,6 +556,16 @@ class DeleteModelResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class CopyModelRequest(_message.Message):
+    __slots__ = ("source", "destination", "replace")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    destination: str
+    replace: bool
+    def __init__(self, source: _Optional[str] = ..., destination: _Optional[str] = ..., replace: _Optional[bool] = ...) -> None: ...
+
 class LoadedModel(_message.Message):
     __slots__ = ("model", "digest", "backend", "device", "pid", "rss_bytes", "context_length", "active_requests", "loaded_unix_ms", "capabilities", "memory", "sessions", "keep_alive_s", "expires_unix_ms", "pinned", "gpu_layers")
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -691,12 +703,14 @@ class VersionRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class VersionResponse(_message.Message):
-    __slots__ = ("version", "api")
+    __slots__ = ("version", "api", "http_url")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     API_FIELD_NUMBER: _ClassVar[int]
+    HTTP_URL_FIELD_NUMBER: _ClassVar[int]
     version: str
     api: str
-    def __init__(self, version: _Optional[str] = ..., api: _Optional[str] = ...) -> None: ...
+    http_url: str
+    def __init__(self, version: _Optional[str] = ..., api: _Optional[str] = ..., http_url: _Optional[str] = ...) -> None: ...
 
 class HardwareRequest(_message.Message):
     __slots__ = ("model", "calibrate")

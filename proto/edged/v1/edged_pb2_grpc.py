@@ -498,6 +498,11 @@ class ModelsStub:
                 request_serializer=edged_dot_v1_dot_edged__pb2.DetokenizeRequest.SerializeToString,
                 response_deserializer=edged_dot_v1_dot_edged__pb2.DetokenizeResponse.FromString,
                 _registered_method=True)
+        self.Copy = channel.unary_unary(
+                '/edged.v1.Models/Copy',
+                request_serializer=edged_dot_v1_dot_edged__pb2.CopyModelRequest.SerializeToString,
+                response_deserializer=edged_dot_v1_dot_edged__pb2.ModelInfo.FromString,
+                _registered_method=True)
 
 
 class ModelsServicer:
@@ -574,6 +579,14 @@ class ModelsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Copy(self, request, context):
+        """Stores a model under another name too (no file is copied: blobs are
+        shared); returns the new name's model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -631,6 +644,11 @@ def add_ModelsServicer_to_server(servicer, server):
                     servicer.Detokenize,
                     request_deserializer=edged_dot_v1_dot_edged__pb2.DetokenizeRequest.FromString,
                     response_serializer=edged_dot_v1_dot_edged__pb2.DetokenizeResponse.SerializeToString,
+            ),
+            'Copy': grpc.unary_unary_rpc_method_handler(
+                    servicer.Copy,
+                    request_deserializer=edged_dot_v1_dot_edged__pb2.CopyModelRequest.FromString,
+                    response_serializer=edged_dot_v1_dot_edged__pb2.ModelInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -930,6 +948,33 @@ class Models:
             '/edged.v1.Models/Detokenize',
             edged_dot_v1_dot_edged__pb2.DetokenizeRequest.SerializeToString,
             edged_dot_v1_dot_edged__pb2.DetokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Copy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edged.v1.Models/Copy',
+            edged_dot_v1_dot_edged__pb2.CopyModelRequest.SerializeToString,
+            edged_dot_v1_dot_edged__pb2.ModelInfo.FromString,
             options,
             channel_credentials,
             insecure,

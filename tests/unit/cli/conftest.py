@@ -34,6 +34,8 @@ ENV_VARS = (
     "EDGED_SOCKET",
     "EDGED_TCP",
     "EDGED_TOKEN_FILE",
+    "EDGED_TOKENS_FILE",
+    "EDGED_HTTP",
     "EDGED_THREADS",
     "EDGED_CONTEXT",
     "EDGED_KEEP_ALIVE",
@@ -223,7 +225,9 @@ class System(pbg.SystemServicer):  # type: ignore[misc]
 
     def Version(self, request: pb.VersionRequest, context: Any) -> pb.VersionResponse:
         self.state.record("Version", request, context)
-        return pb.VersionResponse(version="9.9.9", api="edged.v1")
+        return pb.VersionResponse(
+            version="9.9.9", api="edged.v1", http_url="http://127.0.0.1:11435"
+        )
 
     def Hardware(self, request: pb.HardwareRequest, context: Any) -> pb.HardwareResponse:
         self.state.record("Hardware", request, context)

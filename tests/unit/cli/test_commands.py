@@ -259,12 +259,15 @@ def test_version(fake: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
 
     assert main(["version"]) == 0
     out = capsys.readouterr().out
-    assert out == f"client version {client_version()}\ndaemon version 9.9.9 (api edged.v1)\n"
+    assert out == (
+        f"client version {client_version()}\ndaemon version 9.9.9 (api edged.v1)\n"
+        "HTTP API http://127.0.0.1:11435\n"
+    )
     assert main(["version", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc == {
         "client": {"version": client_version()},
-        "daemon": {"version": "9.9.9", "api": "edged.v1"},
+        "daemon": {"version": "9.9.9", "api": "edged.v1", "http_url": "http://127.0.0.1:11435"},
     }
 
 
