@@ -125,6 +125,10 @@ class ModelsStub(Protocol):
     Load: UnaryMethod[pb.LoadRequest, pb.LoadedModel]
     Configure: UnaryMethod[pb.ConfigureModelRequest, pb.ModelSettings]
     Convert: StreamMethod[pb.ConvertRequest, pb.PullProgress]
+    Tokenize: UnaryMethod[pb.TokenizeRequest, pb.TokenizeResponse]
+    Detokenize: UnaryMethod[pb.DetokenizeRequest, pb.DetokenizeResponse]
+    Copy: UnaryMethod[pb.CopyModelRequest, pb.ModelInfo]
+    Create: UnaryMethod[pb.CreateModelRequest, pb.CreateModelResponse]
 
 
 class SystemStub(Protocol):

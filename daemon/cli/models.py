@@ -1,10 +1,12 @@
-"""Model commands: pull, list, ps, show, rm, stop, load, config."""
+"""Model commands: pull, list, search, ps, show, rm, stop, load, config."""
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -15,6 +17,7 @@ from edged.daemon.cli.context import Context
 from edged.daemon.cli.durations import human_duration, parse_duration, until
 from edged.daemon.cli.system import backend_lines
 from edged.daemon.client import ResponseStream
+from edged.models_registry import catalog
 from edged.v1 import edged_pb2 as pb
 
 _MODEL_SUFFIXES = (".gguf", ".onnx")
@@ -26,7 +29,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="add a model from the catalog, a URL, a Hugging Face repo or a local path",
         description=(
             "Add a model to the local registry. SOURCE is a catalog name "
-            "(smollm2, smollm2:135m-q4_1), an http(s) URL of a GGUF file, an http(s) "
+            "(smollm2, gemma3:270m; `edged list --available` lists them), an http(s) URL "
+            "of a GGUF file, an http(s) "
             "URL ending in / of an ONNX Runtime GenAI folder, a Hugging Face repo "
             "holding one (owner/repo or hf://owner/repo@revision), one GGUF file in a "
             "Hugging Face repo (hf://owner/repo[@revision]/path/file.gguf; the token "
@@ -41,9 +45,28 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true", help="print the model's info as JSON at the end")
     p.set_defaults(func=cmd_pull)
 
-    p = sub.add_parser("list", aliases=["ls"], help="list the models in the registry")
+    p = sub.add_parser(
+        "list",
+        aliases=["ls"],
+        help="list the models in the registry (--available: the catalog)",
+        description="List the models in the registry. With --available, list the catalog "
+        "instead: the models `edged pull NAME[:TAG]` knows by name, each marked when it is "
+        "already pulled.",
+    )
+    p.add_argument("--available", action="store_true", help="list the catalog's models instead")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser(
+        "search",
+        help="search the catalog of models `edged pull` knows by name",
+        description="List the catalog's models whose name, family, description or "
+        "capabilities contain every TERM (case-insensitive), each marked when it is already "
+        "pulled. Exit status 1 when none matches.",
+    )
+    p.add_argument("terms", metavar="TERM", nargs="+")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("ps", help="list the loaded models")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -203,6 +226,8 @@ def cmd_convert(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
+    if args.available:
+        return _show_catalog(ctx, catalog.entries(), json_output=args.json)
     reply = ctx.client().models.List(pb.ListModelsRequest())
     if args.json:
         render.print_json(render.to_dict(reply), ctx.stdout)
@@ -221,6 +246,104 @@ def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
     headers = ["NAME", "DIGEST", "SIZE", "FORMAT", "QUANT", "MODIFIED"]
     ctx.out(render.table(headers, rows))
     return 0
+
+
+def cmd_search(ctx: Context, args: argparse.Namespace) -> int:
+    found = [e for e in catalog.entries() if all(e in catalog.search(t) for t in args.terms)]
+    if not found:
+        ctx.err(f"edged: no model in the catalog matches {' '.join(args.terms)!r}")
+        return 1
+    return _show_catalog(ctx, found, json_output=args.json)
+
+
+def _show_catalog(
+    ctx: Context, entries: Sequence[catalog.CatalogEntry], *, json_output: bool
+) -> int:
+    local = _local_models(ctx)
+    if json_output:
+        render.print_json([_catalog_dict(e, local) for e in entries], ctx.stdout)
+        return 0
+    rows = [
+        [
+            str(e.ref),
+            e.family,
+            e.parameters,
+            e.quantization,
+            _catalog_size(e, local),
+            ", ".join(e.capabilities),
+            _pulled_text(e, local),
+        ]
+        for e in entries
+    ]
+    headers = ["NAME", "FAMILY", "PARAMS", "QUANT", "SIZE", "CAPABILITIES", "PULLED"]
+    ctx.out(render.table(headers, rows))
+    defaults = [
+        f"{e.name} = {e.ref}"
+        for e in entries
+        if e.default and sum(o.name == e.name for o in catalog.entries()) > 1
+    ]
+    if defaults:
+        ctx.out(f"\nA name alone pulls its default tag: {', '.join(defaults)}.")
+    return 0
+
+
+def _local_models(ctx: Context) -> list[pb.ModelInfo] | None:
+    """The daemon's models, or None (said on stderr) when no daemon answers."""
+    try:
+        return list(ctx.client().models.List(pb.ListModelsRequest()).models)
+    except errors.Unavailable as exc:
+        ctx.err(f"edged: cannot tell which models are pulled: {exc}")
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.UNAVAILABLE:
+            raise
+        ctx.err(f"edged: cannot tell which models are pulled: {render.rpc_message(exc)}")
+    return None
+
+
+def _pulled_as(e: catalog.CatalogEntry, local: list[pb.ModelInfo]) -> list[str]:
+    """Local models that are this entry: its name:tag, or (for a pinned digest) its bytes."""
+    return [
+        render.model_name(m)
+        for m in local
+        if (m.name, m.tag) == (e.name, e.tag) or (e.digest is not None and m.digest == e.digest)
+    ]
+
+
+def _pulled_text(e: catalog.CatalogEntry, local: list[pb.ModelInfo] | None) -> str:
+    if local is None:
+        return "?"
+    names = _pulled_as(e, local)
+    if str(e.ref) in names:
+        return "yes"
+    return f"as {', '.join(names)}" if names else "no"
+
+
+def _catalog_size(e: catalog.CatalogEntry, local: list[pb.ModelInfo] | None) -> str:
+    """The catalog's size, else the pulled copy's; "-" before a hub model is pulled."""
+    if e.size is not None:
+        return render.human_bytes(e.size)
+    pulled = [m for m in local or () if (m.name, m.tag) == (e.name, e.tag)]
+    return render.human_bytes(pulled[0].size_bytes) if pulled else "-"
+
+
+def _catalog_dict(e: catalog.CatalogEntry, local: list[pb.ModelInfo] | None) -> dict[str, Any]:
+    return {
+        "name": e.name,
+        "tag": e.tag,
+        "default": e.default,
+        "description": e.description,
+        "family": e.family,
+        "parameters": e.parameters,
+        "quantization": e.quantization,
+        "context_length": e.context,
+        "license": e.license,
+        "capabilities": list(e.capabilities),
+        "source": str(e.source),
+        "size_bytes": e.size,
+        "digest": e.digest,
+        "pulled": None if local is None else bool(_pulled_as(e, local)),
+        "pulled_as": None if local is None else _pulled_as(e, local),
+    }
 
 
 def memory_text(m: pb.LoadedModel) -> str:
@@ -308,6 +431,7 @@ def _show_text(reply: pb.ShowModelResponse) -> str:
         lines = backend_lines(reply.backends, "Backends")
         text += "\n\n" + "\n".join("  " + line for line in lines)
     defaults = [(k, f"{reply.sampling_defaults[k]:g}") for k in sorted(reply.sampling_defaults)]
+    defaults.extend(("stop", repr(stop)) for stop in reply.stop_defaults)
     if reply.system_prompt:
         defaults.insert(0, ("system prompt", reply.system_prompt))
     if defaults:

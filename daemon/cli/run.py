@@ -16,6 +16,8 @@ from edged.daemon.cli import render
 from edged.daemon.cli.context import Context
 from edged.daemon.cli.durations import parse_duration
 from edged.daemon.client import Client, ResponseStream
+from edged.models_registry import catalog
+from edged.models_registry.names import split_model_ref
 from edged.v1 import edged_pb2 as pb
 
 REPL_HELP = '''Available commands:
@@ -89,6 +91,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="stop string (repeatable, up to 16)",
     )
     p.add_argument(
+        "--no-pull",
+        dest="pull",
+        action="store_false",
+        help="do not pull a catalog model that is not in the store yet (default: pull it)",
+    )
+    p.add_argument(
         "--verbose", action="store_true", help="print generation stats to stderr after each reply"
     )
     p.add_argument(
@@ -123,6 +131,7 @@ def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
     if args.context < 0:
         raise errors.InvalidArgument("--context must not be negative")
     backend = "" if args.backend == "auto" else registry.backend_info(args.backend).name
+    ensure_pulled(ctx, args.model, pull=args.pull)
     if backend and registry.backend_info(backend).converts_to:
         _ensure_variant(ctx, args.model, registry.backend_info(backend).converts_to)
     lifecycle = Lifecycle(args.device, args.keep_alive, args.context)
@@ -175,6 +184,36 @@ class Lifecycle:
     device: str = ""
     keep_alive_s: float | None = None
     context_length: int = 0
+
+
+def ensure_pulled(ctx: Context, model: str, *, pull: bool) -> None:
+    """Pull ``model`` first (with the progress display) when the store lacks it and
+    the catalog knows it, as `ollama run` does. Anything else is left to the
+    request, whose error says what is wrong."""
+    try:
+        ctx.client().models.Show(pb.ModelRef(model=model), timeout=600)
+        return
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.NOT_FOUND or not pull or not in_catalog(model):
+            raise
+    from edged.daemon.cli.models import follow
+
+    ctx.err(f"edged: {model} is not in the store yet; pulling it (--no-pull turns this off)")
+    pulled = follow(ctx, ctx.client().models.Pull(pb.PullRequest(source=model)), "the pull")
+    ctx.err(
+        f"edged: pulled {render.model_name(pulled)} "
+        f"({render.short_digest(pulled.digest)}, {render.human_bytes(pulled.size_bytes)})"
+    )
+
+
+def in_catalog(model: str) -> bool:
+    """Whether ``name[:tag]`` names a catalog entry; an unknown tag of a catalog
+    name raises ModelNotFound listing the tags it has."""
+    try:
+        name, tag = split_model_ref(model)
+    except errors.InvalidArgument:
+        return False
+    return catalog.find(name, tag) is not None
 
 
 def _ensure_variant(ctx: Context, model: str, fmt: str) -> None:

@@ -1,4 +1,4 @@
-"""Store commands: verify, gc, export, import.
+"""Store commands: verify, gc, export, import (an archive, or --from another program).
 
 They work on the model store directly (under its locks), not through the
 daemon, so they also work with the daemon stopped and on an offline machine.
@@ -19,6 +19,7 @@ from edged.common import errors
 from edged.daemon import config
 from edged.daemon.cli import render
 from edged.daemon.cli.context import Context
+from edged.models_registry import importers
 from edged.models_registry.archive import export_model, import_archive
 from edged.models_registry.progress import PullProgress
 from edged.models_registry.store import GcReport, Store
@@ -71,13 +72,60 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser(
         "import",
-        help="add a model from an archive made by `edged export`",
-        description="Check every member of FILE.tar and add its model to the store. A bad "
-        "archive is refused and leaves the store as it was.",
+        help="add a model from an `edged export` archive, or Ollama's, LM Studio's or "
+        "the Hugging Face cache's models",
+        description=_IMPORT_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("archive", metavar="FILE.tar", type=Path)
-    p.add_argument("--name", metavar="NAME[:TAG]", help="store it under this name")
+    p.add_argument(
+        "archive",
+        metavar="FILE.tar|NAME[:TAG]",
+        nargs="?",
+        help="the archive to import; with --from, which model(s) to import (default: all)",
+    )
+    p.add_argument(
+        "--name",
+        metavar="NAME[:TAG]",
+        help="store it under this name (with --from: the one model NAME[:TAG] picks)",
+    )
+    p.add_argument(
+        "--from",
+        dest="from_",
+        choices=importers.SOURCES,
+        help="import from this program's models: ollama ($OLLAMA_MODELS or "
+        "~/.ollama/models), lmstudio (~/.lmstudio/models, ~/.cache/lm-studio/models), "
+        "hf-cache ($HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub)",
+    )
+    p.add_argument(
+        "--path", metavar="DIR", type=Path, help="with --from: read the models from DIR instead"
+    )
+    p.add_argument(
+        "--list",
+        action="store_true",
+        help="with --from: show what would be imported and what is already there; import nothing",
+    )
+    p.add_argument("--json", action="store_true", help="with --from: machine-readable output")
     p.set_defaults(func=cmd_import)
+
+
+_IMPORT_DESCRIPTION = """\
+edged import FILE.tar [--name NAME[:TAG]]
+  Check every member of FILE.tar (made by `edged export`) and add its model to
+  the store. A bad archive is refused and leaves the store as it was.
+
+edged import --from {ollama,lmstudio,hf-cache} [NAME[:TAG]] [--path DIR] [--list]
+  Add the GGUF models another program keeps (all of them, or those NAME[:TAG]
+  names) without copying them: each file is hard-linked into the store
+  (reflinked, or else copied, when on another file system) and hashed before
+  it is accepted; the other program's folder is never written.
+  Ollama's registry.ollama.ai/library/NAME:TAG becomes NAME:TAG, any other one
+  NAMESPACE/NAME:TAG (hf.co/owner/repo:TAG becomes owner/repo:TAG), with its
+  system prompt and parameters (num_ctx as the model's context length); its
+  chat template is not used (edged uses the GGUF's) and a LoRA adapter is
+  refused. An LM Studio or Hugging Face cache file is named after the file and
+  tagged latest, as `edged pull` names it. A name edged already uses for
+  another model is not overwritten (import it with --name). Split GGUFs and
+  vision projectors are skipped. Exits 1 if any model was refused."""
 
 
 def open_store(*, grace_s: float | None = None) -> Store:
@@ -211,16 +259,77 @@ def cmd_export(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_import(ctx: Context, args: argparse.Namespace) -> int:
+    if args.from_ is not None:
+        return _import_from(ctx, args)
+    if args.archive is None:
+        raise errors.InvalidArgument(
+            "give the archive to import (FILE.tar), or --from ollama|lmstudio|hf-cache"
+        )
+    if args.path is not None or args.list or args.json:
+        raise errors.InvalidArgument("--path, --list and --json go with --from")
     store = open_store()
     with render.PullDisplay(ctx.stderr) as display:
         ref, manifest = import_archive(
             store,
-            args.archive.expanduser().absolute(),
+            Path(args.archive).expanduser().absolute(),
             name=args.name,
             progress=lambda p: display.update(_pb(p)),
         )
     ctx.out(f"imported {ref} ({render.human_bytes(manifest.size)})")
     return 0
+
+
+def _import_from(ctx: Context, args: argparse.Namespace) -> int:
+    store = open_store()
+    paths = [args.path] if args.path is not None else None
+    if args.json or args.list:
+        report = importers.import_from(
+            store, args.from_, paths=paths, pattern=args.archive, name=args.name, dry_run=args.list
+        )
+    else:
+        with render.PullDisplay(ctx.stderr) as display:
+            report = importers.import_from(
+                store,
+                args.from_,
+                paths=paths,
+                pattern=args.archive,
+                name=args.name,
+                progress=lambda p: display.update(_pb(p)),
+            )
+    if args.json:
+        render.print_json(report.to_dict(), ctx.stdout)
+    else:
+        _print_imports(ctx, report)
+    return 0 if report.ok or report.dry_run else 1
+
+
+def _print_imports(ctx: Context, report: importers.ImportReport) -> None:
+    where = ", ".join(str(r) for r in report.roots)
+    if not report.outcomes:
+        ctx.out(f"no GGUF models found in {where}")
+        return
+    for o in report.outcomes:
+        if o.status == importers.IMPORTED:
+            line = f"imported {o.model} ({o.how}, {render.human_bytes(o.size)}) from {o.source}"
+        elif o.status == importers.WOULD_IMPORT:
+            line = f"would import {o.model} ({render.human_bytes(o.size)}) from {o.source}"
+        elif o.status == importers.ALREADY:
+            line = f"already there: {o.model} ({o.source})"
+        elif o.status == importers.SKIPPED:
+            line = f"skipped {o.model}: {o.reason}"
+        else:
+            line = f"refused {o.model}: {o.reason}"
+        ctx.out(line)
+        for note in o.notes:
+            ctx.out(f"  note: {note}")
+    counts = [
+        (importers.WOULD_IMPORT if report.dry_run else importers.IMPORTED),
+        importers.ALREADY,
+        importers.REFUSED,
+        importers.SKIPPED,
+    ]
+    summary = ", ".join(f"{report.count(s)} {s}" for s in counts if report.count(s))
+    ctx.out(f"{summary} (from {where})" + ("; --list imports nothing" if report.dry_run else ""))
 
 
 def _pb(p: PullProgress) -> pb.PullProgress:

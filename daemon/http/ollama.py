@@ -433,6 +433,7 @@ ROUTES = [
     Route("/api/pull", models.pull, methods=["POST"]),
     Route("/api/delete", models.delete, methods=["DELETE"]),
     Route("/api/copy", models.copy, methods=["POST"]),
+    Route("/api/create", models.create, methods=["POST"]),
     Route("/api/generate", generate, methods=["POST"]),
     Route("/api/chat", chat, methods=["POST"]),
     Route("/api/embed", embed, methods=["POST"]),

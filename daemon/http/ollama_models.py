@@ -186,6 +186,7 @@ def parameters(shown: pb.ShowModelResponse, num_ctx: int) -> list[tuple[str, str
         name = _PARAMETERS.get(key)
         if name is not None:
             out.append((name, str(int(value)) if name in _INTEGER_PARAMETERS else f"{value:g}"))
+    out.extend(("stop", json.dumps(stop)) for stop in shown.stop_defaults)
     return out
 
 
@@ -332,3 +333,49 @@ async def copy(request: Request) -> Response:
         pb.CopyModelRequest(source=source, destination=destination, replace=True)
     )
     return door.json_response({})
+
+
+# what /api/create can carry that edged does not do: refused, never ignored
+_CREATE_REFUSED = {
+    "files": "creating from uploaded blobs is not supported: pull the GGUF file, then "
+    "create from it",
+    "adapters": "LoRA adapters are not supported",
+    "quantize": "quantizing is not supported here (see `edged convert`)",
+    "messages": "seeding messages is not supported: start a session with them",
+}
+
+
+@door.route(API, "models")
+async def create(request: Request) -> Response:
+    """Ollama's create from a stored model: ``{"model", "from", "system",
+    "parameters"}``; a different model stored under that name is replaced, as
+    Ollama does. ``template`` and ``license`` are ignored (edged uses the GGUF's
+    own chat template), said in a status line."""
+    body = await door.body(request)
+    name, source = model_name(body), f.string(body, "from")
+    if not source:
+        raise HttpError(400, "from is required: the stored model to create from")
+    for key, why in _CREATE_REFUSED.items():
+        f.refuse_unless(not body.get(key), f"{key}: {why}")
+    req = pb.CreateModelRequest(name=name, source=source, replace=True)
+    if "system" in body:
+        req.system_prompt = f.string(body, "system")
+    for key, value in f.obj(body, "parameters").items():
+        for item in value if key == "stop" and isinstance(value, list) else [value]:
+            req.parameters.append(pb.ModelParameter(key=key, value=json.dumps(item)))
+    reply = await door.services_of(request).models.create(req)
+    notes = [*reply.notes]
+    notes.extend(
+        f"{key} ignored: edged uses the model file's own chat template and license"
+        for key in ("template", "license")
+        if body.get(key)
+    )
+    records = [{"status": note} for note in notes] + [{"status": "success"}]
+    if not f.boolean(body, "stream", True):
+        return door.json_response(records[-1])
+    return door.ndjson(_lines(records))
+
+
+async def _lines(records: list[dict[str, Any]]) -> AsyncIterator[str]:
+    for record in records:
+        yield ndjson_line(record)

@@ -53,7 +53,7 @@ class InferenceService(pbg.InferenceServicer):  # type: ignore[misc]
             raise InvalidArgument("set one of prompt, chat or infill")
         job = Job(
             next_request_id(),
-            sampling_from(request.sampling, model.sampling_defaults),
+            sampling_from(request.sampling, model.sampling_defaults, model.stop_defaults),
             deadline=deadline,
             stream_interval_s=stream_interval_s(self.app, request),
             **text,

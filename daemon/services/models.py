@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -26,6 +27,7 @@ from edged.daemon.selection import Selection, variant_digest
 from edged.daemon.services import _errors
 from edged.daemon.services.generation import resolve_model, resolve_request
 from edged.daemon.wire import check_text, messages_from, with_system_prompt
+from edged.models_registry import model_params
 from edged.models_registry.convert import convert_to_onnx
 from edged.models_registry.manifest import Manifest, Variant
 from edged.models_registry.names import ModelRef, parse_model_ref
@@ -235,6 +237,7 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
             metadata=metadata,
             system_prompt=manifest.system_prompt,
             sampling_defaults=dict(manifest.sampling),
+            stop_defaults=manifest.stop,
             variants=[self._variant(v) for v in manifest.variants],
             settings=settings_to(self.app.selection.model_settings(str(ref))),
             **await asyncio.to_thread(show_fields, self.app.selection, str(ref)),
@@ -282,6 +285,49 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
             settings = self.app.selection.settings
             await asyncio.to_thread(settings.put, str(destination), settings.get(str(source)))
         return model_info(destination.name, destination.tag, manifest)
+
+    async def create(self, request: pb.CreateModelRequest) -> pb.CreateModelResponse:
+        """``name`` shares ``source``'s files with its own defaults (Ollama's create
+        FROM a model): the system prompt replaces the source's when given, the
+        parameters are laid over its defaults, ``num_ctx`` becomes the context
+        setting. Parameters edged has no use for are named in the notes."""
+        store = self.app.store
+        if not request.source:
+            raise InvalidArgument("create needs a model to start from (FROM)")
+        source, _ = store.resolve(request.source)
+        destination = parse_model_ref(request.name)
+        params = model_params.from_pairs([(p.key, p.value) for p in request.parameters])
+        system = (
+            check_text("the system prompt", request.system_prompt)
+            if request.HasField("system_prompt")
+            else None
+        )
+
+        def with_defaults(m: Manifest) -> Manifest:
+            sampling = {**dict(m.sampling), **dict(params.sampling)}
+            return dataclasses.replace(
+                m,
+                system_prompt=m.system_prompt if system is None else system,
+                sampling=tuple(sorted(sampling.items())),
+                stop=params.stop or m.stop,
+            )
+
+        manifest, replaced = await asyncio.to_thread(
+            store.copy, source, destination, replace=request.replace, edit=with_defaults
+        )
+        if replaced is not None:
+            await self._unload_unused(replaced)
+        settings = self.app.selection.settings
+        chosen = settings.get(str(source))
+        if params.context_length:
+            chosen = dataclasses.replace(chosen, context_length=params.context_length)
+        await asyncio.to_thread(settings.put, str(destination), chosen)
+        notes = [
+            f"ignored parameter {name!r}: edged has no such setting" for name in params.ignored
+        ]
+        return pb.CreateModelResponse(
+            model=model_info(destination.name, destination.tag, manifest), notes=notes
+        )
 
     async def _unload_unused(self, manifest: Manifest) -> None:
         """Unload the variants of ``manifest`` that no stored model uses."""
@@ -382,6 +428,7 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
     Tokenize = _errors.unary_of("tokenize")
     Detokenize = _errors.unary_of("detokenize")
     Copy = _errors.unary_of("copy")
+    Create = _errors.unary_of("create")
 
 
 MAX_DETOKENIZE = 1 << 20

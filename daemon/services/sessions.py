@@ -89,7 +89,7 @@ class SessionsService(pbg.SessionsServicer):  # type: ignore[misc]
                 backend=rec.backend,
                 device=rec.device,
             )
-            sampling = sampling_from(request.sampling, model.sampling_defaults)
+            sampling = sampling_from(request.sampling, model.sampling_defaults, model.stop_defaults)
             if model.digest != rec.model_digest:
                 # the name now points at other weights: the old KV is meaningless
                 self.app.scheduler.drop_session(rec.model_digest, rec.id)

@@ -36,9 +36,14 @@ def cli_env(tmp_path: Path, smollm2_store: Path) -> Iterator[dict[str, str]]:
     clone_store(smollm2_store, tmp_path / "data")
     env = daemon_env(tmp_path)
     yield env
+    stop_autostarted(tmp_path)
+
+
+def stop_autostarted(root: Path) -> None:
+    """Stop the daemon a CLI command started for the data under ``root``."""
     for proc in psutil.process_iter(["cmdline"]):
         cmd = " ".join(proc.info["cmdline"] or [])
-        if "serve" in cmd and str(tmp_path) in cmd:
+        if "serve" in cmd and str(root) in cmd:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
 

@@ -441,7 +441,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class ShowModelResponse(_message.Message):
-    __slots__ = ("model", "chat_template", "metadata", "system_prompt", "sampling_defaults", "variants", "backends", "settings", "memory", "capabilities")
+    __slots__ = ("model", "chat_template", "metadata", "system_prompt", "sampling_defaults", "variants", "backends", "settings", "memory", "capabilities", "stop_defaults")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -466,6 +466,7 @@ class ShowModelResponse(_message.Message):
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    STOP_DEFAULTS_FIELD_NUMBER: _ClassVar[int]
     model: ModelInfo
     chat_template: str
     metadata: _containers.ScalarMap[str, str]
@@ -476,7 +477,8 @@ class ShowModelResponse(_message.Message):
     settings: ModelSettings
     memory: MemoryEstimate
     capabilities: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., chat_template: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., system_prompt: _Optional[str] = ..., sampling_defaults: _Optional[_Mapping[str, float]] = ..., variants: _Optional[_Iterable[_Union[ModelVariant, _Mapping]]] = ..., backends: _Optional[_Iterable[_Union[BackendChoice, _Mapping]]] = ..., settings: _Optional[_Union[ModelSettings, _Mapping]] = ..., memory: _Optional[_Union[MemoryEstimate, _Mapping]] = ..., capabilities: _Optional[_Iterable[str]] = ...) -> None: ...
+    stop_defaults: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., chat_template: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., system_prompt: _Optional[str] = ..., sampling_defaults: _Optional[_Mapping[str, float]] = ..., variants: _Optional[_Iterable[_Union[ModelVariant, _Mapping]]] = ..., backends: _Optional[_Iterable[_Union[BackendChoice, _Mapping]]] = ..., settings: _Optional[_Union[ModelSettings, _Mapping]] = ..., memory: _Optional[_Union[MemoryEstimate, _Mapping]] = ..., capabilities: _Optional[_Iterable[str]] = ..., stop_defaults: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelSettings(_message.Message):
     __slots__ = ("backend", "device", "keep_alive_s", "pinned", "context_length")
@@ -565,6 +567,36 @@ class CopyModelRequest(_message.Message):
     destination: str
     replace: bool
     def __init__(self, source: _Optional[str] = ..., destination: _Optional[str] = ..., replace: _Optional[bool] = ...) -> None: ...
+
+class ModelParameter(_message.Message):
+    __slots__ = ("key", "value")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: str
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class CreateModelRequest(_message.Message):
+    __slots__ = ("name", "source", "system_prompt", "parameters", "replace")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    source: str
+    system_prompt: str
+    parameters: _containers.RepeatedCompositeFieldContainer[ModelParameter]
+    replace: bool
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., system_prompt: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[ModelParameter, _Mapping]]] = ..., replace: _Optional[bool] = ...) -> None: ...
+
+class CreateModelResponse(_message.Message):
+    __slots__ = ("model", "notes")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    model: ModelInfo
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LoadedModel(_message.Message):
     __slots__ = ("model", "digest", "backend", "device", "pid", "rss_bytes", "context_length", "active_requests", "loaded_unix_ms", "capabilities", "memory", "sessions", "keep_alive_s", "expires_unix_ms", "pinned", "gpu_layers")

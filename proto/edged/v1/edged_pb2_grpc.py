@@ -503,6 +503,11 @@ class ModelsStub:
                 request_serializer=edged_dot_v1_dot_edged__pb2.CopyModelRequest.SerializeToString,
                 response_deserializer=edged_dot_v1_dot_edged__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.Create = channel.unary_unary(
+                '/edged.v1.Models/Create',
+                request_serializer=edged_dot_v1_dot_edged__pb2.CreateModelRequest.SerializeToString,
+                response_deserializer=edged_dot_v1_dot_edged__pb2.CreateModelResponse.FromString,
+                _registered_method=True)
 
 
 class ModelsServicer:
@@ -587,6 +592,13 @@ class ModelsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Create(self, request, context):
+        """A new name for a stored model's files with its own defaults (`edged create`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -649,6 +661,11 @@ def add_ModelsServicer_to_server(servicer, server):
                     servicer.Copy,
                     request_deserializer=edged_dot_v1_dot_edged__pb2.CopyModelRequest.FromString,
                     response_serializer=edged_dot_v1_dot_edged__pb2.ModelInfo.SerializeToString,
+            ),
+            'Create': grpc.unary_unary_rpc_method_handler(
+                    servicer.Create,
+                    request_deserializer=edged_dot_v1_dot_edged__pb2.CreateModelRequest.FromString,
+                    response_serializer=edged_dot_v1_dot_edged__pb2.CreateModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -975,6 +992,33 @@ class Models:
             '/edged.v1.Models/Copy',
             edged_dot_v1_dot_edged__pb2.CopyModelRequest.SerializeToString,
             edged_dot_v1_dot_edged__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Create(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edged.v1.Models/Create',
+            edged_dot_v1_dot_edged__pb2.CreateModelRequest.SerializeToString,
+            edged_dot_v1_dot_edged__pb2.CreateModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

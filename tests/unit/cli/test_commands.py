@@ -234,6 +234,7 @@ def test_show(fake: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
         "metadata",
         "system_prompt",
         "sampling_defaults",
+        "stop_defaults",
         "variants",
     }
     assert doc["metadata"]["llama.context_length"] == "8192"

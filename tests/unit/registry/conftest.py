@@ -297,3 +297,22 @@ def smollm2_pulled(smollm2_seed: Any) -> tuple[Store, Any, Any, tuple[str, ...]]
 def smollm2_blob(smollm2_pulled: tuple[Store, Any, Any, tuple[str, ...]]) -> Path:
     store, _ref, manifest, _events = smollm2_pulled
     return store.blob_path(manifest.primary.digest)
+
+
+# the files another program keeps, for the importer tests (import_layouts.py)
+@pytest.fixture(scope="module")
+def real_gguf(
+    smollm2_pulled: tuple[Store, Any, Any, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A copy of the real SmolLM2 file outside any store."""
+    from tests.unit.registry.import_layouts import copy_real
+
+    return copy_real(smollm2_pulled, tmp_path_factory.mktemp("other-program"))
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    """A tiny valid GGUF file outside any store."""
+    from tests.unit.registry.import_layouts import write_tiny
+
+    return write_tiny(tmp_path)

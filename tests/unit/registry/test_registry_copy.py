@@ -3,12 +3,14 @@ blobs (Ollama's ``cp``); nothing is copied, nothing is lost."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from edged.common.errors import AlreadyExists, FailedPrecondition, ModelNotFound
 from edged.models_registry import ModelRef, Store, parse_model_ref
+from edged.models_registry.manifest import Manifest
 from tests.unit.registry.test_registry_store import add_model, leftovers
 
 
@@ -67,3 +69,30 @@ def test_copy_never_names_a_missing_blob(store: Store) -> None:
     with pytest.raises(FailedPrecondition):
         store.copy(ModelRef("a", "one"), ModelRef("b"))
     assert not store.manifest_path(ModelRef("b")).exists()
+
+
+def test_copy_with_new_defaults(store: Store) -> None:
+    """edged create: the copy gets its own defaults; the same files under that name
+    (even the source itself) take new defaults; a different model does not."""
+    original = add_model(store, "a:one", b"weights")
+
+    def pirate(m: Manifest) -> Manifest:
+        return dataclasses.replace(
+            m, system_prompt="Arr.", sampling=(("temperature", 0.0),), stop=("5",)
+        )
+
+    written, replaced = store.copy(ModelRef("a", "one"), ModelRef("pirate"), edit=pirate)
+    assert replaced is None and written.digests == original.digests
+    _, got = store.resolve("pirate")
+    assert (got.system_prompt, got.sampling, got.stop) == ("Arr.", (("temperature", 0.0),), ("5",))
+    _, source = store.resolve("a:one")
+    assert (source.system_prompt, source.stop) == (original.system_prompt, ())
+    # again, with other defaults: rewritten (same files), then in place on the source
+    store.copy(ModelRef("a", "one"), ModelRef("pirate"), edit=lambda m: m)
+    assert store.resolve("pirate")[1].stop == ()
+    store.copy(ModelRef("a", "one"), ModelRef("a", "one"), edit=pirate)
+    assert store.resolve("a:one")[1].stop == ("5",)
+    add_model(store, "b", b"other weights")
+    with pytest.raises(AlreadyExists):
+        store.copy(ModelRef("a", "one"), ModelRef("b"), edit=pirate)
+    assert leftovers(store) == []

