@@ -8,7 +8,10 @@
 #
 # llama-cpp-python is compiled for THIS machine first (installer/llama_build.py:
 # instruction sets from /proc/cpuinfo, never AMX, own wheel cache keyed by the
-# flags), so pip never builds or reuses a default -march=native wheel.
+# flags), so pip never builds or reuses a default -march=native wheel. The same
+# step puts llama.cpp's GGUF converter (convert_hf_to_gguf.py, conversion/,
+# gguf-py/ from the pinned sdist) into ~/.cache/edged/llama.cpp-convert/VERSION/
+# for `edged convert MODEL --to gguf`.
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${EDGED_VENV:-.venv}"

@@ -56,6 +56,11 @@ class Capabilities:
     infill_refusal: str = ""  # why not, when the backend could but this model cannot
     max_logprobs: int = 0  # 0: no logprobs; else the most alternatives per token
     tokenize: bool = False  # tokenize/detokenize calls
+    # An embedding model: Engine.embed answers, generation is refused. Its vectors
+    # are ``embedding_dimensions`` long, pooled as ``pooling`` (mean | cls | last).
+    embeddings: bool = False
+    embedding_dimensions: int = 0
+    pooling: str = ""
 
     @property
     def grammar(self) -> bool:
@@ -261,6 +266,29 @@ class Failed:
 Event = Chunk | Done | Failed
 
 
+# One input to embed: text (the model's special tokens added, as its tokenizer
+# does), or token ids used as given.
+EmbedInput = str | tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """What :meth:`Engine.embed` returns for a batch of inputs.
+
+    ``vectors`` is ``len(inputs) * dimensions`` little-endian float32 values,
+    row by row (compact over the worker pipe; the daemon turns rows into lists).
+    """
+
+    vectors: bytes
+    dimensions: int
+    prompt_tokens: int  # tokens read, after truncation
+    truncated: tuple[int, ...] = ()  # indices of the inputs cut to the context
+
+    @property
+    def count(self) -> int:
+        return len(self.vectors) // (4 * self.dimensions) if self.dimensions else 0
+
+
 @dataclass(frozen=True)
 class ModelDescription:
     capabilities: Capabilities
@@ -302,6 +330,14 @@ class Engine(Protocol):
 
     def pieces(self, tokens: list[int], *, special: bool) -> list[bytes]:
         """Each token's bytes (``special``: control tokens as their text)."""
+
+    def embed(self, inputs: Sequence[EmbedInput], *, truncate: bool, normalize: bool) -> Embeddings:
+        """Pooled vectors of a batch of inputs (an embedding model only).
+
+        ``truncate``: an input longer than the context is cut to it (its index
+        is reported); else it is InvalidArgument naming the index.
+        ``normalize``: each vector scaled to unit (L2) length.
+        """
 
     def has_work(self) -> bool: ...
 

@@ -43,9 +43,11 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
+
+import numpy as np
 
 from edged.backends import tool_calls
 from edged.backends.accounting import Timing, Waiting, WaitQueue
@@ -54,6 +56,8 @@ from edged.backends.base import (
     Chunk,
     Constraint,
     Done,
+    Embeddings,
+    EmbedInput,
     Event,
     Failed,
     Job,
@@ -136,6 +140,8 @@ def check_sampling(sampling: Sampling, caps: Capabilities) -> None:
 def check_controls(job: Job, caps: Capabilities) -> None:
     """Refuse a control the backend does not support, naming the backend."""
     name = caps.backend
+    if caps.embeddings:
+        raise FailedPrecondition(f"this is an embedding model: {EMBED_INSTEAD}")
     c = job.constraint
     if c is not None and c.kind not in caps.response_formats:
         have = ", ".join(caps.response_formats) or "none"
@@ -159,6 +165,60 @@ def check_controls(job: Job, caps: Capabilities) -> None:
         raise FailedPrecondition(
             caps.infill_refusal or f"fill-in-the-middle is not supported by the {name} backend"
         )
+
+
+EMBED_INSTEAD = "use Embed / /v1/embeddings"
+
+
+def fit_to_context(
+    tokens: list[list[int]], limit: int, *, truncate: bool, keep_last: bool
+) -> tuple[list[list[int]], tuple[int, ...]]:
+    """Every input cut to ``limit`` tokens when ``truncate``, with the indices
+    that were cut; else an over-long input is InvalidArgument naming it.
+    ``keep_last``: the input ends with a token the tokenizer adds (BERT's
+    [SEP], an EOS): a cut input keeps it as its last token."""
+    out: list[list[int]] = []
+    cut: list[int] = []
+    for i, toks in enumerate(tokens):
+        if not toks:
+            raise InvalidArgument(f"input {i} is empty")
+        if len(toks) <= limit:
+            out.append(toks)
+            continue
+        if not truncate:
+            raise InvalidArgument(
+                f"input {i} is {len(toks)} tokens, over the model's context of {limit}; "
+                "shorten it, or allow truncation (truncate=true)"
+            )
+        out.append([*toks[: limit - 1], toks[-1]] if keep_last and limit > 1 else toks[:limit])
+        cut.append(i)
+    return out, tuple(cut)
+
+
+def pack_batches(lengths: Sequence[int], max_tokens: int, max_seqs: int) -> Iterator[range]:
+    """Consecutive inputs grouped into batches of at most ``max_tokens`` tokens
+    and ``max_seqs`` inputs (every length must be at most ``max_tokens``)."""
+    start, used = 0, 0
+    for i, n in enumerate(lengths):
+        if i > start and (used + n > max_tokens or i - start >= max_seqs):
+            yield range(start, i)
+            start, used = i, 0
+        used += n
+    if start < len(lengths):
+        yield range(start, len(lengths))
+
+
+def l2_normalize(rows: Any) -> Any:
+    """Each row scaled to unit length (a zero row stays zero), as float32."""
+    rows = np.asarray(rows, dtype=np.float32)
+    norms = np.linalg.norm(rows.astype(np.float64), axis=-1, keepdims=True)
+    return (rows / np.where(norms > 0.0, norms, 1.0)).astype(np.float32)
+
+
+def embeddings_of(rows: Any, prompt_tokens: int, truncated: tuple[int, ...]) -> Embeddings:
+    """(inputs, dimensions) float rows as the :class:`Embeddings` the pipe carries."""
+    rows = np.ascontiguousarray(rows, dtype="<f4")
+    return Embeddings(rows.tobytes(), int(rows.shape[1]), prompt_tokens, truncated)
 
 
 def effective_constraint(job: Job) -> Constraint | None:
@@ -285,6 +345,13 @@ class EngineCore(Generic[RunningT]):
     def pieces(self, tokens: list[int], *, special: bool) -> list[bytes]:
         """Each token's bytes (``special``: control tokens as their text)."""
         raise InvalidArgument(f"detokenizing is not supported by the {self._caps.backend} backend")
+
+    def embed(self, inputs: Sequence[EmbedInput], *, truncate: bool, normalize: bool) -> Embeddings:
+        """Only an embedding model embeds (its engine overrides this)."""
+        raise FailedPrecondition(
+            f"this model has no pooling for embeddings (the {self._caps.backend} backend "
+            "embeds only with an embedding model)"
+        )
 
     def drop_session(self, session_id: str) -> None:
         """Forget any KV held for a session (engines that keep none: nothing to do)."""

@@ -25,6 +25,8 @@ from edged.backends.worker_protocol import (
     Cancel,
     Detokenize,
     DropSession,
+    Embed,
+    Embedded,
     Events,
     Forked,
     ForkSession,
@@ -111,7 +113,7 @@ def _loop(conn: Connection, eng: Engine) -> None:
                     eng.cancel(rid)
                 case DropSession(session_id=sid):
                     eng.drop_session(sid)
-                case ForkSession() | ListKv() | Tokenize() | Detokenize():
+                case ForkSession() | ListKv() | Tokenize() | Detokenize() | Embed():
                     flush()
                     send(_answer(eng, msg))
                 case Stop():
@@ -140,6 +142,9 @@ def _answer(eng: Engine, call: Call) -> FromWorker:
                 return Forked(call.call_id, eng.fork_session(src, new))
             case ListKv():
                 return KvLocations(call.call_id, eng.kv_locations(), eng.kv_bytes())
+            case Embed(inputs=inputs, truncate=truncate, normalize=normalize):
+                result = eng.embed(inputs, truncate=truncate, normalize=normalize)
+                return Embedded(call.call_id, result)
             case Tokenize(job=job) if job is not None:
                 tokens = eng.tokenize_job(job)
             case Tokenize(text=text, add_special=add, parse_special=parse):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edged.backends.base import Event, Job, ModelDescription
+from edged.backends.base import Embeddings, EmbedInput, Event, Job, ModelDescription
 
 # ------------------------------------------------------------ daemon -> worker
 
@@ -75,12 +75,24 @@ class Detokenize:
 
 
 @dataclass(frozen=True)
+class Embed:
+    """Pooled vectors of ``inputs`` (an embedding model); answered by :class:`Embedded`."""
+
+    call_id: int
+    inputs: list[EmbedInput]
+    truncate: bool = True
+    normalize: bool = True
+
+
+@dataclass(frozen=True)
 class Stop:
     """Flush, free the model and exit."""
 
 
-Call = ForkSession | ListKv | Tokenize | Detokenize
-ToWorker = Submit | Cancel | DropSession | ForkSession | ListKv | Tokenize | Detokenize | Stop
+Call = ForkSession | ListKv | Tokenize | Detokenize | Embed
+ToWorker = (
+    Submit | Cancel | DropSession | ForkSession | ListKv | Tokenize | Detokenize | Embed | Stop
+)
 
 # ------------------------------------------------------------ worker -> daemon
 
@@ -143,6 +155,14 @@ class Tokens:
 
 
 @dataclass(frozen=True)
+class Embedded:
+    """Answer to :class:`Embed`."""
+
+    call_id: int
+    result: Embeddings
+
+
+@dataclass(frozen=True)
 class CallFailed:
     """A call raised an edged error (``error`` names its class)."""
 
@@ -151,5 +171,7 @@ class CallFailed:
     message: str
 
 
-Reply = Forked | KvLocations | Tokens | CallFailed
-FromWorker = Ready | LoadFailed | Events | StepFailed | Forked | KvLocations | Tokens | CallFailed
+Reply = Forked | KvLocations | Tokens | Embedded | CallFailed
+FromWorker = (
+    Ready | LoadFailed | Events | StepFailed | Forked | KvLocations | Tokens | Embedded | CallFailed
+)

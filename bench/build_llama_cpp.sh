@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build llama.cpp's own llama-server, llama-bench and llama-batched-bench from
+# Build llama.cpp's own llama-server, llama-bench, llama-batched-bench and llama-embedding from
 # the sources inside the llama-cpp-python sdist edged pins, with the same CPU
 # flags as edged's build, into a folder OUTSIDE the repository (default
 # ~/.cache/edged/llama.cpp-bench). Only the comparison benchmarks use them;
@@ -20,7 +20,7 @@ SRC=$(echo "$WORK"/llama_cpp_python-*/vendor/llama.cpp)
 # shellcheck disable=SC2086
 cmake -S "$SRC" -B "$WORK/build" $ARGS -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_SERVER=ON >&2
-cmake --build "$WORK/build" -j"$(nproc)" --target llama-server llama-bench llama-batched-bench >&2
+cmake --build "$WORK/build" -j"$(nproc)" --target llama-server llama-bench llama-batched-bench llama-embedding >&2
 mkdir -p "$OUT"
 cp -a "$WORK"/build/bin/. "$OUT"/
 echo "$OUT"

@@ -18,8 +18,37 @@ from edged.common.jsonfile import positive_int, read_json_object
 
 FORMAT_GGUF = "gguf"
 FORMAT_ONNX = "onnx"
+FORMAT_SAFETENSORS = "safetensors"  # a Hugging Face folder: config.json + *.safetensors
 FORMAT_OPENVINO_IR = "openvino"
 IR_CONFIG = "config.json"
+
+# llama.cpp's encoder-only architectures: sentence embedders by construction.
+ENCODER_ARCHITECTURES = frozenset(
+    {
+        "bert",
+        "modern-bert",
+        "nomic-bert",
+        "nomic-bert-moe",
+        "neo-bert",
+        "jina-bert-v2",
+        "jina-bert-v3",
+        "eurobert",
+        "gemma-embedding",
+        "t5encoder",
+    }
+)
+
+
+def is_embedding_model(architecture: str, declares_pooling: bool) -> bool:
+    """An encoder architecture, or a GGUF that says how to pool its states."""
+    return architecture in ENCODER_ARCHITECTURES or declares_pooling
+
+
+def is_embedding_metadata(metadata: dict[str, str]) -> bool:
+    """The same rule over a GGUF's metadata (``general.architecture`` and
+    ``<arch>.pooling_type``)."""
+    arch = metadata.get("general.architecture", "")
+    return is_embedding_model(arch, bool(metadata.get(f"{arch}.pooling_type")))
 
 
 @dataclass(frozen=True)

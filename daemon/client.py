@@ -105,6 +105,7 @@ class StreamMethod(Protocol[_Req, _Resp]):
 
 class InferenceStub(Protocol):
     Generate: StreamMethod[pb.GenerateRequest, pb.GenerateChunk]
+    Embed: UnaryMethod[pb.EmbedRequest, pb.EmbedResponse]
 
 
 class SessionsStub(Protocol):

@@ -49,6 +49,10 @@ EDGED_MAX_TOKENS       largest max_tokens a request may ask for    32768
 EDGED_MAX_SESSIONS     sessions stored                             10000
 EDGED_GC_GRACE_S       age (s, by mtime) before gc removes an      3600
                        unused blob or a temp/partial file
+EDGED_LLAMA_CONVERTER  folder with llama.cpp's convert_hf_to_gguf  the installer's
+                       .py, conversion/ and gguf-py/ for           ~/.cache/edged/
+                       `edged convert --to gguf` (read when a      llama.cpp-convert/
+                       conversion starts: convert_gguf.py)         VERSION
 =====================  ==========================================  ===============
 """
 

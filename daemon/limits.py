@@ -4,7 +4,8 @@ Every local process of this user may talk to the daemon, and a misbehaving
 client (a runaway IDE plugin, a fuzzer) must not be able to exhaust it. The
 :class:`LimitsInterceptor` checks each request before any service code runs:
 
-* generation prompts are bounded in bytes and ``max_tokens`` is capped;
+* generation prompts (and embedding inputs, all of them together; a token id
+  counts 4 bytes) are bounded in bytes and ``max_tokens`` is capped;
 * at most ``max_streams`` streaming calls (generation, pulls, conversions) run
   at once across all clients;
 * at most ``max_sessions`` sessions are stored.
@@ -65,6 +66,9 @@ def _prompt_bytes(request: Any) -> int:
     if isinstance(request, pb.SendRequest):
         size = len(request.content.encode()) + _tools_bytes(request.tools)
         return size + sum(_message_bytes(m) for m in request.tool_results)
+    if isinstance(request, pb.EmbedRequest):
+        text_bytes = sum(len(t.encode()) for t in request.inputs)
+        return text_bytes + 4 * sum(len(ids.ids) for ids in request.token_inputs)
     if isinstance(request, pb.CreateSessionRequest):
         history = sum(_message_bytes(m) for m in request.history)
         return len(request.system_prompt.encode()) + history

@@ -39,15 +39,29 @@ from typing import Protocol
 
 import psutil
 
-from edged.backends.base import Chunk, Done, Job, LoadSpec, ModelDescription
+from edged.backends.base import Chunk, Done, Embeddings, EmbedInput, Job, LoadSpec, ModelDescription
 from edged.backends.memory import MemoryEstimate, estimate_memory
-from edged.backends.toolkit import check_controls
-from edged.common.errors import EdgedError, Internal, QueueFull, ResourceExhausted
+from edged.backends.toolkit import EMBED_INSTEAD, check_controls
+from edged.common.errors import (
+    DeadlineExceeded,
+    EdgedError,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    QueueFull,
+    ResourceExhausted,
+)
 from edged.common.model_facts import model_facts
 from edged.daemon.config import EngineConfig
 from edged.daemon.units import human_bytes
 
 log = logging.getLogger(__name__)
+
+# Inputs per worker call: a large batch goes as several calls, so other
+# requests for the same model are answered between them and a deadline is
+# checked between them (each call still fills the engine's decodes).
+EMBED_CALL_INPUTS = 256
+EMBED_CALL_TIMEOUT_S = 600.0
 
 
 class Worker(Protocol):
@@ -79,6 +93,9 @@ class Worker(Protocol):
         parse_special: bool = False,
     ) -> tuple[list[int], list[bytes]]: ...
     async def detokenize(self, tokens: list[int], *, special: bool) -> list[bytes]: ...
+    async def embed(
+        self, inputs: list[EmbedInput], *, truncate: bool, normalize: bool, timeout_s: float
+    ) -> Embeddings: ...
     async def stop(self) -> None: ...
 
 
@@ -473,6 +490,8 @@ class Scheduler:
     ) -> AsyncIterator[Chunk | Done]:
         async with self._serving(model, options) as worker:
             if worker.description is not None:  # refused here, before it queues
+                if worker.description.capabilities.embeddings:
+                    raise FailedPrecondition(f"{model.name} is an embedding model: {EMBED_INSTEAD}")
                 check_controls(job, worker.description.capabilities)
             async for event in worker.run(job):
                 yield event
@@ -503,6 +522,59 @@ class Scheduler:
     ) -> list[bytes]:
         async with self._serving(model, options) as worker:
             return await worker.detokenize(tokens, special=special)
+
+    async def embed(
+        self,
+        model: ResolvedModel,
+        inputs: list[EmbedInput],
+        *,
+        truncate: bool = True,
+        normalize: bool = True,
+        dimensions: int | None = None,
+        options: LoadOptions | None = None,
+        deadline: float | None = None,
+    ) -> Embeddings:
+        """Pooled vectors of ``inputs`` from an embedding model's worker, in
+        calls of at most EMBED_CALL_INPUTS inputs; ``deadline`` (time.time())
+        is checked before each call and bounds it."""
+        async with self._serving(model, options) as worker:
+            caps = worker.description.capabilities if worker.description else None
+            if caps is None or not caps.embeddings:
+                raise FailedPrecondition(
+                    f"{model.name} has no pooling for embeddings: it is a generative model "
+                    "(use an embedding model, for example all-minilm)"
+                )
+            if dimensions is not None and dimensions != caps.embedding_dimensions:
+                raise InvalidArgument(
+                    f"this model returns {caps.embedding_dimensions} dimensions; "
+                    f"dimensions={dimensions} cannot be served (edged does not shorten "
+                    "embeddings: leave dimensions unset)"
+                )
+            parts: list[Embeddings] = []
+            for start in range(0, len(inputs), EMBED_CALL_INPUTS):
+                timeout_s = EMBED_CALL_TIMEOUT_S
+                if deadline is not None:
+                    timeout_s = deadline - time.time()
+                    if timeout_s <= 0:
+                        raise DeadlineExceeded("the request's deadline passed while embedding")
+                batch = inputs[start : start + EMBED_CALL_INPUTS]
+                try:
+                    part = await worker.embed(
+                        batch, truncate=truncate, normalize=normalize, timeout_s=timeout_s
+                    )
+                except asyncio.TimeoutError:
+                    raise DeadlineExceeded(
+                        "the request's deadline passed while embedding"
+                    ) from None
+                parts.append(
+                    Embeddings(
+                        part.vectors,
+                        part.dimensions,
+                        part.prompt_tokens,
+                        tuple(start + i for i in part.truncated),
+                    )
+                )
+        return join_embeddings(parts, caps.embedding_dimensions)
 
     @contextlib.asynccontextmanager
     async def _serving(
@@ -672,6 +744,16 @@ class Scheduler:
             await self.unload(digest)
         if self._stopping:
             await asyncio.gather(*self._stopping, return_exceptions=True)
+
+
+def join_embeddings(parts: list[Embeddings], dimensions: int) -> Embeddings:
+    """The answers to consecutive calls as one (their indices already global)."""
+    return Embeddings(
+        b"".join(p.vectors for p in parts),
+        parts[0].dimensions if parts else dimensions,
+        sum(p.prompt_tokens for p in parts),
+        tuple(i for p in parts for i in p.truncated),
+    )
 
 
 def gpu_layers_for(device: str, wanted: int) -> int:

@@ -23,7 +23,7 @@ from edged.backends import registry
 from edged.backends.memory import MemoryEstimate, estimate_memory
 from edged.common.errors import EdgedError, FailedPrecondition, Internal
 from edged.common.hardware_profile import HardwareProfile
-from edged.common.model_facts import ModelFacts, model_facts
+from edged.common.model_facts import FORMAT_SAFETENSORS, ModelFacts, model_facts
 from edged.daemon import calibration
 from edged.daemon.config import ServerConfig
 from edged.daemon.hardware import (
@@ -231,6 +231,11 @@ def cpu_choices(ranking: Ranking) -> list[Choice]:
 
 
 def _no_backend(ranking: Ranking) -> str:
+    if all(v.format == FORMAT_SAFETENSORS for v in ranking.manifest.variants):
+        return (
+            f"{ranking.name} has only safetensors weights, which no backend runs: "
+            f"convert them first with `edged convert {ranking.name} --to gguf`"
+        )
     ov = ranking.overrides
     first = ranking.choices[0] if ranking.choices else None
     if (ov.backend or ov.device) and first is not None:

@@ -19,7 +19,17 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from edged.backends.base import Chunk, Done, Event, Failed, Job, LoadSpec, ModelDescription
+from edged.backends.base import (
+    Chunk,
+    Done,
+    Embeddings,
+    EmbedInput,
+    Event,
+    Failed,
+    Job,
+    LoadSpec,
+    ModelDescription,
+)
 from edged.backends.worker import worker_main
 from edged.backends.worker_protocol import (
     Call,
@@ -27,6 +37,8 @@ from edged.backends.worker_protocol import (
     Cancel,
     Detokenize,
     DropSession,
+    Embed,
+    Embedded,
     Events,
     Forked,
     ForkSession,
@@ -122,7 +134,7 @@ class WorkerHandle:
             case StepFailed(error=error, message=message):
                 for each in self._requests.values():
                     each.queue.put_nowait(errors.from_name(error, message))
-            case Forked() | KvLocations() | Tokens() | CallFailed():
+            case Forked() | KvLocations() | Tokens() | Embedded() | CallFailed():
                 fut = self._calls.pop(msg.call_id, None)
                 if fut is not None and not fut.done():
                     fut.set_result(msg)
@@ -251,6 +263,26 @@ class WorkerHandle:
         """Each token's bytes."""
         reply = await self._call(Detokenize(next_request_id(), tokens, special), timeout_s)
         return self._tokens(reply)[1]
+
+    async def embed(
+        self,
+        inputs: list[EmbedInput],
+        *,
+        truncate: bool = True,
+        normalize: bool = True,
+        timeout_s: float = 600.0,
+    ) -> Embeddings:
+        """Pooled vectors of ``inputs`` (one worker call; the scheduler splits big batches)."""
+        self.last_used = time.monotonic()
+        try:
+            reply = await self._call(
+                Embed(next_request_id(), inputs, truncate, normalize), timeout_s
+            )
+        finally:
+            self.last_used = time.monotonic()
+        if not isinstance(reply, Embedded):
+            raise errors.Internal(f"the worker answered Embed with {type(reply).__name__}")
+        return reply.result
 
     @staticmethod
     def _tokens(reply: Reply) -> tuple[list[int], list[bytes]]:

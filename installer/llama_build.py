@@ -23,8 +23,17 @@ nvidia-smi cannot say). ``EDGED_LLAMA_CUDA=0``/``1`` forces it off/on. The
 choice and its reason are printed; the wheel-cache key includes the CUDA flags
 and the toolkit version.
 
+Converter: ``edged convert MODEL --to gguf`` runs llama.cpp's own
+``convert_hf_to_gguf.py`` with its ``conversion/`` package and ``gguf-py``, taken
+from the same pinned sources (the sdist's ``vendor/llama.cpp/``). They are
+extracted into ``converter_cache_dir()`` (``~/.cache/edged/llama.cpp-convert/
+VERSION/``, XDG_CACHE_HOME respected; edged looks there), from the sdist the wheel
+is built from, or from one ``pip download`` of the sdist when the wheel is cached
+and the converter is not.
+
 This module is stdlib-only: it runs before edged itself is installed.
-Usage: ``python installer/llama_build.py [--print-args] [--print-version] [--rebuild]``.
+Usage: ``python installer/llama_build.py [--print-args] [--print-version] [--rebuild]
+[--converter-only]``.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -288,12 +298,86 @@ def wheel_cache_dir() -> Path:
     return Path(xdg) / "edged" / "wheels"
 
 
+# What edged's GGUF conversion needs from the sdist's vendor/llama.cpp/.
+CONVERTER_PARTS = ("convert_hf_to_gguf.py", "conversion", "gguf-py")
+CONVERTER_MARK = ".complete"
+
+
+def converter_cache_dir(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
+    """Where the converter lives (edged.models_registry.convert_gguf looks here)."""
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "edged" / "llama.cpp-convert" / version
+
+
+def converter_ready(target: Path) -> bool:
+    return (target / CONVERTER_MARK).is_file() and all(
+        (target / part).exists() for part in CONVERTER_PARTS
+    )
+
+
+def download_sdist(dest: Path) -> Path:
+    """One ``pip download`` of the pinned llama-cpp-python sdist into ``dest``."""
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}",
+            "-d",
+            str(dest),
+        ]
+    )
+    found = sorted(dest.glob("llama_cpp_python-*.tar.gz"))
+    if not found:
+        raise SystemExit("edged: pip download left no llama-cpp-python sdist")
+    return found[0]
+
+
+def extract_converter(sdist: Path, target: Path) -> None:
+    """Put the sdist's converter parts into ``target`` (whole or not at all)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp, tarfile.open(sdist) as tar:
+        staging = Path(tmp) / "out"
+        staging.mkdir()
+        members = []
+        for m in tar.getmembers():
+            parts = Path(m.name).parts
+            # <top>/vendor/llama.cpp/<part>/...
+            if (
+                len(parts) >= 4
+                and parts[1:3] == ("vendor", "llama.cpp")
+                and parts[3] in CONVERTER_PARTS
+                and ".." not in parts
+                and (m.isfile() or m.isdir())
+            ):
+                m.name = "/".join(parts[3:])
+                members.append(m)
+        names = {m.name.split("/")[0] for m in members}
+        if names != set(CONVERTER_PARTS):
+            raise SystemExit(f"edged: {sdist.name} lacks {set(CONVERTER_PARTS) - names}")
+        if hasattr(tarfile, "data_filter"):  # Python 3.11.4+: no links, no odd modes
+            tar.extractall(staging, members=members, filter="data")
+        else:  # only plain files and folders under checked names were kept
+            tar.extractall(staging, members=members)
+        (staging / CONVERTER_MARK).write_text(LLAMA_CPP_PYTHON_VERSION + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    print(f"edged: llama.cpp's GGUF converter is in {target}")
+
+
 def _run(cmd: list[str], env: dict[str, str] | None = None) -> None:
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, env=env)
 
 
-def ensure_wheel(args: list[str], rebuild: bool, toolkit: str | None = None) -> Path:
+def ensure_wheel(
+    args: list[str], rebuild: bool, toolkit: str | None = None, sdist: Path | None = None
+) -> Path:
     key = build_key(args, toolkit)
     target = wheel_cache_dir() / f"llama-cpp-python-{LLAMA_CPP_PYTHON_VERSION}-{key}"
     wheels = sorted(target.glob("llama_cpp_python-*.whl")) if target.is_dir() else []
@@ -320,7 +404,7 @@ def ensure_wheel(args: list[str], rebuild: bool, toolkit: str | None = None) -> 
                 "llama-cpp-python",
                 "-w",
                 tmp,
-                f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}",
+                str(sdist) if sdist else f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}",
             ],
             env=env,
         )
@@ -336,6 +420,22 @@ def ensure_wheel(args: list[str], rebuild: bool, toolkit: str | None = None) -> 
     return target / built[0].name
 
 
+def ensure_converter(tmp: Path | None) -> Path | None:
+    """Extract the converter unless cached; return the sdist downloaded for it (kept
+    in ``tmp`` for the wheel build), or None."""
+    target = converter_cache_dir()
+    if converter_ready(target):
+        print(f"edged: reusing llama.cpp's GGUF converter in {target}")
+        return None
+    if tmp is None:
+        with tempfile.TemporaryDirectory() as own:
+            extract_converter(download_sdist(Path(own)), target)
+        return None
+    sdist = download_sdist(tmp)
+    extract_converter(sdist, target)
+    return sdist
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--print-args", action="store_true", help="print CMake args and exit")
@@ -344,9 +444,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rebuild", action="store_true", help="ignore the wheel cache")
     parser.add_argument("--wheel-only", action="store_true", help="build, do not install")
+    parser.add_argument(
+        "--converter-only",
+        action="store_true",
+        help="only put llama.cpp's GGUF converter into its cache",
+    )
     ns = parser.parse_args(argv)
     if ns.print_version:
         print(LLAMA_CPP_PYTHON_VERSION)
+        return 0
+    if ns.converter_only:
+        ensure_converter(None)
         return 0
     cpuinfo_path = Path("/proc/cpuinfo")
     cpuinfo = cpuinfo_path.read_text() if cpuinfo_path.exists() else None
@@ -358,7 +466,10 @@ def main(argv: list[str] | None = None) -> int:
     if ns.print_args:
         print(" ".join(shlex.quote(arg) for arg in args))
         return 0
-    wheel = ensure_wheel(args, ns.rebuild, cuda.toolkit)
+    with tempfile.TemporaryDirectory() as tmp:
+        # One sdist download serves both the converter and, when needed, the build.
+        sdist = ensure_converter(Path(tmp))
+        wheel = ensure_wheel(args, ns.rebuild, cuda.toolkit, sdist)
     if not ns.wheel_only:
         _run([sys.executable, "-m", "pip", "install", "--no-deps", "--force-reinstall", str(wheel)])
     return 0

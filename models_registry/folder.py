@@ -50,7 +50,7 @@ _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLO
 
 
 @dataclass(frozen=True)
-class _Entry:
+class FolderEntry:
     rel: str  # the file's path inside the variant
     path: Path  # what to read: the file, or the file a symlink inside the folder points to
     size: int
@@ -81,6 +81,28 @@ def import_folder(
     caller can remove what this import added when a later step fails.
     """
     entries = scan_folder(folder)
+    return import_entries(
+        store,
+        entries,
+        GENAI_CONFIG,
+        written=written,
+        progress=progress,
+        cancel=cancel,
+        status=status,
+    )
+
+
+def import_entries(
+    store: Store,
+    entries: list[FolderEntry],
+    main: str,
+    *,
+    written: list[str],
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+    status: str = "importing",
+) -> tuple[ManifestFile, ...]:
+    """Copy scanned files (scan_folder) into blobs; ``main`` gets the role "model"."""
     total = sum(e.size for e in entries)
     files: list[ManifestFile] = []
     done = 0
@@ -90,29 +112,28 @@ def import_folder(
         digest = _copy(store, e, _offset(progress, done, total), cancel, total, status)
         written.append(digest)
         size = store.blob_path(digest).stat().st_size
-        role = ROLE_MODEL if e.rel == GENAI_CONFIG else ROLE_FILE
+        role = ROLE_MODEL if e.rel == main else ROLE_FILE
         files.append(ManifestFile(role, digest, size, e.rel))
         done += size
     return tuple(files)
 
 
-def scan_folder(folder: Path) -> list[_Entry]:
+def scan_folder(folder: Path, main: str = GENAI_CONFIG) -> list[FolderEntry]:
     """Every file to import, checked; raises before anything is copied."""
     try:
         root = folder.resolve(strict=True)
     except OSError as exc:
         raise InvalidArgument(f"cannot read the folder {folder.name!r}") from exc
-    entries: list[_Entry] = []
+    entries: list[FolderEntry] = []
     _scan(root, root, "", entries, 0)
     validate_variant_paths(e.rel for e in entries)
-    if not any(e.rel == GENAI_CONFIG for e in entries):
-        raise InvalidArgument(
-            f"{folder.name!r} is not an ONNX Runtime GenAI model folder: it has no {GENAI_CONFIG}"
-        )
+    if not any(e.rel == main for e in entries):
+        kind = "an ONNX Runtime GenAI" if main == GENAI_CONFIG else "a"
+        raise InvalidArgument(f"{folder.name!r} is not {kind} model folder: it has no {main}")
     return entries
 
 
-def _scan(root: Path, directory: Path, prefix: str, out: list[_Entry], depth: int) -> None:
+def _scan(root: Path, directory: Path, prefix: str, out: list[FolderEntry], depth: int) -> None:
     if depth >= MAX_DEPTH:
         raise InvalidArgument(f"the model folder is nested more than {MAX_DEPTH} levels deep")
     try:
@@ -141,7 +162,7 @@ def _scan(root: Path, directory: Path, prefix: str, out: list[_Entry], depth: in
             raise InvalidArgument(f"the model folder has more than {MAX_FILES} files")
 
 
-def _symlinked(root: Path, child: os.DirEntry[str], rel: str) -> _Entry:
+def _symlinked(root: Path, child: os.DirEntry[str], rel: str) -> FolderEntry:
     target = Path(os.path.realpath(child.path))
     if target != root and root not in target.parents:
         raise InvalidArgument(f"cannot import {rel!r}: it is a symlink to outside the folder")
@@ -156,12 +177,12 @@ def _symlinked(root: Path, child: os.DirEntry[str], rel: str) -> _Entry:
     return _entry(rel, target, st)
 
 
-def _entry(rel: str, path: Path, st: os.stat_result) -> _Entry:
+def _entry(rel: str, path: Path, st: os.stat_result) -> FolderEntry:
     if st.st_size > MAX_FILE_BYTES:
         raise InvalidArgument(
             f"cannot import {rel!r}: it is larger than {MAX_FILE_BYTES >> 30} GiB"
         )
-    return _Entry(rel, path, st.st_size, (st.st_dev, st.st_ino))
+    return FolderEntry(rel, path, st.st_size, (st.st_dev, st.st_ino))
 
 
 def _check_name(rel: str) -> None:
@@ -173,7 +194,7 @@ def _check_name(rel: str) -> None:
 
 def _copy(
     store: Store,
-    e: _Entry,
+    e: FolderEntry,
     progress: ProgressFn | None,
     cancel: threading.Event | None,
     total: int,

@@ -1,4 +1,5 @@
-"""Pull an ONNX Runtime GenAI model folder from a Hugging Face-style hub repo.
+"""Pull an ONNX Runtime GenAI model folder, or a safetensors model folder, from a
+Hugging Face-style hub repo.
 
 ``hf://owner/repo[@revision]`` (or a bare ``owner/repo`` that is not a catalog
 name) lists the repo's files, downloads genai_config.json, then only the files
@@ -7,6 +8,11 @@ an ONNX Runtime GenAI folder needs: every file genai_config.json names, their
 a temporary folder under the store's ``tmp/`` (the hub's own cache pointed
 inside it), which is then imported exactly as a local folder is (folder.py),
 and removed. The hub endpoint is ``HF_ENDPOINT`` when set.
+
+A repo without genai_config.json but with config.json and ``*.safetensors`` is a
+safetensors folder: its config, weights, tokenizer and sentence-transformers
+files are downloaded (safetensors_folder.hub_files; pickled weights never are)
+and imported by safetensors_folder.py.
 
 Every name comes from hostile places (the listing, genai_config.json) and is
 checked with relpath before anything is downloaded.
@@ -39,7 +45,7 @@ from edged.common.errors import (
 )
 from edged.common.onnx_folder import GENAI_CONFIG, MAX_CONFIG_BYTES, optional_files, parse_config
 
-from . import folder
+from . import folder, safetensors_folder
 from .fsutil import storage_error
 from .manifest import ManifestFile
 from .progress import ProgressFn, report
@@ -113,7 +119,8 @@ def fetch(
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
 ) -> tuple[ManifestFile, ...]:
-    """Download the ONNX GenAI files of ``repo`` and import them as one variant."""
+    """Download the ONNX GenAI (or safetensors) files of ``repo``; import them as one
+    variant (its main file says which: genai_config.json or config.json)."""
     try:
         tmp = Path(tempfile.mkdtemp(prefix="hub-", dir=store.tmp_dir))
     except OSError as exc:
@@ -121,7 +128,11 @@ def fetch(
     try:
         files_dir = tmp / "files"
         files_dir.mkdir()
-        _download_all(repo, files_dir, tmp / "cache", progress, cancel)
+        onnx = _download_all(repo, files_dir, tmp / "cache", progress, cancel)
+        if not onnx:
+            return safetensors_folder.import_folder(
+                store, files_dir, written=written, progress=progress, cancel=cancel
+            )
         return folder.import_folder(
             store, files_dir, written=written, progress=progress, cancel=cancel
         )
@@ -135,7 +146,8 @@ def _download_all(
     cache_dir: Path,
     progress: ProgressFn | None,
     cancel: threading.Event | None,
-) -> None:
+) -> bool:
+    """Download what the folder needs; True for ONNX GenAI, False for safetensors."""
     import huggingface_hub.utils as hf_utils
     from huggingface_hub import HfApi, hf_hub_download
 
@@ -150,9 +162,11 @@ def _download_all(
     listed = {s.rfilename for s in (info.siblings or []) if isinstance(s.rfilename, str)}
     # Pin every download to the commit the listing came from.
     revision = info.sha if isinstance(info.sha, str) and info.sha else repo.revision
-    if GENAI_CONFIG not in listed:
+    safetensors = GENAI_CONFIG not in listed and safetensors_folder.CONFIG in listed
+    if GENAI_CONFIG not in listed and not safetensors:
         raise FailedPrecondition(
-            f"{repo.repo_id} has no {GENAI_CONFIG}: not an ONNX Runtime GenAI model"
+            f"{repo.repo_id} has no {GENAI_CONFIG} (an ONNX Runtime GenAI model) and no "
+            f"{safetensors_folder.CONFIG} (a model folder with .safetensors weights)"
         )
 
     def get(name: str) -> None:
@@ -169,6 +183,14 @@ def _download_all(
                 endpoint=endpoint,
             )
 
+    if safetensors:
+        wanted = safetensors_folder.hub_files(listed, repo.repo_id)
+        validate_variant_paths(wanted)
+        if len(wanted) > folder.MAX_FILES:
+            raise InvalidArgument(f"{repo.repo_id} has more than {folder.MAX_FILES} files")
+        for name in wanted:
+            get(name)
+        return False
     get(GENAI_CONFIG)
     config = parse_config(_read_bounded(files_dir / GENAI_CONFIG))
     named = [n for n in named_files(config) if n != GENAI_CONFIG]
@@ -183,6 +205,7 @@ def _download_all(
         raise InvalidArgument(f"{repo.repo_id} names more than {folder.MAX_FILES} files")
     for name in wanted:
         get(name)
+    return True
 
 
 def _read_bounded(path: Path) -> bytes:

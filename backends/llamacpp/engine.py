@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from edged.backends import toolkit
-from edged.backends.base import Capabilities, Event, Job, LoadSpec, TokenLogprob
+from edged.backends.base import Capabilities, Engine, Event, Job, LoadSpec, TokenLogprob
 from edged.backends.kvstore import KVTiers, SavedState
-from edged.backends.llamacpp import grammar
+from edged.backends.llamacpp import embedding, grammar
 from edged.backends.llamacpp.info import INFO
 from edged.backends.llamacpp.layout import compaction_swaps, keeps_one_run
 from edged.backends.llamacpp.native import (
@@ -33,6 +33,7 @@ from edged.backends.llamacpp.native import (
     offload_for,
 )
 from edged.common.errors import EdgedError, FailedPrecondition, Internal, InvalidArgument
+from edged.common.model_facts import is_embedding_model
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +90,35 @@ def in_sequence_order(
     return [entries[i] for i in order], [(r, moved_to[i]) for r, i in outputs]
 
 
+def _load_model(spec: LoadSpec) -> tuple[NativeModel, int]:
+    """The model loaded as ``spec`` places it, and the layers it offloaded."""
+    offload = offload_for(spec.device, spec.gpu_layers)
+    if offload.n_gpu_layers and not gpu_offload_supported():
+        raise FailedPrecondition(
+            f"{spec.device} was asked for, but the installed llama.cpp cannot offload "
+            "to a GPU (it was built without CUDA: reinstall with ./install.sh on a "
+            "machine with the CUDA toolkit, or use --device cpu)"
+        )
+    model = NativeModel.load(spec.model_path, offload=offload)
+    return model, offloaded_layers(offload.n_gpu_layers, model.n_layer())
+
+
+def load_engine(spec: LoadSpec) -> Engine:
+    """The engine for the model at ``spec.model_path``: an embedding model gets
+    the embedding engine (embedding.py), any other the generation engine."""
+    model, gpu_layers = _load_model(spec)
+    try:
+        if is_embedding_model(model.architecture(), embedding.declares_pooling(model)):
+            return embedding.LlamaEmbedEngine(spec, model, gpu_layers=gpu_layers)
+        return LlamaEngine(spec, loaded=(model, gpu_layers))
+    except BaseException:
+        model.free()
+        raise
+
+
 class LlamaEngine(toolkit.EngineCore[Request]):
-    def __init__(self, spec: LoadSpec) -> None:
-        offload = offload_for(spec.device, spec.gpu_layers)
-        if offload.n_gpu_layers and not gpu_offload_supported():
-            raise FailedPrecondition(
-                f"{spec.device} was asked for, but the installed llama.cpp cannot offload "
-                "to a GPU (it was built without CUDA: reinstall with ./install.sh on a "
-                "machine with the CUDA toolkit, or use --device cpu)"
-            )
-        self._model = NativeModel.load(spec.model_path, offload=offload)
-        self._gpu_layers = offloaded_layers(offload.n_gpu_layers, self._model.n_layer())
+    def __init__(self, spec: LoadSpec, *, loaded: tuple[NativeModel, int] | None = None) -> None:
+        self._model, self._gpu_layers = loaded or _load_model(spec)
         train_ctx = self._model.n_ctx_train() or spec.context_length
         self._n_ctx_seq = min(spec.context_length, train_ctx)
         n_seq = max(1, spec.max_sequences)

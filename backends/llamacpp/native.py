@@ -225,6 +225,24 @@ class NativeModel:
     def valid_token(self, token: int) -> bool:
         return 0 <= token < self.n_vocab()
 
+    def architecture(self) -> str:
+        return self.meta("general.architecture")
+
+    def n_embd(self) -> int:
+        return int(lc.llama_model_n_embd(self.model))
+
+    def adds_end_token(self) -> bool:
+        """The tokenizer ends every text with a token of its own ([SEP], EOS)."""
+        return bool(
+            lc.llama_vocab_get_add_sep(self.vocab) or lc.llama_vocab_get_add_eos(self.vocab)
+        )
+
+    def encoder_only(self) -> bool:
+        """T5-style encoders run llama_encode; every other model llama_decode."""
+        return bool(lc.llama_model_has_encoder(self.model)) and not bool(
+            lc.llama_model_has_decoder(self.model)
+        )
+
     def free(self) -> None:
         if self.model:
             lc.llama_model_free(self.model)
@@ -363,6 +381,91 @@ class NativeContext:
         if self._best is None:
             self._best = self._all_rows().argmax(axis=1)
         return int(self._best[self._rows[index]])
+
+    def free(self) -> None:
+        if self.ctx:
+            if self._pool is not None:
+                self._pool.free()
+            lc.llama_batch_free(self.batch)
+            lc.llama_free(self.ctx)
+            self.ctx = None
+
+
+# llama_pooling_type -> the name edged reports; NONE (per-token vectors) and
+# RANK (a reranker's score) are not sentence embeddings.
+POOLING_NAMES = {
+    lc.LLAMA_POOLING_TYPE_MEAN: "mean",
+    lc.LLAMA_POOLING_TYPE_CLS: "cls",
+    lc.LLAMA_POOLING_TYPE_LAST: "last",
+}
+
+
+class EmbeddingContext:
+    """A llama.cpp context that pools each sequence into one vector.
+
+    Its pooling is the model's own (``<arch>.pooling_type`` in the GGUF).
+    A batch holds up to ``n_seq`` inputs, one sequence id each, and
+    ``n_batch`` tokens in all; the micro-batch is the whole batch (a
+    non-causal model must see every token of a sequence at once). Nothing is
+    kept between batches.
+    """
+
+    def __init__(
+        self, model: NativeModel, *, n_ctx: int, n_seq: int, n_batch: int, threads: int
+    ) -> None:
+        params = lc.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_seq_max = n_seq
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.embeddings = True
+        params.pooling_type = lc.LLAMA_POOLING_TYPE_UNSPECIFIED  # the model's
+        params.kv_unified = True
+        params.no_perf = True
+        self.ctx = lc.llama_init_from_model(model.model, params)
+        if not self.ctx:
+            raise FailedPrecondition(
+                f"llama.cpp could not create an embedding context of {n_ctx} tokens "
+                "(not enough memory?)"
+            )
+        self.pooling = POOLING_NAMES.get(int(lc.llama_pooling_type(self.ctx)), "")
+        self.n_embd = model.n_embd()
+        self.n_seq = n_seq
+        self.n_batch = n_batch
+        self.mem = lc.llama_get_memory(self.ctx)
+        self.batch = lc.llama_batch_init(n_batch, 0, 1)
+        self._encode = model.encoder_only()
+        self._pool = threadpool.attach(self.ctx, threads)
+
+    def embed(self, seqs: list[list[int]]) -> Any:
+        """One decode of ``seqs`` (one sequence each): their pooled vectors as a
+        (len(seqs), n_embd) float32 array."""
+        b = self.batch
+        tok, pos, nseq, seq_ids, out = b.token, b.pos, b.n_seq_id, b.seq_id, b.logits
+        i = 0
+        for s, tokens in enumerate(seqs):
+            for p, t in enumerate(tokens):
+                tok[i] = t
+                pos[i] = p
+                nseq[i] = 1
+                seq_ids[i][0] = s
+                out[i] = True
+                i += 1
+        b.n_tokens = i
+        if self.mem:
+            lc.llama_memory_clear(self.mem, True)
+        rc = (lc.llama_encode if self._encode else lc.llama_decode)(self.ctx, b)
+        if rc != 0:
+            raise Internal(f"llama.cpp embedding failed (code {rc})")
+        rows = np.empty((len(seqs), self.n_embd), dtype=np.float32)
+        for s in range(len(seqs)):
+            ptr = lc.llama_get_embeddings_seq(self.ctx, s)
+            if not ptr:
+                raise Internal("llama.cpp returned no pooled embedding")
+            rows[s] = np.ctypeslib.as_array(ptr, shape=(self.n_embd,))
+        return rows
 
     def free(self) -> None:
         if self.ctx:

@@ -105,6 +105,8 @@ class OnnxEngine(toolkit.EngineCore[_Req]):
             tools=True,
             max_logprobs=MAX_LOGPROBS,
             tokenize=True,
+            # no pooling path: onnxruntime-genai runs decoder LLMs only
+            embeddings=False,
         )
         self._controls = _special_texts(tok_cfg)
         model = onnx_folder.model_section(genai)

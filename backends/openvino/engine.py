@@ -160,6 +160,8 @@ class OpenVinoEngine(toolkit.EngineCore[_Req]):
             grammar_syntaxes=("ebnf",),
             tools=True,
             tokenize=True,
+            # LLMPipeline generates only (TextEmbeddingPipeline is not wired in)
+            embeddings=False,
         )
         metadata = {
             "model.format": fmt,

@@ -124,13 +124,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser(
         "convert",
-        help="add a variant in another format (GGUF -> int4 ONNX)",
-        description="Convert MODEL's GGUF into an int4 ONNX Runtime GenAI variant stored with "
-        "the model (needs the convert extra: pip install 'edged[convert]'). A conversion "
-        "that fails leaves the registry as it was.",
+        help="add a variant in another format (safetensors -> GGUF, GGUF -> int4 ONNX)",
+        description="--to gguf: convert MODEL's safetensors (a Hugging Face folder) into a "
+        "GGUF variant with convert_hf_to_gguf.py from the pinned sources (f16 and q8_0 "
+        "directly, q4_k_m through the pinned quantizer); it replaces the model's GGUF "
+        "variant. --to onnx: convert "
+        "MODEL's GGUF into an int4 ONNX Runtime GenAI variant. Both need the convert extra "
+        "(pip install 'edged[convert]'); a conversion that fails leaves the registry as it was.",
     )
     p.add_argument("model", metavar="MODEL")
-    p.add_argument("--to", choices=["onnx"], required=True, help="target format")
+    p.add_argument("--to", choices=["gguf", "onnx"], required=True, help="target format")
+    p.add_argument(
+        "--quant",
+        choices=["f16", "q8_0", "q4_k_m"],
+        default="",
+        help="for --to gguf: the quantization (default: f16)",
+    )
     p.add_argument("--json", action="store_true", help="print the model's info as JSON at the end")
     p.set_defaults(func=cmd_convert)
 
@@ -210,18 +219,24 @@ def follow(ctx: Context, call: ResponseStream[pb.PullProgress], what: str) -> pb
     return model
 
 
-def convert(ctx: Context, model: str, to: str) -> pb.ModelInfo:
+def convert(ctx: Context, model: str, to: str, quant: str = "") -> pb.ModelInfo:
     """Run Models.Convert with a progress display on stderr."""
-    call = ctx.client().models.Convert(pb.ConvertRequest(model=model, to=to))
+    call = ctx.client().models.Convert(pb.ConvertRequest(model=model, to=to, quant=quant))
     return follow(ctx, call, "the conversion")
 
 
 def cmd_convert(ctx: Context, args: argparse.Namespace) -> int:
-    info = convert(ctx, args.model, args.to)
+    quant = getattr(args, "quant", "") or ""
+    if quant and args.to != "gguf":
+        raise errors.InvalidArgument("--quant applies to --to gguf")
+    info = convert(ctx, args.model, args.to, quant)
     if args.json:
         render.print_json(render.to_dict(info), ctx.stdout)
     else:
-        ctx.out(f"converted {render.model_name(info)}: it now has an {args.to} variant")
+        what = (
+            f"a {args.to.upper()} ({(quant or 'f16').upper()})" if args.to == "gguf" else "an onnx"
+        )
+        ctx.out(f"converted {render.model_name(info)}: it now has {what} variant")
     return 0
 
 

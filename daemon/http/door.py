@@ -17,12 +17,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from edged.common.errors import EdgedError, InvalidArgument
+from edged.common.errors import EdgedError
 from edged.daemon.app import App
 from edged.daemon.http import errors as http_errors
 from edged.daemon.http.errors import HttpError
@@ -226,16 +226,6 @@ def stream_error(request: Request, dialect: str, exc: Exception) -> Any:
         "%s %s: stream ended by %s: %s", request.method, request.url.path, type(exc).__name__, exc
     )
     return http_errors.body_of(dialect, exc)
-
-
-async def refuse_embeddings(request: Request, model: str) -> NoReturn:
-    """Every embeddings endpoint until edged serves embedding models: the model is
-    looked up (404 when unknown), then a 400 that says why."""
-    shown = await services_of(request).models.show(pb.ModelRef(model=model))
-    raise InvalidArgument(
-        f"{shown.model.name}:{shown.model.tag} cannot make embeddings: edged does not serve "
-        "embedding models yet"
-    )
 
 
 async def first(stream: AsyncIterator[Any]) -> tuple[Any, AsyncIterator[Any]]:

@@ -30,6 +30,7 @@ quietly changed:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -418,10 +419,74 @@ def _per_rate(count: int, per_second: float) -> int:
 # ------------------------------------------------------------------ embeddings
 
 
+EMBED = "/edged.v1.Inference/Embed"
+
+
+def embed_request(body: dict[str, Any], model: str, texts: list[str]) -> pb.EmbedRequest:
+    """The EmbedRequest for ``texts``: ``truncate`` (default true), ``options.num_ctx``,
+    ``keep_alive`` and ``dimensions`` as Ollama reads them."""
+    req = pb.EmbedRequest(
+        model=model,
+        inputs=texts,
+        truncate=f.boolean(body, "truncate", True),
+        context_length=context_length(f.obj(body, "options")),
+    )
+    seconds = keep_alive(body.get("keep_alive"))
+    if seconds is not None:
+        req.keep_alive_s = seconds
+    dimensions = f.integer(body, "dimensions", lo=1, hi=1 << 20)
+    if dimensions is not None:
+        req.dimensions = dimensions
+    return req
+
+
+async def _embed(request: Request, req: pb.EmbedRequest) -> pb.EmbedResponse:
+    door.check_limits(request, EMBED, req)
+    services = door.services_of(request)
+    return await services.inference.embed(req, deadline=door.deadline_from(request))
+
+
 @door.route(API, "generate")
 async def embed(request: Request) -> Response:
-    """``/api/embed`` and ``/api/embeddings``."""
-    await door.refuse_embeddings(request, model_name(await door.body(request)))
+    """``/api/embed``: ``input`` is a string or an array of strings; the vectors
+    are unit length. No input loads the model (``keep_alive: 0`` unloads it)."""
+    body = await door.body(request)
+    model = model_name(body)
+    texts = f.strings(body, "input")
+    if not any(texts):
+        await _load(request, body, model, chat=False)
+        return door.json_response({"model": model, "embeddings": []})
+    reply = await _embed(request, embed_request(body, model, texts))
+    # many vectors are a lot of JSON: written off the event loop (see openai.py)
+    text = await asyncio.to_thread(_embed_json, reply, model)
+    return Response(text, media_type="application/json")
+
+
+def _embed_json(reply: pb.EmbedResponse, model: str) -> str:
+    body = {
+        "model": model,
+        "embeddings": [list(e.values) for e in reply.embeddings],
+        "total_duration": _ns(reply.total_ms),
+        "load_duration": _ns(reply.load_ms),
+        "prompt_eval_count": reply.prompt_tokens,
+    }
+    return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+@door.route(API, "generate")
+async def embeddings(request: Request) -> Response:
+    """``/api/embeddings`` (Ollama's older endpoint): ``prompt`` -> ``{embedding}``,
+    not normalized, as Ollama answers it; no prompt loads the model."""
+    body = await door.body(request)
+    model = model_name(body)
+    prompt = f.string(body, "prompt")
+    if not prompt:
+        await _load(request, body, model, chat=False)
+        return door.json_response({"embedding": []})
+    req = embed_request(body, model, [prompt])
+    req.normalize = False
+    reply = await _embed(request, req)
+    return door.json_response({"embedding": list(reply.embeddings[0].values)})
 
 
 ROUTES = [
@@ -437,5 +502,5 @@ ROUTES = [
     Route("/api/generate", generate, methods=["POST"]),
     Route("/api/chat", chat, methods=["POST"]),
     Route("/api/embed", embed, methods=["POST"]),
-    Route("/api/embeddings", embed, methods=["POST"]),
+    Route("/api/embeddings", embeddings, methods=["POST"]),
 ]

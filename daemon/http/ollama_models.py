@@ -32,7 +32,12 @@ from edged.v1 import edged_pb2 as pb
 log = logging.getLogger("edged.http")
 API = "ollama"
 # edged's capabilities -> Ollama's ("chat" is part of Ollama's "completion")
-_CAPABILITIES = {"completion": "completion", "tools": "tools", "infill": "insert"}
+_CAPABILITIES = {
+    "completion": "completion",
+    "tools": "tools",
+    "infill": "insert",
+    "embedding": "embedding",
+}
 # edged.v1.SamplingParams field -> Ollama's PARAMETER name
 _PARAMETERS = {
     "max_tokens": "num_predict",

@@ -9,11 +9,13 @@ reply per request.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -423,9 +425,75 @@ def _completion_logprobs(items: list[pb.TokenLogprob]) -> dict[str, Any]:
 # ------------------------------------------------------------------ embeddings
 
 
+EMBED = "/edged.v1.Inference/Embed"
+
+
+def embedding_inputs(value: Any) -> tuple[list[str], list[list[int]]]:
+    """OpenAI's ``input``: a string, an array of strings, an array of token ids,
+    or an array of token-id arrays (texts and token inputs are not mixed)."""
+    if isinstance(value, str):
+        return [value], []
+    if not isinstance(value, list) or not value:
+        raise HttpError(
+            400,
+            "input must be a string, an array of strings, an array of token ids or an "
+            "array of token-id arrays (not empty)",
+        )
+    if all(isinstance(v, str) for v in value):
+        return list(value), []
+    if all(_token_id(v) for v in value):
+        return [], [list(value)]
+    if all(isinstance(v, list) and v and all(_token_id(t) for t in v) for v in value):
+        return [], [list(v) for v in value]
+    raise HttpError(
+        400,
+        "input must be a string, an array of strings, an array of token ids or an "
+        "array of non-empty token-id arrays, not a mix",
+    )
+
+
+def _token_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 32
+
+
+def embedding_request(body: dict[str, Any]) -> tuple[pb.EmbedRequest, str]:
+    """The EmbedRequest for a ``/v1/embeddings`` body, and its encoding_format."""
+    encoding = f.string(body, "encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise HttpError(400, f"encoding_format must be 'float' or 'base64', not {encoding[:40]!r}")
+    texts, token_inputs = embedding_inputs(body.get("input"))
+    req = pb.EmbedRequest(
+        model=_model_name(body),
+        inputs=texts,
+        token_inputs=[pb.TokenIds(ids=ids) for ids in token_inputs],
+    )
+    dimensions = f.integer(body, "dimensions", lo=1, hi=1 << 20)
+    if dimensions is not None:
+        req.dimensions = dimensions
+    return req, encoding
+
+
+def base64_floats(values: Any) -> str:
+    """A vector as OpenAI's ``base64`` encoding: little-endian float32 bytes."""
+    return base64.b64encode(np.asarray(values, dtype="<f4").tobytes()).decode("ascii")
+
+
 @door.route(API, "generate")
 async def embeddings(request: Request) -> Response:
-    await door.refuse_embeddings(request, _model_name(await door.body(request)))
+    req, encoding = embedding_request(await door.body(request))
+    door.check_limits(request, EMBED, req)
+    services = door.services_of(request)
+    reply = await services.inference.embed(req, deadline=door.deadline_from(request))
+    data = [
+        {
+            "object": "embedding",
+            "index": i,
+            "embedding": base64_floats(e.values) if encoding == "base64" else list(e.values),
+        }
+        for i, e in enumerate(reply.embeddings)
+    ]
+    usage = {"prompt_tokens": reply.prompt_tokens, "total_tokens": reply.prompt_tokens}
+    return door.json_response({"object": "list", "data": data, "model": req.model, "usage": usage})
 
 
 ROUTES = [

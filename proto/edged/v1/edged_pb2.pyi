@@ -274,6 +274,64 @@ class GenerateChunk(_message.Message):
     logprobs: _containers.RepeatedCompositeFieldContainer[TokenLogprob]
     def __init__(self, text: _Optional[str] = ..., tokens: _Optional[int] = ..., stats: _Optional[_Union[GenerationStats, _Mapping]] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCallDelta, _Mapping]]] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ...) -> None: ...
 
+class TokenIds(_message.Message):
+    __slots__ = ("ids",)
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class EmbedRequest(_message.Message):
+    __slots__ = ("model", "inputs", "token_inputs", "truncate", "normalize", "backend", "device", "keep_alive_s", "dimensions", "context_length")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZE_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    KEEP_ALIVE_S_FIELD_NUMBER: _ClassVar[int]
+    DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    inputs: _containers.RepeatedScalarFieldContainer[str]
+    token_inputs: _containers.RepeatedCompositeFieldContainer[TokenIds]
+    truncate: bool
+    normalize: bool
+    backend: str
+    device: str
+    keep_alive_s: float
+    dimensions: int
+    context_length: int
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., token_inputs: _Optional[_Iterable[_Union[TokenIds, _Mapping]]] = ..., truncate: _Optional[bool] = ..., normalize: _Optional[bool] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., keep_alive_s: _Optional[float] = ..., dimensions: _Optional[int] = ..., context_length: _Optional[int] = ...) -> None: ...
+
+class Embedding(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class EmbedResponse(_message.Message):
+    __slots__ = ("model", "embeddings", "prompt_tokens", "truncated", "dimensions", "backend", "device", "total_ms", "load_ms")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_MS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    embeddings: _containers.RepeatedCompositeFieldContainer[Embedding]
+    prompt_tokens: int
+    truncated: _containers.RepeatedScalarFieldContainer[int]
+    dimensions: int
+    backend: str
+    device: str
+    total_ms: float
+    load_ms: float
+    def __init__(self, model: _Optional[str] = ..., embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., prompt_tokens: _Optional[int] = ..., truncated: _Optional[_Iterable[int]] = ..., dimensions: _Optional[int] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., total_ms: _Optional[float] = ..., load_ms: _Optional[float] = ...) -> None: ...
+
 class Session(_message.Message):
     __slots__ = ("id", "model", "model_digest", "system_prompt", "created_unix_ms", "updated_unix_ms", "turns", "token_count", "backend", "kv_location")
     ID_FIELD_NUMBER: _ClassVar[int]
@@ -547,12 +605,14 @@ class ModelVariant(_message.Message):
     def __init__(self, name: _Optional[str] = ..., format: _Optional[str] = ..., quantization: _Optional[str] = ..., size_bytes: _Optional[int] = ..., backends: _Optional[_Iterable[str]] = ..., source: _Optional[str] = ...) -> None: ...
 
 class ConvertRequest(_message.Message):
-    __slots__ = ("model", "to")
+    __slots__ = ("model", "to", "quant")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TO_FIELD_NUMBER: _ClassVar[int]
+    QUANT_FIELD_NUMBER: _ClassVar[int]
     model: str
     to: str
-    def __init__(self, model: _Optional[str] = ..., to: _Optional[str] = ...) -> None: ...
+    quant: str
+    def __init__(self, model: _Optional[str] = ..., to: _Optional[str] = ..., quant: _Optional[str] = ...) -> None: ...
 
 class DeleteModelResponse(_message.Message):
     __slots__ = ()
@@ -635,7 +695,7 @@ class LoadedModel(_message.Message):
     def __init__(self, model: _Optional[str] = ..., digest: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., pid: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., context_length: _Optional[int] = ..., active_requests: _Optional[int] = ..., loaded_unix_ms: _Optional[int] = ..., capabilities: _Optional[_Union[BackendCapabilities, _Mapping]] = ..., memory: _Optional[_Union[MemoryEstimate, _Mapping]] = ..., sessions: _Optional[int] = ..., keep_alive_s: _Optional[float] = ..., expires_unix_ms: _Optional[int] = ..., pinned: _Optional[bool] = ..., gpu_layers: _Optional[int] = ...) -> None: ...
 
 class BackendCapabilities(_message.Message):
-    __slots__ = ("formats", "context_length", "max_sequences", "batching", "session_kv", "kv_tiers", "fork", "grammar", "sampling", "response_formats", "grammar_syntaxes", "tools", "infill", "max_logprobs", "tokenize")
+    __slots__ = ("formats", "context_length", "max_sequences", "batching", "session_kv", "kv_tiers", "fork", "grammar", "sampling", "response_formats", "grammar_syntaxes", "tools", "infill", "max_logprobs", "tokenize", "embeddings")
     FORMATS_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     MAX_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
@@ -651,6 +711,7 @@ class BackendCapabilities(_message.Message):
     INFILL_FIELD_NUMBER: _ClassVar[int]
     MAX_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     TOKENIZE_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     formats: _containers.RepeatedScalarFieldContainer[str]
     context_length: int
     max_sequences: int
@@ -666,7 +727,8 @@ class BackendCapabilities(_message.Message):
     infill: bool
     max_logprobs: int
     tokenize: bool
-    def __init__(self, formats: _Optional[_Iterable[str]] = ..., context_length: _Optional[int] = ..., max_sequences: _Optional[int] = ..., batching: _Optional[bool] = ..., session_kv: _Optional[bool] = ..., kv_tiers: _Optional[bool] = ..., fork: _Optional[bool] = ..., grammar: _Optional[bool] = ..., sampling: _Optional[_Iterable[str]] = ..., response_formats: _Optional[_Iterable[str]] = ..., grammar_syntaxes: _Optional[_Iterable[str]] = ..., tools: _Optional[bool] = ..., infill: _Optional[bool] = ..., max_logprobs: _Optional[int] = ..., tokenize: _Optional[bool] = ...) -> None: ...
+    embeddings: bool
+    def __init__(self, formats: _Optional[_Iterable[str]] = ..., context_length: _Optional[int] = ..., max_sequences: _Optional[int] = ..., batching: _Optional[bool] = ..., session_kv: _Optional[bool] = ..., kv_tiers: _Optional[bool] = ..., fork: _Optional[bool] = ..., grammar: _Optional[bool] = ..., sampling: _Optional[_Iterable[str]] = ..., response_formats: _Optional[_Iterable[str]] = ..., grammar_syntaxes: _Optional[_Iterable[str]] = ..., tools: _Optional[bool] = ..., infill: _Optional[bool] = ..., max_logprobs: _Optional[int] = ..., tokenize: _Optional[bool] = ..., embeddings: _Optional[bool] = ...) -> None: ...
 
 class ListLoadedRequest(_message.Message):
     __slots__ = ()

