@@ -7,6 +7,9 @@ reference model's for every query."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,15 +93,29 @@ QUERIES = [
 ]
 
 
-def reference_model(folder: Path) -> object:
-    from sentence_transformers import SentenceTransformer
+# Run in a child process: torch and llama.cpp in one process (this test run loads
+# llama.cpp in-process elsewhere) fight over their OpenMP runtimes and can crash.
+_REFERENCE = """
+import json, sys
+from sentence_transformers import SentenceTransformer
+job = json.load(sys.stdin)
+model = SentenceTransformer(job["folder"], device="cpu")
+vectors = model.encode(job["texts"], normalize_embeddings=True)
+json.dump([[float(x) for x in v] for v in vectors], sys.stdout)
+"""
 
-    return SentenceTransformer(str(folder), device="cpu")
 
-
-def reference(model: object, texts: list[str]) -> np.ndarray:
-    vectors = model.encode(texts, normalize_embeddings=True)  # type: ignore[attr-defined]
-    return np.asarray(vectors, dtype=np.float64)
+def reference(folder: Path, texts: list[str]) -> np.ndarray:
+    """sentence-transformers' normalized embeddings of ``texts``."""
+    out = subprocess.run(
+        [sys.executable, "-c", _REFERENCE],
+        input=json.dumps({"folder": str(folder), "texts": texts}),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return np.asarray(json.loads(out.stdout), dtype=np.float64)
 
 
 def embed(d: Daemon, model: str, texts: list[str]) -> np.ndarray:
@@ -137,7 +154,7 @@ def safetensors_view(models_dir: Path, model: str) -> Path:
 
 @pytest.mark.parametrize("model", ["all-minilm", "minilm-q8"])
 def test_cosine_against_sentence_transformers(minilm: Daemon, folder: Path, model: str) -> None:
-    ref = reference(reference_model(folder), SENTENCES)
+    ref = reference(folder, SENTENCES)
     got = embed(minilm, model, SENTENCES)
     assert got.shape == (20, 384)
     cosines = (ref * got).sum(axis=1) / np.linalg.norm(got, axis=1)
@@ -147,8 +164,8 @@ def test_cosine_against_sentence_transformers(minilm: Daemon, folder: Path, mode
 
 @pytest.mark.parametrize("model", ["all-minilm", "minilm-q8"])
 def test_retrieval_top1_matches_the_reference(minilm: Daemon, folder: Path, model: str) -> None:
-    st = reference_model(folder)
-    ref_top = (reference(st, QUERIES) @ reference(st, DOCUMENTS).T).argmax(axis=1)
+    ref = reference(folder, QUERIES + DOCUMENTS)
+    ref_top = (ref[: len(QUERIES)] @ ref[len(QUERIES) :].T).argmax(axis=1)
     got_top = (embed(minilm, model, QUERIES) @ embed(minilm, model, DOCUMENTS).T).argmax(axis=1)
     assert list(got_top) == list(ref_top)
     # and the reference's answers are the ones a person would pick (the task is sound)
