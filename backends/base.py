@@ -17,10 +17,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from edged.common.errors import InvalidArgument
+from edged.common.errors import FailedPrecondition, InvalidArgument
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_LEN = 256
+
+# KV cache element types (EDGED_KV_TYPE, the per-model kv_type): f16 is exact;
+# q8_0 and q4_0 are llama.cpp's block quantizations (about 1/2 and 1/4 the bytes)
+KV_TYPES = ("f16", "q8_0", "q4_0")
+DEFAULT_KV_TYPE = "f16"
+
+
+def check_kv_type(kv_type: str) -> str:
+    """``kv_type`` if it is one edged knows; else InvalidArgument listing them."""
+    if kv_type not in KV_TYPES:
+        raise InvalidArgument(f"KV cache type {kv_type[:20]!r} is not one of {', '.join(KV_TYPES)}")
+    return kv_type
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,8 @@ class Capabilities:
     embeddings: bool = False
     embedding_dimensions: int = 0
     pooling: str = ""
+    kv_types: tuple[str, ...] = (DEFAULT_KV_TYPE,)  # KV cache element types it can hold
+    kv_type: str = DEFAULT_KV_TYPE  # the one this loaded model uses
 
     @property
     def grammar(self) -> bool:
@@ -81,6 +95,16 @@ class LoadSpec:
     kv_disk_budget: int = 2 << 30  # bytes of saved session KV kept on disk
     cache_dir: str | None = None  # the backend's own cache (OpenVINO compiled models)
     gpu_layers: int = 0  # layers to offload when ``device`` is a GPU (-1: all)
+    kv_type: str = DEFAULT_KV_TYPE  # KV cache element type (one of KV_TYPES)
+
+
+def refuse_kv_type(backend: str, kv_types: tuple[str, ...], kv_type: str) -> None:
+    """FailedPrecondition when a backend offering ``kv_types`` is asked for another."""
+    if check_kv_type(kv_type) not in kv_types:
+        raise FailedPrecondition(
+            f"{backend} cannot hold a {kv_type} KV cache (it offers {', '.join(kv_types)}); "
+            "use another backend or the f16 KV cache"
+        )
 
 
 @dataclass(frozen=True)

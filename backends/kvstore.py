@@ -3,13 +3,14 @@
 When a session loses its sequence (another needs it), its state is saved here
 and restored on its next turn. The RAM tier spills its least recently used
 entries to disk; the disk tier drops its oldest. States live under a directory
-named by a *key* (model digest, context settings, chat template), so a state is
+named by a *key* (model digest, context settings, chat template, KV type), so a state is
 never restored into a different model. Pure Python over bytes: the engine does
 the llama.cpp calls.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -71,6 +72,24 @@ def decode(blob: bytes) -> SavedState:
     if off + size != len(blob):
         raise ValueError("KV state is truncated or has trailing bytes")
     return SavedState(tokens=tuple(tokens), data=blob[off:])
+
+
+def state_key(digest: str, *, context: int, streams: int, template: str, kv_type: str) -> str:
+    """The directory name of one loaded model's saved states: a state is only
+    restored into the same model, per-sequence context, stream count, chat
+    template and KV cache type (a q8_0 state holds q8_0 blocks; restoring it
+    into an f16 cache would be refused or misread)."""
+    material = "|".join(
+        [
+            "edged-kv-2",  # 2: per-sequence KV streams
+            digest,
+            f"ctx={context}",
+            f"streams={streams}",
+            hashlib.sha256(template.encode()).hexdigest(),
+            f"kv={kv_type}",
+        ]
+    )
+    return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
 class KVTiers:

@@ -15,7 +15,8 @@ How each part is sized (checked against llama.cpp's own load log for SmolLM2):
   ``cells = min(context_length, n_ctx_train) x sequences``: the llama.cpp engine
   makes one context of ``n_ctx_seq x n_seq`` cells; ONNX Runtime GenAI gives
   each running sequence its own ``max_length`` buffer, which adds up to the
-  same cells. Element size: the backend's ``kv_element_bytes``.
+  same cells. Element size: the backend's ``kv_element_bytes``, scaled by the
+  KV type (q8_0: 34/32 bytes, q4_0: 18/32, as against f16's 2).
 - overhead: the compute buffer (llama.cpp reserves about ``n_ubatch x 4 x
   (n_vocab + 2 n_embd)`` bytes on the CPU: exactly the 98.25 MiB its log prints
   for SmolLM2 with n_ubatch 512; mostly the logits of a full batch), the output
@@ -39,6 +40,9 @@ from edged.common.model_facts import ModelFacts
 
 CUDA_CONTEXT_BYTES = 384 * MiB  # VRAM a CUDA context takes before any buffer
 UBATCH = 512  # tokens per micro-batch (the llama.cpp engine's PREFILL_CHUNK)
+# Bytes per KV element by KV type, relative to f16's 2: a q8_0 block holds 32
+# values in 34 bytes (an f16 scale + 32 int8), a q4_0 block in 18 (scale + 16)
+KV_TYPE_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 
 
 @dataclass(frozen=True)
@@ -74,13 +78,16 @@ def kv_bytes(
     backend: str,
     device: str = "cpu",
     layers: int | None = None,
+    kv_type: str = "f16",
 ) -> int:
-    """The KV cache for ``layers`` (default all) layers."""
+    """The KV cache for ``layers`` (default all) layers; ``kv_type`` other than
+    f16 (only on a backend offering it) scales the backend's element size."""
     n_layer = facts.n_layer if layers is None else min(layers, facts.n_layer)
     if not n_layer or not facts.n_head_kv:
         return 0
     head = facts.head_dim_k + facts.head_dim_v
     elem = backend_info(backend).kv_bytes(device_kind(device))
+    elem *= KV_TYPE_BYTES.get(kv_type, 2.0) / KV_TYPE_BYTES["f16"]
     cells = context_cells(facts, context_length, sequences)
     return int(n_layer * cells * facts.n_head_kv * head * elem)
 
@@ -100,11 +107,13 @@ def estimate_memory(
     sequences: int,
     backend: str,
     device: str = "cpu",
+    kv_type: str = "f16",
 ) -> MemoryEstimate:
     """Memory a worker needs for this model, context and sequence count.
 
     ``context_length`` is tokens per sequence (EDGED_CONTEXT or the request's),
-    ``sequences`` the sequences resident at once (EDGED_PARALLEL). The result
+    ``sequences`` the sequences resident at once (EDGED_PARALLEL), ``kv_type``
+    the KV cache's element type (EDGED_KV_TYPE or the model's). The result
     is the whole need, wherever it lives.
     """
     kv = kv_bytes(
@@ -113,6 +122,7 @@ def estimate_memory(
         sequences=sequences,
         backend=backend,
         device=device,
+        kv_type=kv_type,
     )
     overhead = compute_bytes(facts, sequences=sequences) + backend_info(backend).runtime_bytes
     if device_kind(device) == "cuda":

@@ -39,6 +39,10 @@ EDGED_PARALLEL         sequences per model (sessions resident,     4
 EDGED_STREAM_INTERVAL_MS
                        longest a request's text is held to be     100
                        sent with what follows (0: every token)
+EDGED_KV_TYPE          KV cache element type: f16, q8_0 (about     f16
+                       half the bytes) or q4_0 (a quarter); on a
+                       backend without it, its own KV (the model
+                       setting kv_type is strict instead)
 EDGED_KV_RAM_MB        saved session KV kept in RAM (MiB)          10% of free RAM, <= 2048
 EDGED_KV_DISK_MB       saved session KV kept on disk (MiB)         10% of free disk, <= 8192
 EDGED_MAX_MESSAGE_MB   largest gRPC message accepted or sent       16
@@ -65,6 +69,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import platformdirs
+
+from edged.backends.base import KV_TYPES
 
 APP = "edged"
 MAX_STREAM_INTERVAL_MS = 10_000
@@ -103,6 +109,7 @@ class EngineConfig:
     cache_dir: Path | None = None  # backends' own caches go in <cache_dir>/<backend>
     memory_limit: int = 0  # bytes of estimated model memory in all; 0 = no cap
     stream_interval_ms: int = 100  # default for a request's stream_interval_ms
+    kv_type: str = "f16"  # KV cache element type where the backend offers it
 
 
 @dataclass(frozen=True)
@@ -274,7 +281,15 @@ def load_engine(
         max_loaded=_int(env, "EDGED_MAX_LOADED", 3, 1, 64),
         memory_limit=_int(env, "EDGED_MEMORY_LIMIT_MB", 0, 0, 1 << 30) << 20,
         stream_interval_ms=_int(env, "EDGED_STREAM_INTERVAL_MS", 100, 0, MAX_STREAM_INTERVAL_MS),
+        kv_type=_kv_type(env),
     )
+
+
+def _kv_type(env: Mapping[str, str]) -> str:
+    raw = (env.get("EDGED_KV_TYPE") or "f16").strip().lower()
+    if raw not in KV_TYPES:
+        raise ValueError(f"EDGED_KV_TYPE must be one of {', '.join(KV_TYPES)}, got {raw!r}")
+    return raw
 
 
 def load_limits(env: Mapping[str, str] | None = None) -> Limits:

@@ -39,8 +39,19 @@ from typing import Protocol
 
 import psutil
 
-from edged.backends.base import Chunk, Done, Embeddings, EmbedInput, Job, LoadSpec, ModelDescription
+from edged.backends.base import (
+    DEFAULT_KV_TYPE,
+    Chunk,
+    Done,
+    Embeddings,
+    EmbedInput,
+    Job,
+    LoadSpec,
+    ModelDescription,
+    refuse_kv_type,
+)
 from edged.backends.memory import MemoryEstimate, estimate_memory
+from edged.backends.registry import backend_info
 from edged.backends.toolkit import EMBED_INSTEAD, check_controls
 from edged.common.errors import (
     DeadlineExceeded,
@@ -134,7 +145,16 @@ def estimate_model(model: ResolvedModel, backend: str, spec: LoadSpec) -> Memory
         sequences=spec.max_sequences,
         backend=backend,
         device=spec.device,
+        kv_type=spec.kv_type,
     )
+
+
+def _kv_types(backend: str) -> tuple[str, ...]:
+    """The KV cache types a backend offers (its registry entry; f16 if unknown)."""
+    try:
+        return backend_info(backend).kv_types
+    except FailedPrecondition:
+        return (DEFAULT_KV_TYPE,)
 
 
 def host_memory(device: str) -> int | None:
@@ -158,6 +178,9 @@ class LoadOptions:
     pinned: bool = False  # the model's setting
     pin: bool | None = None  # Models.Load's pin for this loaded instance; None leaves it
     exact: bool = False  # backend/device were asked for: a worker on another is replaced
+    # the model's KV cache type ("": EDGED_KV_TYPE where the backend offers it);
+    # a backend without it refuses
+    kv_type: str = ""
 
 
 @dataclass
@@ -281,12 +304,28 @@ class Scheduler:
     def _context(self, options: LoadOptions) -> int:
         return options.context_length or self._cfg.context_length
 
+    def _kv_type(self, model: ResolvedModel, options: LoadOptions) -> str:
+        """The KV cache type a load of ``model`` gets: the model's setting (the
+        backend must offer it), else EDGED_KV_TYPE where the backend offers it,
+        else the backend's own (f16)."""
+        offered = _kv_types(model.backend)
+        if options.kv_type:
+            refuse_kv_type(model.backend, offered, options.kv_type)
+            return options.kv_type
+        return self._cfg.kv_type if self._cfg.kv_type in offered else DEFAULT_KV_TYPE
+
     def _serves(self, entry: _Loaded, model: ResolvedModel, options: LoadOptions) -> str:
         """Why ``entry`` cannot serve this request ("" when it can)."""
         spec = entry.worker.spec
         want = self._context(options)
         if spec.context_length < want:
             return f"it needs {want} tokens of context, the loaded worker has {spec.context_length}"
+        try:
+            kv = self._kv_type(replace(model, backend=entry.worker.backend), options)
+        except FailedPrecondition as exc:
+            return str(exc)
+        if spec.kv_type != kv:
+            return f"it needs a {kv} KV cache, the loaded worker has {spec.kv_type}"
         if options.exact and model.backend and entry.worker.backend != model.backend:
             return f"{model.backend} was asked for, it runs on {entry.worker.backend}"
         if options.exact and model.backend and spec.device != model.device:
@@ -324,7 +363,9 @@ class Scheduler:
             self._touch(entry, options)
             return entry
 
-    def _spec(self, model: ResolvedModel, context_length: int, sequences: int) -> LoadSpec:
+    def _spec(
+        self, model: ResolvedModel, context_length: int, sequences: int, *, kv_type: str = ""
+    ) -> LoadSpec:
         if not model.backend:
             raise Internal(f"{model.name} reached the scheduler without a backend")
         cfg = self._cfg
@@ -340,19 +381,26 @@ class Scheduler:
             kv_disk_budget=cfg.kv_disk_budget,
             cache_dir=str(cfg.cache_dir / model.backend) if cfg.cache_dir else None,
             gpu_layers=gpu_layers_for(model.device, model.gpu_layers),
+            kv_type=kv_type or DEFAULT_KV_TYPE,
         )
 
     async def _load(self, model: ResolvedModel, options: LoadOptions) -> _Loaded:
-        spec = self._spec(model, self._context(options), self._cfg.max_sequences)
+        spec = self._spec(
+            model,
+            self._context(options),
+            self._cfg.max_sequences,
+            kv_type=self._kv_type(model, options),
+        )
         need = await self._need(model, model.backend, spec)
         await self._make_room(model, model.device, need)
         worker = self._factory(model.backend, spec, model.name)
         log.info(
-            "loading %s on %s/%s (context %d%s)",
+            "loading %s on %s/%s (context %d, %s KV%s)",
             model.name,
             model.backend,
             model.device,
             spec.context_length,
+            spec.kv_type,
             f", {describe_need(need)}" if need else "",
         )
         await worker.start()
@@ -678,7 +726,7 @@ class Scheduler:
                 self._after_request(model.digest, entry)
             return
         spec = replace(
-            self._spec(model, context_length, 1),
+            self._spec(model, context_length, 1, kv_type=self._kv_type(model, LoadOptions())),
             kv_dir=None,
             kv_ram_budget=16 << 20,
             kv_disk_budget=0,

@@ -173,12 +173,17 @@ class Selection:
         facts = self.facts(ranking.manifest, v) if v is not None else None
         if facts is None:
             return None
+        # the KV type a load would get (the scheduler refuses one the backend lacks)
+        kv = self.model_settings(ranking.name).kv_type or self.config.engine.kv_type
+        if kv not in registry.backend_info(c.backend).kv_types:
+            kv = "f16"
         return estimate_memory(
             facts,
             context_length=ranking.context_length,
             sequences=ranking.sequences,
             backend=c.backend,
             device=c.device,
+            kv_type=kv,
         )
 
     def resolve(self, model: str, backend: str = "", device: str = "") -> ResolvedModel:

@@ -32,6 +32,9 @@ MIN_CONTEXT = 256
 MAX_CONTEXT = 1 << 20
 MAX_KEEP_ALIVE_S = 365 * 24 * 3600.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,31}$")
+# KV cache element types (edged.backends.base.KV_TYPES; the registry imports
+# no backend code)
+KV_TYPES = ("f16", "q8_0", "q4_0")
 _DEVICE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,15}([:.][0-9]{1,3})?$")
 
 
@@ -44,6 +47,7 @@ class ModelSettings:
     keep_alive_s: float | None = None  # None = EDGED_KEEP_ALIVE; < 0 = forever
     pinned: bool = False  # never unloaded for idleness or to make room
     context_length: int = 0  # 0 = EDGED_CONTEXT
+    kv_type: str = ""  # "" = EDGED_KV_TYPE; else the backend must offer it
 
     def __post_init__(self) -> None:
         if self.backend and not _NAME.match(self.backend):
@@ -58,6 +62,11 @@ class ModelSettings:
             raise InvalidArgument(
                 f"context length must be 0 (the default) or between {MIN_CONTEXT} and "
                 f"{MAX_CONTEXT}, got {self.context_length}"
+            )
+        if self.kv_type and self.kv_type not in KV_TYPES:
+            raise InvalidArgument(
+                f"KV cache type must be one of {', '.join(KV_TYPES)} (or empty for the "
+                f"default), got {self.kv_type[:20]!r}"
             )
 
     @property
@@ -81,6 +90,7 @@ class ModelSettings:
             "keep_alive_s": (int, float, type(None)),
             "pinned": (bool,),
             "context_length": (int,),
+            "kv_type": (str,),
         }
         for key, value in data.items():
             ok = isinstance(value, types[key])

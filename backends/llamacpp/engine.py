@@ -11,7 +11,6 @@ consecutive ids so that a step decodes as one graph (layout.py).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import numpy as np
 
 from edged.backends import toolkit
 from edged.backends.base import Capabilities, Engine, Event, Job, LoadSpec, TokenLogprob
-from edged.backends.kvstore import KVTiers, SavedState
+from edged.backends.kvstore import KVTiers, SavedState, state_key
 from edged.backends.llamacpp import embedding, grammar
 from edged.backends.llamacpp.info import INFO
 from edged.backends.llamacpp.layout import compaction_swaps, keeps_one_run
@@ -128,6 +127,7 @@ class LlamaEngine(toolkit.EngineCore[Request]):
             n_seq=n_seq,
             n_batch=PREFILL_CHUNK,
             threads=spec.threads,
+            kv_type=spec.kv_type,
         )
         self._spec = spec
         self._slots = [Slot(seq=i) for i in range(n_seq)]
@@ -150,6 +150,8 @@ class LlamaEngine(toolkit.EngineCore[Request]):
             infill_refusal="" if can_infill else NO_FIM,
             max_logprobs=MAX_LOGPROBS,
             tokenize=True,
+            kv_types=INFO.kv_types,
+            kv_type=spec.kv_type,
         )
         super().__init__(
             caps,
@@ -549,15 +551,12 @@ class LlamaEngine(toolkit.EngineCore[Request]):
 
     def _state_key(self) -> str:
         """Saved states are only ever restored into the same model and settings."""
-        material = "|".join(
-            [
-                "edged-kv-2",  # 2: per-sequence KV streams
-                self._spec.model_digest,
-                f"ctx={self._n_ctx_seq}",
-                # a state records the stream count, and llama.cpp refuses one
-                # saved with another
-                f"streams={len(self._slots)}",
-                hashlib.sha256(self._template.source.encode()).hexdigest(),
-            ]
+        return state_key(
+            self._spec.model_digest,
+            context=self._n_ctx_seq,
+            # a state records the stream count, and llama.cpp refuses one saved
+            # with another
+            streams=len(self._slots),
+            template=self._template.source,
+            kv_type=self._spec.kv_type,
         )
-        return hashlib.sha256(material.encode()).hexdigest()[:32]

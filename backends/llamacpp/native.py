@@ -16,7 +16,13 @@ import numpy as np
 
 from edged.backends.base import Sampling
 from edged.backends.llamacpp import threadpool
-from edged.common.errors import ContextOverflow, FailedPrecondition, Internal, InvalidModelFile
+from edged.common.errors import (
+    ContextOverflow,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    InvalidModelFile,
+)
 
 _BACKEND_READY = False
 
@@ -249,6 +255,23 @@ class NativeModel:
             self.model = None
 
 
+# KV cache element types edged offers -> llama.cpp's ggml type ids
+KV_GGML_TYPES = {
+    "f16": lc.GGML_TYPE_F16,
+    "q8_0": lc.GGML_TYPE_Q8_0,
+    "q4_0": lc.GGML_TYPE_Q4_0,
+}
+
+
+def kv_ggml_type(kv_type: str) -> int:
+    try:
+        return int(KV_GGML_TYPES[kv_type])
+    except KeyError:
+        raise InvalidArgument(
+            f"KV cache type {kv_type!r} is not one of {', '.join(KV_GGML_TYPES)}"
+        ) from None
+
+
 class NativeContext:
     """One llama.cpp context with ``n_seq`` sequences, each with its own KV stream.
 
@@ -262,7 +285,15 @@ class NativeContext:
     """
 
     def __init__(
-        self, model: NativeModel, *, n_ctx: int, n_seq: int, n_batch: int, threads: int
+        self,
+        model: NativeModel,
+        *,
+        n_ctx: int,
+        n_seq: int,
+        n_batch: int,
+        threads: int,
+        kv_type: str = "f16",
+        flash_attn: bool | None = None,
     ) -> None:
         params = lc.llama_context_default_params()
         params.n_ctx = n_ctx
@@ -273,11 +304,21 @@ class NativeContext:
         params.n_threads_batch = threads
         params.kv_unified = False
         params.no_perf = True
+        ggml_type = kv_ggml_type(kv_type)
+        params.type_k = ggml_type
+        params.type_v = ggml_type
+        if flash_attn is None:
+            # llama.cpp only quantizes the V cache with flash attention on
+            flash_attn = kv_type != "f16"
+        if flash_attn:
+            params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
         self.ctx = lc.llama_init_from_model(model.model, params)
         if not self.ctx:
             raise FailedPrecondition(
-                f"llama.cpp could not create a context of {n_ctx} tokens (not enough memory?)"
+                f"llama.cpp could not create a context of {n_ctx} tokens with a {kv_type} "
+                "KV cache (not enough memory, or no flash attention for this model?)"
             )
+        self.kv_type = kv_type
         self.mem = lc.llama_get_memory(self.ctx)
         self.n_batch = n_batch
         self.batch = lc.llama_batch_init(n_batch, 0, 1)
@@ -369,6 +410,11 @@ class NativeContext:
                 self._view = (addr, rows, view.reshape(rows, self._n_vocab))
             self._logits = self._view[2]
         return self._logits
+
+    def all_logits(self) -> Any:
+        """Every logits row of the last decode, in batch order: a (rows, vocab)
+        float32 numpy view, valid until the next decode."""
+        return self._all_rows()
 
     def logits(self, index: int) -> Any:
         """The last decode's logits for batch entry ``index`` (a numpy view,

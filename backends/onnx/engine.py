@@ -28,7 +28,15 @@ import numpy as np
 import onnxruntime_genai as og
 
 from edged.backends import toolkit
-from edged.backends.base import Capabilities, Event, Job, LoadSpec, Sampling, TokenLogprob
+from edged.backends.base import (
+    Capabilities,
+    Event,
+    Job,
+    LoadSpec,
+    Sampling,
+    TokenLogprob,
+    refuse_kv_type,
+)
 from edged.backends.onnx.info import INFO
 from edged.common import onnx_folder
 from edged.common.errors import EdgedError, Internal, InvalidArgument, InvalidModelFile
@@ -68,6 +76,7 @@ class _Req(toolkit.Running):
 
 class OnnxEngine(toolkit.EngineCore[_Req]):
     def __init__(self, spec: LoadSpec) -> None:
+        refuse_kv_type(INFO.name, INFO.kv_types, spec.kv_type)
         folder = Path(spec.model_path)
         genai = onnx_folder.read_config(folder)
         tok_cfg = onnx_folder.read_tokenizer_config(folder)

@@ -16,6 +16,7 @@ INFO = BackendInfo(
     # int4 CPU models keep f32 K/V (their io dtype), f16 on CUDA
     kv_element_bytes=(("cpu", 4.0), ("cuda", 2.0)),
     runtime_bytes=96 * MiB,
+    kv_types=("f16",),  # its own KV layout only: no KV quantization choice
     aliases=("onnx",),
     converts_to="onnx",
     placement="edged.backends.onnx.placement:accelerator_choices",

@@ -46,7 +46,14 @@ import openvino as ov
 import openvino_genai as og
 
 from edged.backends import toolkit
-from edged.backends.base import Capabilities, Event, Job, LoadSpec, Sampling
+from edged.backends.base import (
+    Capabilities,
+    Event,
+    Job,
+    LoadSpec,
+    Sampling,
+    refuse_kv_type,
+)
 from edged.backends.openvino.info import INFO
 from edged.common.errors import (
     EdgedError,
@@ -114,6 +121,7 @@ class _Req(toolkit.Running):
 
 class OpenVinoEngine(toolkit.EngineCore[_Req]):
     def __init__(self, spec: LoadSpec) -> None:
+        refuse_kv_type(INFO.name, INFO.kv_types, spec.kv_type)
         path = Path(spec.model_path)
         self._device = ov_device(spec.device)
         self._check_device()

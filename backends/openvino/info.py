@@ -18,6 +18,7 @@ INFO = BackendInfo(
     # the CPU plugin stores KV as u8 (+ per-token scales), the GPU plugin as f16
     kv_element_bytes=(("cpu", 1.0), ("gpu", 2.0), ("npu", 2.0)),
     runtime_bytes=192 * MiB,
+    kv_types=("f16",),  # its own KV layout only: no KV quantization choice
     placement="edged.backends.openvino.placement:accelerator_choices",
     probe="edged.backends.openvino.probe:probe",
     apply_probe="edged.backends.openvino.probe:apply",

@@ -108,7 +108,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser(
         "config",
-        help="show or change a model's settings (backend, device, keep-alive, pin, context)",
+        help="show or change a model's settings (backend, device, keep-alive, pin, context, KV)",
         description="Per-model settings, kept in the registry and used by every request "
         "that does not say otherwise (a request's own values win; EDGED_* are the "
         "defaults). Without options, prints the current settings.",
@@ -118,6 +118,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pin = p.add_mutually_exclusive_group()
     pin.add_argument("--pin", dest="pin", action="store_true", default=None, help="pin it")
     pin.add_argument("--no-pin", dest="pin", action="store_false", help="unpin it")
+    p.add_argument(
+        "--kv-type",
+        choices=("f16", "q8_0", "q4_0", "auto"),
+        help="KV cache element type: f16, q8_0 (about half the memory), q4_0 (a quarter); "
+        "the backend must offer it (auto: EDGED_KV_TYPE)",
+    )
     p.add_argument("--reset", action="store_true", help="clear every setting first")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_config)
@@ -378,6 +384,7 @@ def cmd_ps(ctx: Context, args: argparse.Namespace) -> int:
             m.device + (f" ({m.gpu_layers} layers)" if m.gpu_layers else ""),
             memory_text(m),
             str(m.context_length),
+            m.kv_type or "-",
             str(m.sessions),
             str(m.active_requests),
             str(m.pid),
@@ -391,6 +398,7 @@ def cmd_ps(ctx: Context, args: argparse.Namespace) -> int:
         "DEVICE",
         "MEMORY (EST / RSS)",
         "CONTEXT",
+        "KV",
         "SESSIONS",
         "ACTIVE",
         "PID",
@@ -540,6 +548,8 @@ def settings_rows(s: pb.ModelSettings) -> list[tuple[str, str]]:
         rows.append(("pinned", "yes"))
     if s.context_length:
         rows.append(("context", str(s.context_length)))
+    if s.kv_type:
+        rows.append(("KV type", s.kv_type))
     return rows
 
 
@@ -563,6 +573,9 @@ def cmd_config(ctx: Context, args: argparse.Namespace) -> int:
         changed = True
     if args.context is not None:
         settings.context_length = _context(args)
+        changed = True
+    if args.kv_type is not None:
+        settings.kv_type = "" if args.kv_type == "auto" else args.kv_type
         changed = True
     if changed:
         request = pb.ConfigureModelRequest(model=args.model, settings=settings)

@@ -69,6 +69,7 @@ def load_options(
         pinned=s.pinned,
         pin=pin,
         exact=bool(backend or device or s.backend or s.device),
+        kv_type=s.kv_type,
     )
 
 

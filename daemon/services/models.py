@@ -79,12 +79,17 @@ def _caps(c: Capabilities) -> pb.BackendCapabilities:
         max_logprobs=c.max_logprobs,
         tokenize=c.tokenize,
         embeddings=c.embeddings,
+        kv_types=list(c.kv_types),
     )
 
 
 def settings_to(s: ModelSettings) -> pb.ModelSettings:
     msg = pb.ModelSettings(
-        backend=s.backend, device=s.device, pinned=s.pinned, context_length=s.context_length
+        backend=s.backend,
+        device=s.device,
+        pinned=s.pinned,
+        context_length=s.context_length,
+        kv_type=s.kv_type,
     )
     if s.keep_alive_s is not None:
         msg.keep_alive_s = s.keep_alive_s
@@ -99,6 +104,7 @@ def settings_from(msg: pb.ModelSettings) -> ModelSettings:
         keep_alive_s=msg.keep_alive_s if msg.HasField("keep_alive_s") else None,
         pinned=msg.pinned,
         context_length=msg.context_length,
+        kv_type=msg.kv_type.strip().lower(),
     )
 
 
@@ -163,6 +169,7 @@ async def loaded_to(scheduler: Scheduler, info: LoadedInfo) -> pb.LoadedModel:
         expires_unix_ms=int(info.expires_at * 1000) if info.expires_at is not None else 0,
         pinned=info.pinned,
         gpu_layers=max(0, caps.gpu_layers) if caps else 0,
+        kv_type=worker.spec.kv_type,
     )
 
 

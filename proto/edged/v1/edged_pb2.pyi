@@ -539,18 +539,20 @@ class ShowModelResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., chat_template: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., system_prompt: _Optional[str] = ..., sampling_defaults: _Optional[_Mapping[str, float]] = ..., variants: _Optional[_Iterable[_Union[ModelVariant, _Mapping]]] = ..., backends: _Optional[_Iterable[_Union[BackendChoice, _Mapping]]] = ..., settings: _Optional[_Union[ModelSettings, _Mapping]] = ..., memory: _Optional[_Union[MemoryEstimate, _Mapping]] = ..., capabilities: _Optional[_Iterable[str]] = ..., stop_defaults: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelSettings(_message.Message):
-    __slots__ = ("backend", "device", "keep_alive_s", "pinned", "context_length")
+    __slots__ = ("backend", "device", "keep_alive_s", "pinned", "context_length", "kv_type")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     KEEP_ALIVE_S_FIELD_NUMBER: _ClassVar[int]
     PINNED_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    KV_TYPE_FIELD_NUMBER: _ClassVar[int]
     backend: str
     device: str
     keep_alive_s: float
     pinned: bool
     context_length: int
-    def __init__(self, backend: _Optional[str] = ..., device: _Optional[str] = ..., keep_alive_s: _Optional[float] = ..., pinned: _Optional[bool] = ..., context_length: _Optional[int] = ...) -> None: ...
+    kv_type: str
+    def __init__(self, backend: _Optional[str] = ..., device: _Optional[str] = ..., keep_alive_s: _Optional[float] = ..., pinned: _Optional[bool] = ..., context_length: _Optional[int] = ..., kv_type: _Optional[str] = ...) -> None: ...
 
 class ConfigureModelRequest(_message.Message):
     __slots__ = ("model", "settings")
@@ -659,7 +661,7 @@ class CreateModelResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LoadedModel(_message.Message):
-    __slots__ = ("model", "digest", "backend", "device", "pid", "rss_bytes", "context_length", "active_requests", "loaded_unix_ms", "capabilities", "memory", "sessions", "keep_alive_s", "expires_unix_ms", "pinned", "gpu_layers")
+    __slots__ = ("model", "digest", "backend", "device", "pid", "rss_bytes", "context_length", "active_requests", "loaded_unix_ms", "capabilities", "memory", "sessions", "keep_alive_s", "expires_unix_ms", "pinned", "gpu_layers", "kv_type")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -676,6 +678,7 @@ class LoadedModel(_message.Message):
     EXPIRES_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     PINNED_FIELD_NUMBER: _ClassVar[int]
     GPU_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    KV_TYPE_FIELD_NUMBER: _ClassVar[int]
     model: str
     digest: str
     backend: str
@@ -692,10 +695,11 @@ class LoadedModel(_message.Message):
     expires_unix_ms: int
     pinned: bool
     gpu_layers: int
-    def __init__(self, model: _Optional[str] = ..., digest: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., pid: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., context_length: _Optional[int] = ..., active_requests: _Optional[int] = ..., loaded_unix_ms: _Optional[int] = ..., capabilities: _Optional[_Union[BackendCapabilities, _Mapping]] = ..., memory: _Optional[_Union[MemoryEstimate, _Mapping]] = ..., sessions: _Optional[int] = ..., keep_alive_s: _Optional[float] = ..., expires_unix_ms: _Optional[int] = ..., pinned: _Optional[bool] = ..., gpu_layers: _Optional[int] = ...) -> None: ...
+    kv_type: str
+    def __init__(self, model: _Optional[str] = ..., digest: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., pid: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., context_length: _Optional[int] = ..., active_requests: _Optional[int] = ..., loaded_unix_ms: _Optional[int] = ..., capabilities: _Optional[_Union[BackendCapabilities, _Mapping]] = ..., memory: _Optional[_Union[MemoryEstimate, _Mapping]] = ..., sessions: _Optional[int] = ..., keep_alive_s: _Optional[float] = ..., expires_unix_ms: _Optional[int] = ..., pinned: _Optional[bool] = ..., gpu_layers: _Optional[int] = ..., kv_type: _Optional[str] = ...) -> None: ...
 
 class BackendCapabilities(_message.Message):
-    __slots__ = ("formats", "context_length", "max_sequences", "batching", "session_kv", "kv_tiers", "fork", "grammar", "sampling", "response_formats", "grammar_syntaxes", "tools", "infill", "max_logprobs", "tokenize", "embeddings")
+    __slots__ = ("formats", "context_length", "max_sequences", "batching", "session_kv", "kv_tiers", "fork", "grammar", "sampling", "response_formats", "grammar_syntaxes", "tools", "infill", "max_logprobs", "tokenize", "embeddings", "kv_types")
     FORMATS_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     MAX_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
@@ -712,6 +716,7 @@ class BackendCapabilities(_message.Message):
     MAX_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     TOKENIZE_FIELD_NUMBER: _ClassVar[int]
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    KV_TYPES_FIELD_NUMBER: _ClassVar[int]
     formats: _containers.RepeatedScalarFieldContainer[str]
     context_length: int
     max_sequences: int
@@ -728,7 +733,8 @@ class BackendCapabilities(_message.Message):
     max_logprobs: int
     tokenize: bool
     embeddings: bool
-    def __init__(self, formats: _Optional[_Iterable[str]] = ..., context_length: _Optional[int] = ..., max_sequences: _Optional[int] = ..., batching: _Optional[bool] = ..., session_kv: _Optional[bool] = ..., kv_tiers: _Optional[bool] = ..., fork: _Optional[bool] = ..., grammar: _Optional[bool] = ..., sampling: _Optional[_Iterable[str]] = ..., response_formats: _Optional[_Iterable[str]] = ..., grammar_syntaxes: _Optional[_Iterable[str]] = ..., tools: _Optional[bool] = ..., infill: _Optional[bool] = ..., max_logprobs: _Optional[int] = ..., tokenize: _Optional[bool] = ..., embeddings: _Optional[bool] = ...) -> None: ...
+    kv_types: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, formats: _Optional[_Iterable[str]] = ..., context_length: _Optional[int] = ..., max_sequences: _Optional[int] = ..., batching: _Optional[bool] = ..., session_kv: _Optional[bool] = ..., kv_tiers: _Optional[bool] = ..., fork: _Optional[bool] = ..., grammar: _Optional[bool] = ..., sampling: _Optional[_Iterable[str]] = ..., response_formats: _Optional[_Iterable[str]] = ..., grammar_syntaxes: _Optional[_Iterable[str]] = ..., tools: _Optional[bool] = ..., infill: _Optional[bool] = ..., max_logprobs: _Optional[int] = ..., tokenize: _Optional[bool] = ..., embeddings: _Optional[bool] = ..., kv_types: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListLoadedRequest(_message.Message):
     __slots__ = ()

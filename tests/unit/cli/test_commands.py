@@ -199,12 +199,12 @@ def test_ps(fake: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ps"]) == 0
     header, row = capsys.readouterr().out.splitlines()
     assert header.split() == [
-        "MODEL", "BACKEND", "DEVICE", "MEMORY", "(EST", "/", "RSS)", "CONTEXT", "SESSIONS",
-        "ACTIVE", "PID", "UNTIL",
+        "MODEL", "BACKEND", "DEVICE", "MEMORY", "(EST", "/", "RSS)", "CONTEXT", "KV",
+        "SESSIONS", "ACTIVE", "PID", "UNTIL",
     ]  # fmt: skip
     assert row.split() == [
-        "smollm2:135m", "llama.cpp", "cpu", "250", "MB", "/", "180", "MB", "4096", "2", "1",
-        "4242", "in", "use,", "then", "5", "minutes",
+        "smollm2:135m", "llama.cpp", "cpu", "250", "MB", "/", "180", "MB", "4096", "-", "2",
+        "1", "4242", "in", "use,", "then", "5", "minutes",
     ]  # fmt: skip
     assert main(["ps", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
