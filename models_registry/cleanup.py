@@ -18,8 +18,8 @@ import logging
 import re
 import stat
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -143,6 +143,21 @@ class CleanupMixin:
                 remove_quietly(self.blob_path(digest))
         if report.blobs and not report.dry_run:
             fsync_dir(self.blobs_dir)
+
+    @contextmanager
+    def undo_new_blobs(self) -> Iterator[list[str]]:
+        """Yield a list the caller appends each blob digest it stores to; if the
+        block fails, those that were not in the store before it began (and that
+        no manifest uses) are removed again. Hold the store pinned meanwhile."""
+        before = set(self.blob_digests())
+        written: list[str] = []
+        try:
+            yield written
+        except BaseException:
+            for digest in dict.fromkeys(written):
+                if digest not in before:
+                    self.discard_blob(digest)
+            raise
 
     def discard_blob(self, digest: str) -> bool:
         """Remove one blob unless a manifest references it; return whether it was removed."""

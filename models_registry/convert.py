@@ -160,13 +160,7 @@ def _convert(
     cancel: threading.Event | None,
     timeout: float,
 ) -> Manifest:
-    try:
-        work = Path(tempfile.mkdtemp(prefix="convert-", dir=store.tmp_dir))
-    except OSError as exc:
-        raise storage_error(exc, "creating the conversion's work folder") from exc
-    before = set(store.blob_digests())
-    written: list[str] = []
-    try:
+    with work_folder(store) as work, store.undo_new_blobs() as written:
         out = work / "out"
         argv = worker_argv(store.blob_path(gguf.main.digest), work, out, hf_architecture)
         run_worker(ref, argv, work, progress, cancel, timeout)
@@ -190,11 +184,17 @@ def _convert(
         )
         report(progress, "writing manifest")
         return store.update_manifest(ref, lambda current: _attach(ref, current, gguf, variant))
-    except BaseException:
-        for digest in dict.fromkeys(written):
-            if digest not in before:
-                store.discard_blob(digest)
-        raise
+
+
+@contextmanager
+def work_folder(store: Store) -> Iterator[Path]:
+    """A conversion's own folder under the store's ``tmp/``, removed afterwards."""
+    try:
+        work = Path(tempfile.mkdtemp(prefix="convert-", dir=store.tmp_dir))
+    except OSError as exc:
+        raise storage_error(exc, "creating the conversion's work folder") from exc
+    try:
+        yield work
     finally:
         remove_tree(work)
 

@@ -28,7 +28,6 @@ import importlib.util
 import logging
 import os
 import sys
-import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,8 +37,7 @@ from edged.common.gguf import read_gguf_info
 from edged.common.model_facts import FORMAT_GGUF, FORMAT_SAFETENSORS
 
 from . import safetensors_folder
-from .convert import ConversionFailed, conversion_locked, run_worker, worker_env
-from .fsutil import remove_tree, storage_error
+from .convert import ConversionFailed, conversion_locked, run_worker, work_folder, worker_env
 from .manifest import GGUF_VARIANT, ROLE_MODEL, Manifest, ManifestFile, Variant
 from .names import ModelRef
 from .progress import ProgressFn, report
@@ -199,13 +197,7 @@ def _convert(
     cancel: threading.Event | None,
     timeout: float,
 ) -> Manifest:
-    try:
-        work = Path(tempfile.mkdtemp(prefix="convert-", dir=store.tmp_dir))
-    except OSError as exc:
-        raise storage_error(exc, "creating the conversion's work folder") from exc
-    before = set(store.blob_digests())
-    written: list[str] = []
-    try:
+    with work_folder(store) as work, store.undo_new_blobs() as written:
         # The safetensors folder as symlinks to its blobs, inside the work folder
         # (not under views/: a failed conversion changes nothing in the store).
         for f in st.files:
@@ -246,13 +238,6 @@ def _convert(
                 context_length=info.context_length,
             ),
         )
-    except BaseException:
-        for d in dict.fromkeys(written):
-            if d not in before:
-                store.discard_blob(d)
-        raise
-    finally:
-        remove_tree(work)
 
 
 def _attach(

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 from urllib.parse import unquote
 
 from edged.common.errors import (
@@ -137,17 +138,9 @@ def add_gguf(
 
 
 def _execute(store: Store, plan: _Plan, progress: ProgressFn | None) -> Manifest:
-    with store.pinned():
-        before = set(store.blob_digests())
-        written: list[str] = []
-        try:
-            files = plan.fetch(written)
-            return _register(store, plan, files, progress)
-        except BaseException:
-            for blob in dict.fromkeys(written):
-                if blob not in before:
-                    store.discard_blob(blob)
-            raise
+    with store.pinned(), store.undo_new_blobs() as written:
+        files = plan.fetch(written)
+        return _register(store, plan, files, progress)
 
 
 def _register(
@@ -177,20 +170,14 @@ def _gguf_manifest(
     variant = Variant.of(
         GGUF_VARIANT, FORMAT_GGUF, files, quantization=info.quantization, source=plan.source
     )
-    return Manifest(
-        name=plan.ref.name,
-        tag=plan.ref.tag,
-        variants=(variant,),
-        source=plan.source,
-        created_unix_ms=time.time_ns() // 1_000_000,
+    return _fresh(
+        plan,
+        variant,
         architecture=info.architecture,
         quantization=info.quantization,
         parameters=info.parameters,
         context_length=info.context_length,
         has_chat_template=bool(info.chat_template),
-        system_prompt=plan.system_prompt,
-        sampling=plan.sampling,
-        stop=plan.stop,
     )
 
 
@@ -200,12 +187,9 @@ def _onnx_manifest(
     report(progress, "reading genai_config.json")
     facts = folder.onnx_facts(store, files)
     variant = Variant.of(ONNX_VARIANT, FORMAT_ONNX, files, source=plan.source)
-    return Manifest(
-        name=plan.ref.name,
-        tag=plan.ref.tag,
-        variants=(variant,),
-        source=plan.source,
-        created_unix_ms=time.time_ns() // 1_000_000,
+    return _fresh(
+        plan,
+        variant,
         architecture=facts.architecture,
         context_length=facts.context_length,
         has_chat_template=facts.has_chat_template,
@@ -218,19 +202,29 @@ def _safetensors_manifest(
     report(progress, "checking config.json and the safetensors headers")
     facts = safetensors_folder.facts(store, files)
     variant = Variant.of(SAFETENSORS_VARIANT, FORMAT_SAFETENSORS, files, source=plan.source)
+    return _fresh(
+        plan,
+        variant,
+        architecture=facts.architecture,
+        parameters=facts.parameters,
+        context_length=facts.context_length,
+        has_chat_template=facts.has_chat_template,
+    )
+
+
+def _fresh(plan: _Plan, variant: Variant, **facts: Any) -> Manifest:
+    """The manifest of a model that has just this one variant, with the plan's
+    name, source and defaults and the variant's facts."""
     return Manifest(
         name=plan.ref.name,
         tag=plan.ref.tag,
         variants=(variant,),
         source=plan.source,
         created_unix_ms=time.time_ns() // 1_000_000,
-        architecture=facts.architecture,
-        parameters=facts.parameters,
-        context_length=facts.context_length,
-        has_chat_template=facts.has_chat_template,
         system_prompt=plan.system_prompt,
         sampling=plan.sampling,
         stop=plan.stop,
+        **facts,
     )
 
 

@@ -272,6 +272,20 @@ def kv_ggml_type(kv_type: str) -> int:
         ) from None
 
 
+def _context_params(*, n_ctx: int, n_seq: int, n_batch: int, threads: int) -> Any:
+    """llama.cpp context parameters both context kinds share: the micro-batch is
+    the whole batch, one thread count for decode and prefill, no perf counters."""
+    params = lc.llama_context_default_params()
+    params.n_ctx = n_ctx
+    params.n_batch = n_batch
+    params.n_ubatch = n_batch
+    params.n_seq_max = n_seq
+    params.n_threads = threads
+    params.n_threads_batch = threads
+    params.no_perf = True
+    return params
+
+
 class NativeContext:
     """One llama.cpp context with ``n_seq`` sequences, each with its own KV stream.
 
@@ -295,15 +309,8 @@ class NativeContext:
         kv_type: str = "f16",
         flash_attn: bool | None = None,
     ) -> None:
-        params = lc.llama_context_default_params()
-        params.n_ctx = n_ctx
-        params.n_batch = n_batch
-        params.n_ubatch = n_batch
-        params.n_seq_max = n_seq
-        params.n_threads = threads
-        params.n_threads_batch = threads
+        params = _context_params(n_ctx=n_ctx, n_seq=n_seq, n_batch=n_batch, threads=threads)
         params.kv_unified = False
-        params.no_perf = True
         ggml_type = kv_ggml_type(kv_type)
         params.type_k = ggml_type
         params.type_v = ggml_type
@@ -459,17 +466,10 @@ class EmbeddingContext:
     def __init__(
         self, model: NativeModel, *, n_ctx: int, n_seq: int, n_batch: int, threads: int
     ) -> None:
-        params = lc.llama_context_default_params()
-        params.n_ctx = n_ctx
-        params.n_batch = n_batch
-        params.n_ubatch = n_batch
-        params.n_seq_max = n_seq
-        params.n_threads = threads
-        params.n_threads_batch = threads
+        params = _context_params(n_ctx=n_ctx, n_seq=n_seq, n_batch=n_batch, threads=threads)
         params.embeddings = True
         params.pooling_type = lc.LLAMA_POOLING_TYPE_UNSPECIFIED  # the model's
         params.kv_unified = True
-        params.no_perf = True
         self.ctx = lc.llama_init_from_model(model.model, params)
         if not self.ctx:
             raise FailedPrecondition(
