@@ -22,11 +22,19 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import numpy as np
+
+from edged.common.errors import InvalidArgument
+
+# How a candidate was compared: "logits" (teacher-forced next-token
+# distributions) or "greedy" (greedy continuations of short prompts, for a
+# backend that cannot return logits; no KL or perplexity then).
+Measure = Literal["logits", "greedy"]
 
 EVAL_TEXT = "fidelity_eval.txt"
 
@@ -43,6 +51,7 @@ class Fidelity:
     mean_kl: float  # mean KL(reference || candidate), nats
     perplexity_reference: float
     perplexity_candidate: float
+    measure: Measure = "logits"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,3 +104,58 @@ class FidelityAccumulator:
             perplexity_reference=float(np.exp(self.nll_ref / n)),
             perplexity_candidate=float(np.exp(self.nll_cand / n)),
         )
+
+
+class TeacherForced(Protocol):
+    """A model that reads given tokens teacher-forced and returns the logits
+    after every position (one per backend: llama.cpp, ONNX Runtime, ...)."""
+
+    def n_vocab(self) -> int: ...
+
+    def logits(self, piece: Sequence[int], batch: int) -> Iterator[Any]:
+        """Logits (rows, n_vocab) after each position of ``piece``, read as a
+        fresh sequence, in consecutive blocks of exactly ``batch`` rows (the last
+        may be shorter). A block stays valid until the next one is requested."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def windows(tokens: Sequence[int], window: int) -> Iterator[list[int]]:
+    """Windows of ``window`` tokens overlapping by one: every token after the
+    first is predicted exactly once, from at most ``window - 1`` tokens before it."""
+    step = window - 1
+    for start in range(0, max(1, len(tokens) - 1), step):
+        piece = list(tokens[start : start + window])
+        if len(piece) >= 2:
+            yield piece
+
+
+def measure(
+    reference: TeacherForced,
+    candidate: TeacherForced,
+    tokens: Sequence[int],
+    *,
+    window: int = 512,
+    batch: int = 512,
+) -> Fidelity:
+    """Compare ``candidate`` with ``reference`` over ``tokens`` (the reference's
+    tokenization; both must share the vocabulary), window by window, a block of
+    ``batch`` positions at a time: memory stays one block of logits each."""
+    if window < 2:
+        raise InvalidArgument("the window must be at least 2 tokens")
+    if reference.n_vocab() != candidate.n_vocab():
+        raise InvalidArgument(
+            f"the models' vocabularies differ ({reference.n_vocab()} and "
+            f"{candidate.n_vocab()} tokens): logits cannot be compared"
+        )
+    batch = max(1, min(batch, window))
+    acc = FidelityAccumulator()
+    for piece in windows(tokens, window):
+        targets = piece[1:]
+        ref_rows = reference.logits(piece, batch)
+        cand_rows = candidate.logits(piece, batch)
+        for off, (ref, cand) in enumerate(zip(ref_rows, cand_rows, strict=True)):
+            want = targets[off * batch : off * batch + batch]  # the last has no target
+            acc.add(ref[: len(want)], cand[: len(want)], want)
+    return acc.result()

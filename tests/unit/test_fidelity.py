@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
-from edged.backends.fidelity import FidelityAccumulator, eval_text, log_softmax
-from edged.backends.llamacpp.fidelity import _windows
+from edged.backends.fidelity import (
+    FidelityAccumulator,
+    eval_text,
+    log_softmax,
+    measure,
+    windows,
+)
+from edged.common.errors import InvalidArgument
 
 
 def test_identical_logits_agree_fully_with_zero_kl() -> None:
@@ -61,14 +68,61 @@ def test_shapes_must_match() -> None:
 
 def test_windows_predict_every_token_after_the_first_once() -> None:
     tokens = list(range(10))
-    pieces = list(_windows(tokens, 4))
+    pieces = list(windows(tokens, 4))
     assert pieces == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]]
     targets = [t for p in pieces for t in p[1:]]
     assert targets == tokens[1:]
-    assert list(_windows([1], 4)) == []
+    assert list(windows([1], 4)) == []
 
 
 def test_the_eval_text_ships_with_prose_code_and_chat() -> None:
     text = eval_text()
     assert len(text.split()) > 1500
     assert "def moving_average" in text and "User:" in text and "Assistant:" in text
+
+
+class _Table:
+    """A fake teacher-forced source: fixed logits per token id."""
+
+    def __init__(self, table: np.ndarray) -> None:
+        self.table = table
+        self.closed = False
+
+    def n_vocab(self) -> int:
+        return int(self.table.shape[1])
+
+    def logits(self, piece: list[int], batch: int) -> Iterator[np.ndarray]:
+        for off in range(0, len(piece), batch):
+            yield self.table[piece[off : off + batch]]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_generic_measure_identical_sources_agree_fully() -> None:
+    rng = np.random.default_rng(3)
+    table = rng.normal(size=(16, 16))
+    tokens = [int(t) for t in rng.integers(0, 16, size=40)]
+    got = measure(_Table(table), _Table(table.copy()), tokens, window=8, batch=3)
+    assert got.tokens == 39
+    assert got.agreement == 1.0 and got.mean_kl < 1e-12
+    assert got.perplexity_reference == pytest.approx(got.perplexity_candidate)
+
+
+def test_generic_measure_sees_a_changed_candidate() -> None:
+    rng = np.random.default_rng(4)
+    table = rng.normal(size=(16, 16))
+    other = table.copy()
+    other[:, 0] += 50.0  # token 0 always first: disagrees wherever the reference differs
+    tokens = [int(t) for t in rng.integers(0, 16, size=40)]
+    got = measure(_Table(table), _Table(other), tokens, window=8, batch=8)
+    expected = float((table[tokens[:-1]].argmax(axis=1) == 0).mean())
+    assert got.agreement == pytest.approx(expected)
+    assert got.mean_kl > 1.0
+
+
+def test_generic_measure_refuses_different_vocabularies() -> None:
+    with pytest.raises(InvalidArgument, match="vocabularies differ"):
+        measure(_Table(np.zeros((4, 4))), _Table(np.zeros((4, 5))), [0, 1, 2], window=4)
+    with pytest.raises(InvalidArgument, match="at least 2"):
+        measure(_Table(np.zeros((4, 4))), _Table(np.zeros((4, 4))), [0, 1, 2], window=1)
