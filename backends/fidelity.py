@@ -32,9 +32,10 @@ import numpy as np
 from edged.common.errors import InvalidArgument
 
 # How a candidate was compared: "logits" (teacher-forced next-token
-# distributions) or "greedy" (greedy continuations of short prompts, for a
-# backend that cannot return logits; no KL or perplexity then).
-Measure = Literal["logits", "greedy"]
+# distributions), "greedy" (greedy continuations of short prompts, for a
+# backend that cannot return logits; no KL or perplexity then: both read 0) or
+# "reference" (the candidate is the reference itself).
+Measure = Literal["logits", "greedy", "reference"]
 
 EVAL_TEXT = "fidelity_eval.txt"
 
@@ -159,3 +160,65 @@ def measure(
             want = targets[off * batch : off * batch + batch]  # the last has no target
             acc.add(ref[: len(want)], cand[: len(want)], want)
     return acc.result()
+
+
+class GreedySource(Protocol):
+    """A model that continues token prompts greedily (for a backend without logits)."""
+
+    def n_vocab(self) -> int: ...
+
+    def continue_greedy(self, prompts: Sequence[Sequence[int]], new_tokens: int) -> list[list[int]]:
+        """``new_tokens`` greedy tokens after each prompt (end-of-text ignored)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def greedy_prompts(tokens: Sequence[int], count: int, length: int) -> list[list[int]]:
+    """``count`` prompts of ``length`` tokens spread evenly over ``tokens``."""
+    if len(tokens) < length or count < 1:
+        return []
+    last = len(tokens) - length
+    starts = sorted({round(i * last / max(1, count - 1)) for i in range(count)})
+    return [list(tokens[s : s + length]) for s in starts]
+
+
+def greedy_measure(
+    reference: GreedySource,
+    candidate: GreedySource,
+    prompts: Sequence[Sequence[int]],
+    new_tokens: int,
+) -> Fidelity:
+    """Top-1 agreement estimated from greedy continuations.
+
+    Up to the first token where two continuations differ, both read the same
+    text, so every position before it is one where both put the same token
+    first, and the first difference is one where they did not; after it the
+    texts differ and nothing more is compared. The estimate is agreements /
+    (agreements + differences): the per-position top-1 agreement on text the
+    reference would write. KL and perplexity need logits: they read 0.
+    """
+    if reference.n_vocab() != candidate.n_vocab():
+        raise InvalidArgument(
+            f"the models' vocabularies differ ({reference.n_vocab()} and "
+            f"{candidate.n_vocab()} tokens): their answers cannot be compared"
+        )
+    ref = reference.continue_greedy(prompts, new_tokens)
+    cand = candidate.continue_greedy(prompts, new_tokens)
+    agree = differ = 0
+    for a, b in zip(ref, cand, strict=True):
+        same = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
+        if same is None:
+            agree += min(len(a), len(b))
+        else:
+            agree += same
+            differ += 1
+    compared = agree + differ
+    return Fidelity(
+        tokens=compared,
+        agreement=agree / compared if compared else 0.0,
+        mean_kl=0.0,
+        perplexity_reference=0.0,
+        perplexity_candidate=0.0,
+        measure="greedy",
+    )

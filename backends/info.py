@@ -53,6 +53,15 @@ class BackendInfo:
     # KV cache element types it can be asked for (edged.backends.base.KV_TYPES);
     # "f16" stands for the backend's own default KV (what kv_element_bytes sizes)
     kv_types: tuple[str, ...] = ("f16",)
+    # How its answers are compared with a reference (edged.backends.fidelity),
+    # imported in the fidelity child process only: "module:callable" opening a
+    # TeacherForced source (path, *, window, batch, threads) when it can return
+    # logits, and one opening a GreedySource (path, *, threads) for greedy
+    # continuations; "" when it has none.
+    teacher_forced: str = ""
+    greedy: str = ""
+    # "module:function" (path, text) -> token ids: a reference reads the text with it
+    tokenizer: str = ""
 
     def kv_bytes(self, device_kind: str, default: float = 2.0) -> float:
         return dict(self.kv_element_bytes).get(device_kind, default)

@@ -51,6 +51,10 @@ class Choice:
     gpu_layers: int = 0  # layers offloaded; -1 = all (count unknown)
     tokens_per_second: float = 0.0  # calibrated decode speed, 0 = not calibrated
     variant: str = ""  # the variant it would load
+    aggregate_tokens_per_second: float = 0.0  # calibrated, `streams` requests at once
+    streams: int = 0  # the parallelism of the aggregate figure (0 = not calibrated)
+    # within the fidelity threshold (daemon.hardware.ranking); None = not measured
+    faithful: bool | None = None
     tier: int = field(default=TIER_CPU, compare=False, repr=False)
 
 

@@ -1,9 +1,18 @@
-"""CPU calibration: which backend is faster for this model on this machine.
+"""CPU calibration: how fast and how faithful each backend is for this model here.
 
-A calibration run is a short, real generation: a ~64-token prompt prefilled,
-then 32 tokens decoded at temperature 0, after a tiny warm-up generation that
-pages the weights in. It runs through a callable (:data:`RunGeneration`) so
-the daemon can run it on its real workers and tests can run it on anything.
+Speed: a calibration run is a short, real generation: a ~64-token prompt
+prefilled, then 32 tokens decoded at temperature 0, after a tiny warm-up
+generation that pages the weights in; then the same generation as ``streams``
+requests at once (the daemon's configured parallelism), whose decode rates add
+up to the aggregate figure. Generations run through a callable
+(:data:`RunGeneration`) so the daemon can run them on its real workers and
+tests on anything.
+
+Fidelity: how closely the backend's next-token choices follow the reference
+(the most faithful variant of the model on llama.cpp), measured by a callable
+(:data:`MeasureFidelity`; the daemon runs :mod:`edged.backends.fidelity_run`
+in a child process). Selection never picks a choice below the threshold
+(:mod:`edged.daemon.hardware.ranking`) unless asked for it.
 
 Results are cached in one JSON file (``<cache dir>/calibration.json``) keyed by
 (machine, model digest, backend, backend version, device): the machine key is
@@ -23,7 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from edged.backends.base import Job, Sampling, Stats
@@ -34,7 +43,7 @@ from edged.daemon.config import MAX_STREAM_INTERVAL_MS
 log = logging.getLogger(__name__)
 
 FILE_NAME = "calibration.json"
-VERSION = 1
+VERSION = 2  # 2: aggregate speed at the configured parallelism, fidelity
 MAX_ENTRIES = 512
 DECODE_TOKENS = 32
 # Timed runs per backend; the best one counts. A desktop is rarely idle, and a
@@ -42,6 +51,7 @@ DECODE_TOKENS = 32
 # decode threads of llama.cpp suffer most from a busy CPU), so the fastest of a
 # few short runs is the steadiest figure to compare backends by.
 TIMED_RUNS = 3
+PARALLEL_RUNS = 2  # timed runs of `streams` requests at once; the best one counts
 # Nobody reads a calibration run's text: the worker holds it to the end, so no
 # message to the daemon competes with the decoding being measured.
 HOLD_TEXT_S = MAX_STREAM_INTERVAL_MS / 1000.0
@@ -56,9 +66,10 @@ PROMPT = (
     "however, something was different:"
 )
 
-# (backend, device, jobs) -> each job's final stats, the jobs run one after the
-# other on one load of the model.
-RunGeneration = Callable[[str, str, Sequence[Job]], Awaitable[list[Stats]]]
+# (backend, device, phases) -> each job's final stats, phase by phase: the
+# phases run one after the other on one load of the model, the jobs of a phase
+# all at once.
+RunGeneration = Callable[[str, str, Sequence[Sequence[Job]]], Awaitable[list[list[Stats]]]]
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,35 @@ class Calibration:
     completion_tokens: int = 0
     measured_unix_ms: int = 0
     machine: str = ""
+    streams: int = 1  # requests at once for the aggregate figure
+    aggregate_tokens_per_second: float = 0.0  # decode tokens/s of `streams` together
+    fidelity: Fidelity | None = None
+
+    def fidelity_holds(self, threshold: float) -> bool | None:
+        """Whether the measured fidelity reaches ``threshold`` (None: not measured)."""
+        f = self.fidelity
+        if f is None or f.measure == "":
+            return None
+        return f.measure == "reference" or f.agreement >= threshold
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """A choice's fidelity against the reference (:mod:`edged.backends.fidelity`)."""
+
+    measure: str  # "reference" | "logits" | "greedy" | "" (it failed: see error)
+    agreement: float = 0.0  # top-1 next-token agreement, 0..1
+    mean_kl: float = 0.0  # nats; 0 for "greedy" (no logits)
+    perplexity: float = 0.0  # the candidate's; 0 for "greedy"
+    perplexity_reference: float = 0.0
+    tokens: int = 0  # positions compared
+    reference: str = ""  # what it was compared with, for people
+    reference_digest: str = ""
+    error: str = ""
+
+
+# target -> its fidelity against the reference (never raises: errors are recorded)
+MeasureFidelity = Callable[["Target"], Awaitable[Fidelity]]
 
 
 @dataclass(frozen=True)
@@ -113,14 +153,11 @@ class CalibrationCache:
         out: dict[str, Calibration] = {}
         if not isinstance(raw, dict) or raw.get("version") != VERSION:
             return out
-        names = {f.name for f in fields(Calibration)}
         entries = raw.get("entries")
         for key, value in (entries if isinstance(entries, dict) else {}).items():
-            if isinstance(value, dict) and names >= set(value):
-                try:
-                    out[str(key)] = Calibration(**value)
-                except TypeError:
-                    continue
+            found = _from_json(value)
+            if found is not None:
+                out[str(key)] = found
         return out
 
     def get(self, machine: str, digest: str, target: Target) -> Calibration | None:
@@ -154,12 +191,44 @@ class CalibrationCache:
                 raise
 
 
+def _from_json(value: object) -> Calibration | None:
+    """One cache entry, or None when it is not one (another version, hand edits)."""
+    names = {f.name for f in fields(Calibration)}
+    fid_names = {f.name for f in fields(Fidelity)}
+    if not isinstance(value, dict) or not names >= set(value):
+        return None
+    raw = dict(value)
+    fid = raw.pop("fidelity", None)
+    try:
+        if fid is not None:
+            if not isinstance(fid, dict) or not fid_names >= set(fid):
+                return None
+            raw["fidelity"] = Fidelity(**fid)
+        found = Calibration(**raw)
+    except TypeError:
+        return None
+    numbers = (found.decode_tokens_per_second, found.aggregate_tokens_per_second, found.streams)
+    if not all(isinstance(x, (int, float)) for x in numbers):
+        return None
+    return found
+
+
 @dataclass(frozen=True)
 class Outcome:
     target: Target
     result: Calibration | None
     error: str = ""
     cached: bool = False
+
+
+def current(found: Calibration | None, *, streams: int, reference_digest: str) -> bool:
+    """A cached figure still answers today's question: measured at the configured
+    parallelism and against today's reference ("" = fidelity not asked for)."""
+    if found is None or found.streams != streams:
+        return False
+    if not reference_digest:
+        return True
+    return found.fidelity is not None and found.fidelity.reference_digest == reference_digest
 
 
 async def calibrate(
@@ -170,30 +239,43 @@ async def calibrate(
     machine: str,
     cache: CalibrationCache,
     force: bool = False,
+    streams: int = 1,
+    fidelity: MeasureFidelity | None = None,
+    reference_digest: str = "",
 ) -> list[Outcome]:
-    """Measure each target (or take the cached figure unless ``force``).
+    """Measure each target (or take the cached figure unless ``force``): speed at
+    1 and ``streams`` requests, and fidelity when ``fidelity`` is given.
 
-    A target that fails (the backend cannot load the model, the worker
-    crashes) is reported with its error and not cached.
+    A target whose speed cannot be measured (the backend cannot load the
+    model, the worker crashes) is reported with its error and not cached; a
+    failed fidelity measurement is kept with its error (the choice then counts
+    as not measured).
     """
     outcomes: list[Outcome] = []
     for t in targets:
         cached = None if force else cache.get(machine, model_digest, t)
-        if cached is not None:
+        if current(cached, streams=streams, reference_digest=reference_digest):
+            assert cached is not None
             outcomes.append(Outcome(t, cached, cached=True))
             continue
         try:
-            result = await measure(run, t, model_digest=model_digest, machine=machine)
+            result = await measure(
+                run, t, model_digest=model_digest, machine=machine, streams=streams
+            )
         except EdgedError as exc:
             log.warning("calibrating %s on %s failed: %s", t.backend, t.device, exc)
             outcomes.append(Outcome(t, None, error=str(exc)))
             continue
+        if fidelity is not None:
+            result = replace(result, fidelity=await fidelity(t))
         cache.put(result)
         outcomes.append(Outcome(t, result))
     return outcomes
 
 
-async def measure(run: RunGeneration, t: Target, *, model_digest: str, machine: str) -> Calibration:
+async def measure(
+    run: RunGeneration, t: Target, *, model_digest: str, machine: str, streams: int = 1
+) -> Calibration:
     warmup = Job(
         request_id=0,
         sampling=Sampling(max_tokens=4, temperature=0.0),
@@ -206,10 +288,20 @@ async def measure(run: RunGeneration, t: Target, *, model_digest: str, machine: 
         prompt=PROMPT,
         stream_interval_s=HOLD_TEXT_S,
     )
-    results = await run(t.backend, t.device, [warmup] + [timed] * TIMED_RUNS)
-    if len(results) != 1 + TIMED_RUNS:
-        raise Internal(f"the calibration run returned {len(results)} results, not {1 + TIMED_RUNS}")
+    streams = max(1, streams)
+    phases = [[warmup]] + [[timed]] * TIMED_RUNS
+    if streams > 1:
+        phases += [[timed] * streams] * PARALLEL_RUNS
+    got = await run(t.backend, t.device, phases)
+    if [len(p) for p in got] != [len(p) for p in phases]:
+        raise Internal(
+            f"the calibration run returned {[len(p) for p in got]} results, "
+            f"not {[len(p) for p in phases]}"
+        )
+    results = [p[0] for p in got[: 1 + TIMED_RUNS]]
     stats = max(results[1:], key=lambda s: s.decode_tokens_per_second)
+    together = [sum(s.decode_tokens_per_second for s in p) for p in got[1 + TIMED_RUNS :]]
+    aggregate = max(together) if together else stats.decode_tokens_per_second
     return Calibration(
         model_digest=model_digest,
         backend=t.backend,
@@ -221,4 +313,6 @@ async def measure(run: RunGeneration, t: Target, *, model_digest: str, machine: 
         completion_tokens=stats.completion_tokens,
         measured_unix_ms=int(time.time() * 1000),
         machine=machine,
+        streams=streams,
+        aggregate_tokens_per_second=round(aggregate, 2),
     )

@@ -702,12 +702,13 @@ class Scheduler:
 
     @contextlib.asynccontextmanager
     async def dedicated(
-        self, model: ResolvedModel, *, context_length: int, purpose: str
+        self, model: ResolvedModel, *, context_length: int, purpose: str, sequences: int = 1
     ) -> AsyncIterator[Worker]:
         """A worker for ``model`` that no request shares (a calibration run).
 
         The model's loaded worker is used when it already runs this backend on
-        this device; otherwise a one-sequence worker is loaded like any model
+        this device; otherwise a worker of ``sequences`` sequences (each of
+        ``context_length`` tokens) is loaded like any model
         (memory admission, EDGED_MAX_LOADED, idle models unloaded LRU first),
         counts as loaded while it runs, and is stopped afterwards.
         """
@@ -726,7 +727,12 @@ class Scheduler:
                 self._after_request(model.digest, entry)
             return
         spec = replace(
-            self._spec(model, context_length, 1, kv_type=self._kv_type(model, LoadOptions())),
+            self._spec(
+                model,
+                context_length,
+                sequences,
+                kv_type=self._kv_type(model, LoadOptions()),
+            ),
             kv_dir=None,
             kv_ram_budget=16 << 20,
             kv_disk_budget=0,

@@ -29,6 +29,7 @@ from edged.daemon.config import ServerConfig
 from edged.daemon.hardware import (
     Choice,
     HardwareMonitor,
+    Measured,
     Overrides,
     VariantInfo,
     pick_overrides,
@@ -160,7 +161,7 @@ class Selection:
             context_length=ctx,
             sequences=seqs,
             overrides=overrides,
-            calibrations={(c.backend, c.device): c.decode_tokens_per_second for c in cals},
+            calibrations={(c.backend, c.device): measured(c) for c in cals},
         )
         return Ranking(name, manifest, tuple(choices), overrides, ctx, seqs, tuple(cals))
 
@@ -229,6 +230,41 @@ class Selection:
             if found is not None:
                 out.append(found)
         return out
+
+
+def measured(c: calibration.Calibration) -> Measured:
+    """A calibration as the ranking reads it."""
+    f = c.fidelity
+    ok = f is not None and f.measure in ("logits", "greedy")
+    return Measured(
+        tokens_per_second=c.decode_tokens_per_second,
+        aggregate_tokens_per_second=c.aggregate_tokens_per_second,
+        streams=c.streams,
+        agreement=f.agreement if f is not None and ok else None,
+        is_reference=f is not None and f.measure == "reference",
+        fidelity=fidelity_words(f),
+    )
+
+
+def fidelity_words(f: calibration.Fidelity | None) -> str:
+    """The measured fidelity in a sentence (``edged hw``, ``edged show``)."""
+    if f is None:
+        return "fidelity not measured yet (edged hw --calibrate MODEL measures it)"
+    if f.measure == "reference":
+        return f"fidelity: this is the reference ({f.reference})"
+    if f.measure == "logits":
+        return (
+            f"fidelity against {f.reference}: top-1 agreement {f.agreement:.3f}, "
+            f"KL {f.mean_kl:.4f} nats, perplexity {f.perplexity:.2f} "
+            f"(reference {f.perplexity_reference:.2f}), over {f.tokens} tokens"
+        )
+    if f.measure == "greedy":
+        return (
+            f"fidelity against {f.reference}: top-1 agreement {f.agreement:.3f} from greedy "
+            f"continuations ({f.tokens} tokens compared; this backend returns no logits, "
+            "so no KL or perplexity)"
+        )
+    return f"fidelity not measured: {f.error}"
 
 
 def cpu_choices(ranking: Ranking) -> list[Choice]:

@@ -68,6 +68,66 @@ class LlamaTeacherForced:
         self._model.free()
 
 
+def open_teacher_forced(
+    path: str, *, window: int, batch: int = BATCH, threads: int = 2
+) -> LlamaTeacherForced:
+    """The backend's ``teacher_forced`` hook: a GGUF with the default KV cache."""
+    return LlamaTeacherForced(Side(path), window=window, batch=batch, threads=threads)
+
+
+class LlamaGreedy:
+    """A GGUF on llama.cpp (CPU) as a :class:`~edged.backends.fidelity.GreedySource`:
+    the reference side of a greedy comparison."""
+
+    def __init__(self, path: str, *, threads: int = 2, kv_type: str = "f16") -> None:
+        self._path, self._threads, self._kv_type = path, threads, kv_type
+        self._model = NativeModel.load(path, offload=offload_for("cpu", 0))
+
+    def n_vocab(self) -> int:
+        return self._model.n_vocab()
+
+    def continue_greedy(self, prompts: Sequence[Sequence[int]], new_tokens: int) -> list[list[int]]:
+        """Every prompt in its own sequence of one context, decoded together."""
+        if not prompts:
+            return []
+        per_seq = max(len(p) for p in prompts) + new_tokens + 1
+        ctx = NativeContext(
+            self._model,
+            n_ctx=per_seq * len(prompts),
+            n_seq=len(prompts),
+            n_batch=BATCH,
+            threads=self._threads,
+            kv_type=self._kv_type,
+        )
+        try:
+            entries = [
+                (t, i, seq, i == len(p) - 1)
+                for seq, p in enumerate(prompts)
+                for i, t in enumerate(p)
+            ]
+            out: list[list[int]] = [[] for _ in prompts]
+            for off in range(0, len(entries), BATCH):
+                part = entries[off : off + BATCH]
+                ctx.decode(part)
+                for k, e in enumerate(part):
+                    if e[3]:  # a prompt's last token: its first greedy token
+                        out[e[2]].append(ctx.greedy(k))
+            while len(out[0]) < new_tokens:
+                step = [
+                    (o[-1], len(p) + len(o) - 1, s, True)
+                    for s, (p, o) in enumerate(zip(prompts, out, strict=True))
+                ]
+                ctx.decode(step)
+                for k, e in enumerate(step):
+                    out[e[2]].append(ctx.greedy(k))
+            return out
+        finally:
+            ctx.free()
+
+    def close(self) -> None:
+        self._model.free()
+
+
 def measure(
     reference: Side,
     candidate: Side,

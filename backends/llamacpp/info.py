@@ -19,4 +19,7 @@ INFO = BackendInfo(
     placement="edged.backends.llamacpp.placement:accelerator_choices",
     probe="edged.backends.llamacpp.probe:probe",
     apply_probe="edged.backends.llamacpp.probe:apply",
+    teacher_forced="edged.backends.llamacpp.fidelity:open_teacher_forced",
+    greedy="edged.backends.llamacpp.fidelity:LlamaGreedy",
+    tokenizer="edged.backends.llamacpp.fidelity:tokenize",
 )

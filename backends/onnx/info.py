@@ -22,4 +22,5 @@ INFO = BackendInfo(
     placement="edged.backends.onnx.placement:accelerator_choices",
     probe="edged.backends.onnx.probe:probe",
     apply_probe="edged.backends.onnx.probe:apply",
+    teacher_forced="edged.backends.onnx.fidelity:OnnxTeacherForced",
 )

@@ -22,4 +22,6 @@ INFO = BackendInfo(
     placement="edged.backends.openvino.placement:accelerator_choices",
     probe="edged.backends.openvino.probe:probe",
     apply_probe="edged.backends.openvino.probe:apply",
+    # openvino-genai returns tokens, not logits: compared by greedy continuations
+    greedy="edged.backends.openvino.fidelity:OpenVinoGreedy",
 )

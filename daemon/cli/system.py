@@ -98,24 +98,57 @@ def _hw_text(hw: pb.HardwareResponse) -> str:
     title = f"Backends for {hw.model}" if hw.model else ("Backends" if hw.backends else "")
     lines += _backend_lines(hw.backends, title)
     if hw.calibrations:
-        lines += ["", "Calibration (tokens/s; a 64-token prompt, then 32 tokens at temperature 0):"]
+        lines += [
+            "",
+            "Calibration (a 64-token prompt, then 32 tokens at temperature 0; tokens/s; "
+            "fidelity over edged's evaluation text):",
+        ]
         for c in hw.calibrations:
+            together = (
+                f", {c.aggregate_tokens_per_second:.1f} at {c.streams} streams together"
+                if c.streams > 1
+                else ""
+            )
+            fid = _fidelity_text(c.fidelity) if c.HasField("fidelity") else "fidelity not measured"
             lines.append(
                 f"  {c.backend} {c.backend_version} on {c.device}: "
-                f"decode {c.decode_tokens_per_second:.1f}, prefill "
-                f"{c.prefill_tokens_per_second:.1f} (measured {render.ago(c.measured_unix_ms)})"
+                f"decode {c.decode_tokens_per_second:.1f}{together}, prefill "
+                f"{c.prefill_tokens_per_second:.1f}; {fid} "
+                f"(measured {render.ago(c.measured_unix_ms)})"
             )
     return "\n".join(lines)
 
 
+def _fidelity_text(f: pb.Fidelity) -> str:
+    if f.measure == "reference":
+        return "fidelity: the reference"
+    if f.measure == "logits":
+        return (
+            f"top-1 agreement {f.agreement:.3f}, KL {f.mean_kl:.4f}, "
+            f"perplexity {f.perplexity:.2f} vs {f.perplexity_reference:.2f}"
+        )
+    if f.measure == "greedy":
+        return f"top-1 agreement {f.agreement:.3f} (greedy continuations)"
+    return f"fidelity failed: {f.error}"
+
+
 def _choice_line(b: pb.BackendChoice) -> str:
     facts = [b.fit] if b.fit else []
+    if b.variant:
+        facts.append(f"variant {b.variant}")
     if b.memory_bytes:
         facts.append(f"needs {render.human_bytes(b.memory_bytes)}")
     if b.gpu_layers:
         facts.append(f"{b.gpu_layers} layers on the GPU")
     if b.calibrated_tokens_per_second:
-        facts.append(f"{b.calibrated_tokens_per_second:.1f} tokens/s measured")
+        speed = f"{b.calibrated_tokens_per_second:.1f} tokens/s at 1 stream"
+        if b.streams > 1:
+            speed += f", {b.aggregate_tokens_per_second:.1f} at {b.streams}"
+        facts.append(speed)
+    if b.HasField("fidelity"):
+        facts.append(_fidelity_text(b.fidelity))
+        if b.fidelity.measure and not b.fidelity.within_threshold:
+            facts.append(f"BELOW the fidelity threshold ({b.fidelity.threshold:.2f})")
     return f"{b.backend} on {b.device or '-'}" + (f": {', '.join(facts)}" if facts else "")
 
 

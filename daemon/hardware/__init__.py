@@ -14,14 +14,16 @@ from edged.backends.placement import Choice, VariantInfo
 from edged.common.hardware_profile import AcceleratorDevice, HardwareProfile, IsaFeature, NvidiaGpu
 
 from .probes import HardwareMonitor, basic_profile, probe
-from .ranking import Overrides, pick_overrides, rank_backends
+from .ranking import FIDELITY_THRESHOLD, Measured, Overrides, pick_overrides, rank_backends
 
 __all__ = [
+    "FIDELITY_THRESHOLD",
     "AcceleratorDevice",
     "Choice",
     "HardwareMonitor",
     "HardwareProfile",
     "IsaFeature",
+    "Measured",
     "NvidiaGpu",
     "Overrides",
     "VariantInfo",

@@ -13,8 +13,20 @@ Each backend contributes its own accelerator choices (its ``placement`` hook,
 NPUs for OpenVINO); the CPU choices are the same for every backend. Choices
 rank by tier (:mod:`edged.backends.placement`: full GPU offload, partial
 offload, discrete GPU, integrated GPU, NPU, CPU, a GPU holding fewer than half
-the layers), and on the CPU by calibrated speed, else by each backend's
-``cpu_rank`` (README "Hardware and backends" documents the order for users).
+the layers), and on the CPU by calibration (:class:`Measured`), else by each
+backend's ``cpu_rank`` (README "Hardware and backends" documents the order).
+
+Calibrated CPU choices rank by fidelity first, then speed:
+
+- fidelity: a choice whose top-1 agreement with the model's reference is below
+  :data:`FIDELITY_THRESHOLD` ranks after every choice within it (and after the
+  ones not measured), whatever its speed; when no measured choice reaches the
+  threshold, the most faithful one counts as within it. An override that asks
+  for a backend still gets it (overrides rank first).
+- speed: the worst of its two speed ratios against the fastest choice, at one
+  stream and at the daemon's parallelism (``streams`` requests at once), is the
+  score, highest first: the choice that is never far behind the best, whether
+  one client or several are asking.
 
 Overrides (request > per-model settings > EDGED_BACKEND/EDGED_DEVICE): only
 matching options stay available; the others are listed as rejected because
@@ -32,14 +44,56 @@ from edged.backends.placement import TIER_CPU, Choice, PlacementContext, Variant
 from edged.backends.registry import Survey
 from edged.common.hardware_profile import HardwareProfile
 
+# A choice is within the fidelity threshold when its top-1 next-token agreement
+# with the reference (the model's most faithful variant) is at least this.
+FIDELITY_THRESHOLD = 0.99
+
 __all__ = [
+    "FIDELITY_THRESHOLD",
     "Choice",
+    "Measured",
     "Overrides",
     "VariantInfo",
     "device_matches",
     "pick_overrides",
     "rank_backends",
 ]
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What calibration measured for one (backend, device)."""
+
+    tokens_per_second: float  # decode, one stream
+    aggregate_tokens_per_second: float = 0.0  # decode, `streams` requests at once
+    streams: int = 1
+    agreement: float | None = None  # top-1 agreement with the reference; None: not measured
+    is_reference: bool = False  # it is the reference itself
+    fidelity: str = ""  # the measured fidelity in words, for the reasons
+
+    def score(self, best_single: float, best_aggregate: float) -> float:
+        """The worse of its speed ratios against the fastest (1.0: fastest at both)."""
+        ratios = []
+        if best_single > 0:
+            ratios.append(self.tokens_per_second / best_single)
+        if best_aggregate > 0 and self.aggregate_tokens_per_second > 0:
+            ratios.append(self.aggregate_tokens_per_second / best_aggregate)
+        return min(ratios) if ratios else 0.0
+
+
+def faithful(measured: Mapping[str, Measured]) -> dict[str, bool | None]:
+    """Per backend: within the fidelity threshold (None: fidelity not measured)."""
+
+    def agreement(m: Measured) -> float | None:
+        return 1.0 if m.is_reference else m.agreement
+
+    known = [a for a in map(agreement, measured.values()) if a is not None]
+    bar = min(FIDELITY_THRESHOLD, max(known)) if known else FIDELITY_THRESHOLD
+    out: dict[str, bool | None] = {}
+    for name, m in measured.items():
+        a = agreement(m)
+        out[name] = None if a is None else a >= bar
+    return out
 
 
 @dataclass(frozen=True)
@@ -90,7 +144,15 @@ def cpu_order(backends: Iterable[Survey]) -> list[str]:
     return [b.name for b in sorted(backends, key=lambda b: (b.info.cpu_rank, b.name))]
 
 
-def _cpu_choice(ctx: PlacementContext, backend: str, tps: float, order: Sequence[str]) -> Choice:
+def _cpu_choice(
+    ctx: PlacementContext,
+    backend: str,
+    measured: Measured | None,
+    order: Sequence[str],
+    *,
+    faithful: bool | None = None,
+    score: float = 0.0,
+) -> Choice:
     v, problems = ctx.base_checks(backend)
     if v is None or problems:
         return Choice(backend, "cpu", False, tuple(problems), tier=TIER_CPU)
@@ -108,8 +170,20 @@ def _cpu_choice(ctx: PlacementContext, backend: str, tps: float, order: Sequence
         reasons.append(
             f"only {human_gib(hw.memory_available)} free now: idle models are unloaded to make room"
         )
-    if tps > 0:
-        reasons.append(f"calibrated on this machine: {tps:.1f} tokens/s decode")
+    m = measured
+    tps = m.tokens_per_second if m is not None else 0.0
+    if m is not None and tps > 0:
+        speed = f"calibrated on this machine: {tps:.1f} tokens/s decode at 1 stream"
+        if m.streams > 1 and m.aggregate_tokens_per_second > 0:
+            speed += f", {m.aggregate_tokens_per_second:.1f} at {m.streams} streams together"
+        reasons.append(f"{speed} (score {score:.2f}: its worse ratio to the fastest)")
+        if m.fidelity:
+            reasons.append(m.fidelity)
+        if faithful is False:
+            reasons.append(
+                f"below the fidelity threshold (top-1 agreement {FIDELITY_THRESHOLD} with "
+                "the reference): used only when asked for, whatever its speed"
+            )
     else:
         reasons.append(
             "not calibrated (edged hw --calibrate MODEL measures it); CPU order without "
@@ -129,6 +203,9 @@ def _cpu_choice(ctx: PlacementContext, backend: str, tps: float, order: Sequence
         tokens_per_second=tps,
         variant=v.name,
         tier=TIER_CPU,
+        aggregate_tokens_per_second=m.aggregate_tokens_per_second if m is not None else 0.0,
+        streams=m.streams if m is not None else 0,
+        faithful=faithful,
     )
 
 
@@ -140,11 +217,11 @@ def rank_backends(
     context_length: int,
     sequences: int,
     overrides: Overrides = Overrides(),
-    calibrations: Mapping[tuple[str, str], float] | None = None,
+    calibrations: Mapping[tuple[str, str], Measured] | None = None,
 ) -> list[Choice]:
     """Every (backend, device) option for this model here, best first.
 
-    ``calibrations`` maps (backend, device) to measured decode tokens/s.
+    ``calibrations`` maps (backend, device) to what calibration measured.
     Available options come first; every unavailable one says why.
     """
     specs = {b.name: b for b in backends}
@@ -156,19 +233,39 @@ def rank_backends(
             place: Callable[[PlacementContext], list[Choice]] = load_hook(b.info.placement)
             choices.extend(place(ctx))
     order = cpu_order(specs.values())
+    on_cpu = {
+        name: m
+        for (name, device), m in calib.items()
+        if device == "cpu" and name in specs and m.tokens_per_second > 0
+    }
+    within = faithful(on_cpu)
+    best_single = max((m.tokens_per_second for m in on_cpu.values()), default=0.0)
+    best_aggregate = max((m.aggregate_tokens_per_second for m in on_cpu.values()), default=0.0)
+    scores = {n: m.score(best_single, best_aggregate) for n, m in on_cpu.items()}
     for name in order:
         if "cpu" in specs[name].info.devices:
-            choices.append(_cpu_choice(ctx, name, calib.get((name, "cpu"), 0.0), order))
+            choices.append(
+                _cpu_choice(
+                    ctx,
+                    name,
+                    on_cpu.get(name),
+                    order,
+                    faithful=within.get(name),
+                    score=scores.get(name, 0.0),
+                )
+            )
     choices = [_apply_overrides(c, overrides) for c in choices]
 
-    def key(ic: tuple[int, Choice]) -> tuple[int, int, int, float, int, int]:
+    def key(ic: tuple[int, Choice]) -> tuple[int, int, int, int, float, int, int]:
         i, c = ic
         cpu = c.tier == TIER_CPU
+        fidelity_class = {True: 0, None: 1, False: 2}[c.faithful] if cpu else 0
         return (
             0 if c.available else 1,
             0 if _matches(c, overrides) else 1,
             c.tier,
-            -c.tokens_per_second if cpu else 0.0,  # calibrated: fastest first
+            fidelity_class,  # within the threshold, not measured, below it
+            -scores.get(c.backend, 0.0) if cpu else 0.0,  # calibrated: best score first
             order.index(c.backend) if cpu and c.backend in order else 0,
             i,
         )

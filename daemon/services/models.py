@@ -137,7 +137,7 @@ def show_fields(selection: Selection, model: str) -> dict[str, Any]:
     and the model's settings). Blocking (reads model headers, may wait for the
     start-up probe): call it in a thread."""
     ranking = selection.rank(model)
-    return ranking_fields(ranking.choices, selection.memory_estimate(ranking))
+    return ranking_fields(ranking.choices, selection.memory_estimate(ranking), ranking.calibrations)
 
 
 def _rss(pid: int | None) -> int:

@@ -8,13 +8,17 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from edged.backends.base import Job, Stats
 from edged.common.errors import WorkerCrashed
 from edged.common.hardware_profile import IsaFeature
 from edged.daemon.calibration import (
     DECODE_TOKENS,
+    PARALLEL_RUNS,
     TIMED_RUNS,
     CalibrationCache,
+    Fidelity,
     Target,
     calibrate,
     machine_key,
@@ -31,19 +35,26 @@ class Runner:
         self.speeds, self.fail = speeds, set(fail)
         self.jobs: list[tuple[str, Job]] = []
 
-    async def __call__(self, backend: str, device: str, jobs: Sequence[Job]) -> list[Stats]:
+    async def __call__(
+        self, backend: str, device: str, phases: Sequence[Sequence[Job]]
+    ) -> list[list[Stats]]:
         if backend in self.fail:
             raise WorkerCrashed(f"the {backend} worker crashed")
-        self.jobs += [(backend, j) for j in jobs]
+        self.phases = [len(p) for p in phases]
+        self.jobs += [(backend, j) for p in phases for j in p]
         tps = self.speeds[backend]
         return [
-            Stats(
-                prompt_tokens=64,
-                completion_tokens=j.sampling.max_tokens,
-                decode_tokens_per_second=tps,
-                prefill_tokens_per_second=tps * 10,
-            )
-            for j in jobs
+            [
+                Stats(
+                    prompt_tokens=64,
+                    completion_tokens=j.sampling.max_tokens,
+                    # several at once: each goes a little slower than one alone
+                    decode_tokens_per_second=tps if len(p) == 1 else tps * 0.6,
+                    prefill_tokens_per_second=tps * 10,
+                )
+                for j in p
+            ]
+            for p in phases
         ]
 
 
@@ -116,14 +127,20 @@ def test_the_best_timed_run_counts(tmp_path: Path) -> None:
     """A run slowed down by another process must not decide the ranking."""
 
     class Noisy(Runner):
-        async def __call__(self, backend: str, device: str, jobs: Sequence[Job]) -> list[Stats]:
-            out = await super().__call__(backend, device, jobs)
+        async def __call__(
+            self, backend: str, device: str, phases: Sequence[Sequence[Job]]
+        ) -> list[list[Stats]]:
+            out = await super().__call__(backend, device, phases)
             # the second timed run was undisturbed; the others were slowed 10x
             return [
-                replace(
-                    s, decode_tokens_per_second=s.decode_tokens_per_second / (1 if i == 2 else 10)
-                )
-                for i, s in enumerate(out)
+                [
+                    replace(
+                        s,
+                        decode_tokens_per_second=s.decode_tokens_per_second / (1 if i == 2 else 10),
+                    )
+                    for s in p
+                ]
+                for i, p in enumerate(out)
             ]
 
     cache = CalibrationCache(tmp_path)
@@ -133,3 +150,85 @@ def test_the_best_timed_run_counts(tmp_path: Path) -> None:
         )
     )
     assert out[0].result.decode_tokens_per_second == 80.0  # type: ignore[union-attr]
+
+
+def test_speed_at_the_configured_parallelism(tmp_path: Path) -> None:
+    cache = CalibrationCache(tmp_path)
+    runner = Runner({"llama.cpp": 100.0})
+    out = run(
+        calibrate(runner, TARGETS[:1], model_digest=DIGEST, machine="m", cache=cache, streams=4)
+    )
+    result = out[0].result  # type: ignore[index]
+    # a warm-up, TIMED_RUNS alone, then PARALLEL_RUNS runs of 4 requests at once
+    assert runner.phases == [1] * (1 + TIMED_RUNS) + [4] * PARALLEL_RUNS
+    assert result.decode_tokens_per_second == 100.0 and result.streams == 4
+    assert result.aggregate_tokens_per_second == pytest.approx(4 * 60.0)
+    # the figure answers for 4 streams only: asked for 8, it measures again
+    again = Runner({"llama.cpp": 50.0})
+    out = run(
+        calibrate(again, TARGETS[:1], model_digest=DIGEST, machine="m", cache=cache, streams=8)
+    )
+    assert not out[0].cached and again.phases[-1] == 8  # type: ignore[index]
+
+
+def test_fidelity_is_measured_kept_and_checked_against_the_reference(tmp_path: Path) -> None:
+    cache = CalibrationCache(tmp_path)
+    asked: list[str] = []
+
+    async def fidelity(t: Target) -> Fidelity:
+        asked.append(t.backend)
+        return Fidelity("greedy", agreement=0.9, tokens=100, reference="r", reference_digest="R1")
+
+    kwargs = {"model_digest": DIGEST, "machine": "m", "cache": cache}
+    out = run(
+        calibrate(
+            Runner({"llama.cpp": 10.0}),
+            TARGETS[:1],
+            fidelity=fidelity,
+            reference_digest="R1",
+            **kwargs,  # type: ignore[arg-type]
+        )
+    )
+    got = out[0].result  # type: ignore[index]
+    assert asked == ["llama.cpp"] and got.fidelity.agreement == 0.9
+    assert got.fidelity_holds(0.99) is False and got.fidelity_holds(0.8) is True
+    # kept in the cache file, read back whole
+    assert cache.get("m", DIGEST, TARGETS[0]) == got
+    # same reference: cached; a new reference (a more faithful variant arrived): measured again
+    out = run(
+        calibrate(
+            Runner({"llama.cpp": 10.0}),
+            TARGETS[:1],
+            fidelity=fidelity,
+            reference_digest="R1",
+            **kwargs,
+        )
+    )  # type: ignore[arg-type]
+    assert out[0].cached and asked == ["llama.cpp"]  # type: ignore[index]
+    out = run(
+        calibrate(
+            Runner({"llama.cpp": 10.0}),
+            TARGETS[:1],
+            fidelity=fidelity,
+            reference_digest="R2",
+            **kwargs,
+        )
+    )  # type: ignore[arg-type]
+    assert not out[0].cached and asked == ["llama.cpp"] * 2  # type: ignore[index]
+
+
+def test_a_cache_entry_with_a_malformed_fidelity_reads_as_missing(tmp_path: Path) -> None:
+    cache = CalibrationCache(tmp_path)
+    run(
+        calibrate(
+            Runner({"llama.cpp": 5.0}), TARGETS[:1], model_digest=DIGEST, machine="m", cache=cache
+        )
+    )
+    data = json.loads((tmp_path / "calibration.json").read_text())
+    (key,) = data["entries"]
+    data["entries"][key]["fidelity"] = {"agreement": "high", "bogus": 1}
+    (tmp_path / "calibration.json").write_text(json.dumps(data))
+    assert cache.get("m", DIGEST, TARGETS[0]) is None
+    data["entries"][key]["fidelity"] = "not an object"
+    (tmp_path / "calibration.json").write_text(json.dumps(data))
+    assert cache.get("m", DIGEST, TARGETS[0]) is None

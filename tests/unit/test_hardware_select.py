@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from edged.daemon.hardware import (
     pick_overrides,
     rank_backends,
 )
-from edged.daemon.hardware.ranking import device_matches
+from edged.daemon.hardware.ranking import Measured, device_matches, faithful
 
 NONE = Overrides()
 FIXTURES = Path(__file__).parent / "fixtures" / "hardware"
@@ -61,8 +62,11 @@ def rank(
     ctx: int = 4096,
     seqs: int = 4,
     overrides: Overrides = NONE,
-    calibrations: dict[tuple[str, str], float] | None = None,
+    calibrations: Mapping[tuple[str, str], float | Measured] | None = None,
 ) -> list[Choice]:
+    measured = {
+        k: v if isinstance(v, Measured) else Measured(v) for k, v in (calibrations or {}).items()
+    }
     choices = rank_backends(
         hw,
         variants if variants is not None else gguf(),
@@ -70,7 +74,7 @@ def rank(
         context_length=ctx,
         sequences=seqs,
         overrides=overrides,
-        calibrations=calibrations,
+        calibrations=measured,
     )
     # invariants of every ranking: available ones first, every rejection explained
     avail = [c.available for c in choices]
@@ -124,6 +128,64 @@ def test_cpu_only_calibration_picks_the_faster_backend() -> None:
 def test_a_calibrated_backend_ranks_before_an_uncalibrated_one() -> None:
     choices = rank(profile("cpu_only"), calibrations={("openvino", "cpu"): 1.0})
     assert first(choices) == ("openvino", "cpu", True)
+
+
+def test_a_faster_choice_below_the_fidelity_threshold_ranks_after_a_faithful_one() -> None:
+    cals = {
+        ("openvino", "cpu"): Measured(150.0, 300.0, 4, agreement=0.90),
+        ("llama.cpp", "cpu"): Measured(100.0, 150.0, 4, is_reference=True),
+    }
+    choices = rank(profile("cpu_only"), calibrations=cals)
+    assert first(choices) == ("llama.cpp", "cpu", True)
+    ov = find(choices, "openvino", "cpu")
+    assert ov.available and ov.faithful is False and choices[0].faithful is True
+    assert any("below the fidelity threshold" in r for r in ov.reasons)
+    # ...unless it is asked for
+    asked = rank(profile("cpu_only"), calibrations=cals, overrides=Overrides("openvino", "", "x"))
+    assert first(asked) == ("openvino", "cpu", True)
+
+
+def test_faithful_choices_rank_by_their_worse_speed_ratio() -> None:
+    # llama.cpp: 110 alone, 158 at 4 (0.58 of the best aggregate); openvino: 83 and
+    # 272 (0.75 of the best single) -> openvino's worst ratio is better.
+    cals = {
+        ("llama.cpp", "cpu"): Measured(110.0, 158.0, 4, is_reference=True),
+        ("openvino", "cpu"): Measured(83.0, 272.0, 4, agreement=0.995),
+    }
+    choices = rank(profile("cpu_only"), calibrations=cals)
+    assert first(choices) == ("openvino", "cpu", True)
+    assert any("83.0 tokens/s decode at 1 stream, 272.0 at 4" in r for r in choices[0].reasons)
+    assert Measured(110.0, 158.0, 4).score(110.0, 272.0) == pytest.approx(158 / 272)
+    # one stream only (EDGED_PARALLEL=1): the single-stream figure decides
+    single = {k: replace(m, aggregate_tokens_per_second=0.0, streams=1) for k, m in cals.items()}
+    assert first(rank(profile("cpu_only"), calibrations=single)) == ("llama.cpp", "cpu", True)
+
+
+def test_when_no_choice_reaches_the_threshold_the_most_faithful_counts_as_within() -> None:
+    cals = {
+        ("llama.cpp", "cpu"): Measured(50.0, agreement=0.95),
+        ("openvino", "cpu"): Measured(90.0, agreement=0.80),
+    }
+    choices = rank(profile("cpu_only"), calibrations=cals)
+    assert first(choices) == ("llama.cpp", "cpu", True)
+    assert choices[0].faithful is True and find(choices, "openvino", "cpu").faithful is False
+    assert faithful({"a": Measured(1.0, agreement=0.999), "b": Measured(1.0)}) == {
+        "a": True,
+        "b": None,
+    }
+
+
+def test_an_unmeasured_fidelity_ranks_between_within_and_below() -> None:
+    cals = {
+        ("llama.cpp", "cpu"): Measured(10.0, agreement=0.5),
+        ("openvino", "cpu"): Measured(5.0),  # fidelity failed or not measured
+    }
+    # the only measured one counts as within (nothing better was measured)
+    assert first(rank(profile("cpu_only"), calibrations=cals)) == ("llama.cpp", "cpu", True)
+    cals[("onnxruntime", "cpu")] = Measured(1.0, agreement=0.999)
+    choices = rank(profile("cpu_only"), calibrations=cals)
+    avail = [c.backend for c in choices if c.available]
+    assert avail == ["openvino", "llama.cpp"]  # onnxruntime has no ONNX variant here
 
 
 def test_cpu_memory_estimate_and_too_big_for_ram() -> None:

@@ -821,7 +821,7 @@ class HardwareRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., calibrate: _Optional[bool] = ...) -> None: ...
 
 class BackendChoice(_message.Message):
-    __slots__ = ("backend", "device", "available", "reasons", "fit", "memory_bytes", "gpu_layers", "calibrated_tokens_per_second")
+    __slots__ = ("backend", "device", "available", "reasons", "fit", "memory_bytes", "gpu_layers", "calibrated_tokens_per_second", "variant", "aggregate_tokens_per_second", "streams", "fidelity")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
@@ -830,6 +830,10 @@ class BackendChoice(_message.Message):
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     GPU_LAYERS_FIELD_NUMBER: _ClassVar[int]
     CALIBRATED_TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATE_TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
+    FIDELITY_FIELD_NUMBER: _ClassVar[int]
     backend: str
     device: str
     available: bool
@@ -838,7 +842,35 @@ class BackendChoice(_message.Message):
     memory_bytes: int
     gpu_layers: int
     calibrated_tokens_per_second: float
-    def __init__(self, backend: _Optional[str] = ..., device: _Optional[str] = ..., available: _Optional[bool] = ..., reasons: _Optional[_Iterable[str]] = ..., fit: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., gpu_layers: _Optional[int] = ..., calibrated_tokens_per_second: _Optional[float] = ...) -> None: ...
+    variant: str
+    aggregate_tokens_per_second: float
+    streams: int
+    fidelity: Fidelity
+    def __init__(self, backend: _Optional[str] = ..., device: _Optional[str] = ..., available: _Optional[bool] = ..., reasons: _Optional[_Iterable[str]] = ..., fit: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., gpu_layers: _Optional[int] = ..., calibrated_tokens_per_second: _Optional[float] = ..., variant: _Optional[str] = ..., aggregate_tokens_per_second: _Optional[float] = ..., streams: _Optional[int] = ..., fidelity: _Optional[_Union[Fidelity, _Mapping]] = ...) -> None: ...
+
+class Fidelity(_message.Message):
+    __slots__ = ("measure", "agreement", "mean_kl", "perplexity", "perplexity_reference", "tokens", "reference", "error", "within_threshold", "threshold")
+    MEASURE_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    MEAN_KL_FIELD_NUMBER: _ClassVar[int]
+    PERPLEXITY_FIELD_NUMBER: _ClassVar[int]
+    PERPLEXITY_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    WITHIN_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    measure: str
+    agreement: float
+    mean_kl: float
+    perplexity: float
+    perplexity_reference: float
+    tokens: int
+    reference: str
+    error: str
+    within_threshold: bool
+    threshold: float
+    def __init__(self, measure: _Optional[str] = ..., agreement: _Optional[float] = ..., mean_kl: _Optional[float] = ..., perplexity: _Optional[float] = ..., perplexity_reference: _Optional[float] = ..., tokens: _Optional[int] = ..., reference: _Optional[str] = ..., error: _Optional[str] = ..., within_threshold: _Optional[bool] = ..., threshold: _Optional[float] = ...) -> None: ...
 
 class IsaFeature(_message.Message):
     __slots__ = ("name", "reported", "usable", "note")
@@ -888,7 +920,7 @@ class AcceleratorDevice(_message.Message):
     def __init__(self, name: _Optional[str] = ..., full_name: _Optional[str] = ..., type: _Optional[str] = ..., properties: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Calibration(_message.Message):
-    __slots__ = ("model_digest", "backend", "device", "backend_version", "decode_tokens_per_second", "prefill_tokens_per_second", "measured_unix_ms")
+    __slots__ = ("model_digest", "backend", "device", "backend_version", "decode_tokens_per_second", "prefill_tokens_per_second", "measured_unix_ms", "streams", "aggregate_tokens_per_second", "fidelity")
     MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -896,6 +928,9 @@ class Calibration(_message.Message):
     DECODE_TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     PREFILL_TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     MEASURED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATE_TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    FIDELITY_FIELD_NUMBER: _ClassVar[int]
     model_digest: str
     backend: str
     device: str
@@ -903,7 +938,10 @@ class Calibration(_message.Message):
     decode_tokens_per_second: float
     prefill_tokens_per_second: float
     measured_unix_ms: int
-    def __init__(self, model_digest: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., backend_version: _Optional[str] = ..., decode_tokens_per_second: _Optional[float] = ..., prefill_tokens_per_second: _Optional[float] = ..., measured_unix_ms: _Optional[int] = ...) -> None: ...
+    streams: int
+    aggregate_tokens_per_second: float
+    fidelity: Fidelity
+    def __init__(self, model_digest: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., backend_version: _Optional[str] = ..., decode_tokens_per_second: _Optional[float] = ..., prefill_tokens_per_second: _Optional[float] = ..., measured_unix_ms: _Optional[int] = ..., streams: _Optional[int] = ..., aggregate_tokens_per_second: _Optional[float] = ..., fidelity: _Optional[_Union[Fidelity, _Mapping]] = ...) -> None: ...
 
 class HardwareResponse(_message.Message):
     __slots__ = ("os", "arch", "cpu", "cpu_cores", "cpu_threads", "cpu_features", "memory_total_bytes", "memory_available_bytes", "gpus", "backends", "isa", "nvidia_gpus", "openvino_devices", "onnx_providers", "llama_gpu_offload", "notes", "model", "calibrations")

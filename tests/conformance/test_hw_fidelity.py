@@ -1,0 +1,95 @@
+"""`edged hw --model smollm2` after `edged convert smollm2 --to onnx`, through a real
+daemon: every CPU backend and variant is calibrated for speed at 1 and at the
+daemon's parallelism and for fidelity against the reference (the GGUF on
+llama.cpp), and the choice is within the fidelity threshold."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edged.backends import registry
+from harness.daemon import Daemon, clone_store, start_daemon
+
+pytestmark = pytest.mark.model
+
+
+@pytest.fixture(scope="module")
+def hw_daemon(
+    onnx_store: Path, openvino_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Daemon]:
+    root = tmp_path_factory.mktemp("hw-fidelity")
+    clone_store(onnx_store, root / "data")
+    d = start_daemon(root, EDGED_PARALLEL="4", EDGED_CACHE_DIR=str(openvino_cache))
+    yield d
+    d.stop()
+
+
+def edged(d: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edged.daemon.cli.main", "--no-autostart", *args],
+        env=d.env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+
+
+def test_hw_shows_speed_and_fidelity_per_backend_and_picks_a_faithful_one(
+    hw_daemon: Daemon,
+) -> None:
+    out = edged(hw_daemon, "hw", "--model", "smollm2", "--calibrate", "--json")
+    assert out.returncode == 0, out.stderr
+    reply = json.loads(out.stdout)
+    assert not [n for n in reply.get("notes", []) if "calibration of" in n], reply["notes"]
+    cals = {c["backend"]: c for c in reply["calibrations"]}
+    assert set(cals) == set(registry.installed_names())  # every CPU backend, incl. ONNX
+    for c in cals.values():
+        assert c["decode_tokens_per_second"] > 0 and c["streams"] == 4
+        assert c["aggregate_tokens_per_second"] > 0
+        assert c["fidelity"]["measure"], c["fidelity"]  # measured, no error
+    ref = cals["llama.cpp"]["fidelity"]
+    assert ref["measure"] == "reference"  # the GGUF on llama.cpp is the most faithful
+    if "onnxruntime" in cals:
+        onnx = cals["onnxruntime"]["fidelity"]
+        assert onnx["measure"] == "logits" and onnx["tokens"] > 500
+        assert 0 < onnx["agreement"] <= 1 and onnx["mean_kl"] > 0
+        assert onnx["perplexity"] > 1 and onnx["perplexity_reference"] > 1
+        assert "variant" in onnx["reference"]
+    if "openvino" in cals:
+        ov = cals["openvino"]["fidelity"]
+        assert ov["measure"] == "greedy" and ov["tokens"] > 0 and 0 < ov["agreement"] <= 1
+
+    cpu = [b for b in reply["backends"] if b["available"] and b["device"] == "cpu"]
+    assert {b["backend"] for b in cpu} == set(cals)
+    chosen = cpu[0]
+    assert chosen["fidelity"]["within_threshold"]
+    threshold = chosen["fidelity"]["threshold"]
+    for b in cpu:
+        f = b["fidelity"]
+        held = f["measure"] == "reference" or f["agreement"] >= threshold
+        assert f.get("within_threshold", False) == held, b
+    # a choice below the threshold never ranks before one within it
+    flags = [b["fidelity"].get("within_threshold", False) for b in cpu]
+    assert flags == sorted(flags, reverse=True)
+
+    text = edged(hw_daemon, "hw", "--model", "smollm2")
+    assert text.returncode == 0, text.stderr
+    assert "at 4 streams together" in text.stdout
+    assert "fidelity: the reference" in text.stdout
+    assert "top-1 agreement" in text.stdout
+    for b in cpu:
+        if not b["fidelity"].get("within_threshold", False):
+            assert "BELOW the fidelity threshold" in text.stdout
+            assert "used only when asked for" in text.stdout
+
+
+def test_show_prints_the_same_figures(hw_daemon: Daemon) -> None:
+    out = edged(hw_daemon, "show", "smollm2")
+    assert out.returncode == 0, out.stderr
+    assert "tokens/s at 1 stream" in out.stdout and "top-1 agreement" in out.stdout
