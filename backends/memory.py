@@ -50,6 +50,7 @@ class MemoryEstimate:
     weights_bytes: int
     kv_bytes: int
     overhead_bytes: int
+    kv_type: str = "f16"  # what the KV part is sized for
 
     @property
     def total_bytes(self) -> int:
@@ -127,4 +128,4 @@ def estimate_memory(
     overhead = compute_bytes(facts, sequences=sequences) + backend_info(backend).runtime_bytes
     if device_kind(device) == "cuda":
         overhead += CUDA_CONTEXT_BYTES
-    return MemoryEstimate(facts.weights_bytes, kv, overhead)
+    return MemoryEstimate(facts.weights_bytes, kv, overhead, kv_type)

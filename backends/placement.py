@@ -73,9 +73,11 @@ class PlacementContext:
         backends: Mapping[str, Survey],
         context_length: int,
         sequences: int,
+        kv_type: str = "f16",
     ) -> None:
         self.hw, self.variants, self.backends = hw, variants, backends
         self.context_length, self.sequences = context_length, sequences
+        self.kv_type = kv_type  # asked for (setting / EDGED_KV_TYPE); f16 where not offered
 
     def variant_for(
         self, backend: str, formats: Sequence[str] | None = None
@@ -102,6 +104,12 @@ class PlacementContext:
     def facts(self, v: VariantInfo) -> ModelFacts:
         return v.facts if v.facts is not None else ModelFacts(weights_bytes=v.size)
 
+    def kv_type_for(self, backend: str) -> str:
+        """The KV cache type a load on ``backend`` gets (the scheduler's rule)."""
+        spec = self.backends.get(backend)
+        offered = spec.info.kv_types if spec is not None else ("f16",)
+        return self.kv_type if self.kv_type in offered else "f16"
+
     def estimate(self, backend: str, v: VariantInfo, device: str) -> MemoryEstimate:
         return estimate_memory(
             self.facts(v),
@@ -109,6 +117,7 @@ class PlacementContext:
             sequences=self.sequences,
             backend=backend,
             device=device,
+            kv_type=self.kv_type_for(backend),
         )
 
     def base_checks(

@@ -162,6 +162,7 @@ class Selection:
             sequences=seqs,
             overrides=overrides,
             calibrations={(c.backend, c.device): measured(c) for c in cals},
+            kv_type=self.model_settings(name).kv_type or self.config.engine.kv_type,
         )
         return Ranking(name, manifest, tuple(choices), overrides, ctx, seqs, tuple(cals))
 
@@ -174,7 +175,7 @@ class Selection:
         facts = self.facts(ranking.manifest, v) if v is not None else None
         if facts is None:
             return None
-        # the KV type a load would get (the scheduler refuses one the backend lacks)
+        # the KV type a load would get (f16 where the backend does not offer it)
         kv = self.model_settings(ranking.name).kv_type or self.config.engine.kv_type
         if kv not in registry.backend_info(c.backend).kv_types:
             kv = "f16"

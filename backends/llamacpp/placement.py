@@ -33,6 +33,7 @@ def gpu_need(
     sequences: int,
     gpu_layers: int,
     device: str = "cuda:0",
+    kv_type: str = "f16",
 ) -> int:
     """VRAM that offloading ``gpu_layers`` repeating layers takes: their
     weights and KV, the output layer once every layer is there, the compute
@@ -48,6 +49,7 @@ def gpu_need(
         backend=NAME,
         device=device,
         layers=n,
+        kv_type=kv_type,
     )
     fixed = compute_bytes(facts, sequences=sequences)
     if device_kind(device) == "cuda":
@@ -63,6 +65,7 @@ def layers_that_fit(
     sequences: int,
     device: str = "cuda:0",
     reserve_bytes: int = 256 * MiB,
+    kv_type: str = "f16",
 ) -> int:
     """The most repeating layers whose weights + KV fit in ``free_bytes`` of
     device memory, keeping ``reserve_bytes`` free (other processes, the
@@ -73,7 +76,12 @@ def layers_that_fit(
     best = 0
     for n in range(facts.n_layer + 1):
         need = gpu_need(
-            facts, context_length=context_length, sequences=sequences, gpu_layers=n, device=device
+            facts,
+            context_length=context_length,
+            sequences=sequences,
+            gpu_layers=n,
+            device=device,
+            kv_type=kv_type,
         )
         if need > budget:
             break
@@ -124,6 +132,7 @@ def cuda_choice(ctx: PlacementContext, gpu: NvidiaGpu) -> Choice:
             sequences=ctx.sequences,
             gpu_layers=layers,
             device=device,
+            kv_type=ctx.kv_type_for(NAME),
         )
 
     full = need(total_layers or 1)
@@ -149,6 +158,7 @@ def cuda_choice(ctx: PlacementContext, gpu: NvidiaGpu) -> Choice:
         context_length=ctx.context_length,
         sequences=ctx.sequences,
         device=device,
+        kv_type=ctx.kv_type_for(NAME),
     )
     if n >= total_layers:
         why = (

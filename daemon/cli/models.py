@@ -447,7 +447,7 @@ def _show_text(reply: pb.ShowModelResponse) -> str:
             "\n\n  Memory (estimated for the chosen backend)\n"
             f"    {render.human_bytes(mem.total_bytes)}"
             f" = weights {render.human_bytes(mem.weights_bytes)}"
-            f" + KV {render.human_bytes(mem.kv_bytes)}"
+            f" + KV {render.human_bytes(mem.kv_bytes)} ({mem.kv_type or 'f16'})"
             f" + overhead {render.human_bytes(mem.overhead_bytes)}"
         )
     if reply.backends:

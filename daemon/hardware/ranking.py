@@ -160,7 +160,8 @@ def _cpu_choice(
     need, hw = est.total_bytes, ctx.hw
     reasons = [
         f"{v.format} variant {v.name!r} on the CPU: needs about {human_gib(need)} "
-        f"(weights {human_gib(est.weights_bytes)}, KV {human_gib(est.kv_bytes)}, "
+        f"(weights {human_gib(est.weights_bytes)}, "
+        f"KV {human_gib(est.kv_bytes)} as {ctx.kv_type_for(backend)}, "
         f"overhead {human_gib(est.overhead_bytes)})"
     ]
     if hw.memory_total and need > hw.memory_total:
@@ -218,6 +219,7 @@ def rank_backends(
     sequences: int,
     overrides: Overrides = Overrides(),
     calibrations: Mapping[tuple[str, str], Measured] | None = None,
+    kv_type: str = "f16",
 ) -> list[Choice]:
     """Every (backend, device) option for this model here, best first.
 
@@ -225,7 +227,7 @@ def rank_backends(
     Available options come first; every unavailable one says why.
     """
     specs = {b.name: b for b in backends}
-    ctx = PlacementContext(hw, variants, specs, context_length, sequences)
+    ctx = PlacementContext(hw, variants, specs, context_length, sequences, kv_type)
     calib = dict(calibrations or {})
     choices: list[Choice] = []
     for b in specs.values():

@@ -61,6 +61,7 @@ def memory_pb(est: MemoryEstimate | None) -> pb.MemoryEstimate | None:
         kv_bytes=est.kv_bytes,
         overhead_bytes=est.overhead_bytes,
         total_bytes=est.total_bytes,
+        kv_type=est.kv_type,
     )
 
 

@@ -61,6 +61,11 @@ def test_q8_0_kv_answers_with_half_the_bytes(tmp_path: Path, smollm2_store: Path
         assert q8.kv_type == "q8_0"
         assert list(q8.capabilities.kv_types) == ["f16", "q8_0", "q4_0"]
         q8_bytes = resident_kv_bytes(d)
+        # edged show sizes the KV as the load gets it, and says which type
+        q8_show = d.models.Show(pb.ModelRef(model="smollm2"), timeout=60)
+        assert q8_show.memory.kv_type == "q8_0"
+        chosen = next(b for b in q8_show.backends if b.available)
+        assert chosen.backend == "llama.cpp" and any(" as q8_0" in r for r in chosen.reasons)
 
         # the model's own setting wins over EDGED_KV_TYPE: the next request reloads it
         d.models.Configure(
@@ -68,7 +73,8 @@ def test_q8_0_kv_answers_with_half_the_bytes(tmp_path: Path, smollm2_store: Path
             timeout=30,
         )
         shown = d.models.Show(pb.ModelRef(model="smollm2"), timeout=30)
-        assert shown.settings.kv_type == "f16"
+        assert shown.settings.kv_type == "f16" and shown.memory.kv_type == "f16"
+        assert q8_show.memory.kv_bytes < shown.memory.kv_bytes
         assert "Paris" in ask(d)
         f16 = loaded(d)
         assert f16.kv_type == "f16" and f16.pid != q8.pid

@@ -106,3 +106,25 @@ def test_facts_from_onnx_and_ir_configs(tmp_path: Path) -> None:
     (onnx / "genai_config.json").write_text("not json")
     with pytest.raises(InvalidModelFile):
         model_facts(onnx, "onnx")
+
+
+def test_a_quantized_kv_cache_lets_more_layers_fit_and_shrinks_the_cpu_estimate() -> None:
+    """Placement sizes the KV cache as the load will get it (EDGED_KV_TYPE / setting)."""
+    big = ModelFacts(
+        weights_bytes=4 << 30,
+        n_layer=32,
+        n_embd=4096,
+        n_head=32,
+        n_head_kv=32,
+        head_dim_k=128,
+        head_dim_v=128,
+        n_vocab=32000,
+        context_train=32768,
+    )
+    kw = {"context_length": 32768, "sequences": 4}
+    f16 = layers_that_fit(big, 12 << 30, **kw)  # type: ignore[arg-type]
+    q8 = layers_that_fit(big, 12 << 30, kv_type="q8_0", **kw)  # type: ignore[arg-type]
+    assert 0 < f16 < q8
+    f16_need = gpu_need(big, gpu_layers=32, **kw)  # type: ignore[arg-type]
+    q8_need = gpu_need(big, gpu_layers=32, kv_type="q8_0", **kw)  # type: ignore[arg-type]
+    assert q8_need < f16_need

@@ -63,6 +63,7 @@ def rank(
     seqs: int = 4,
     overrides: Overrides = NONE,
     calibrations: Mapping[tuple[str, str], float | Measured] | None = None,
+    kv_type: str = "f16",
 ) -> list[Choice]:
     measured = {
         k: v if isinstance(v, Measured) else Measured(v) for k, v in (calibrations or {}).items()
@@ -75,6 +76,7 @@ def rank(
         sequences=seqs,
         overrides=overrides,
         calibrations=measured,
+        kv_type=kv_type,
     )
     # invariants of every ranking: available ones first, every rejection explained
     avail = [c.available for c in choices]
@@ -186,6 +188,16 @@ def test_an_unmeasured_fidelity_ranks_between_within_and_below() -> None:
     choices = rank(profile("cpu_only"), calibrations=cals)
     avail = [c.backend for c in choices if c.available]
     assert avail == ["openvino", "llama.cpp"]  # onnxruntime has no ONNX variant here
+
+
+def test_the_estimate_sizes_the_kv_cache_as_the_load_gets_it() -> None:
+    f16 = find(rank(profile("cpu_only")), "llama.cpp", "cpu")
+    q8 = find(rank(profile("cpu_only"), kv_type="q8_0"), "llama.cpp", "cpu")
+    assert q8.memory_bytes < f16.memory_bytes
+    assert any("as q8_0" in r for r in q8.reasons) and any("as f16" in r for r in f16.reasons)
+    # a backend without KV quantization keeps its own KV layout
+    ov = find(rank(profile("cpu_only"), kv_type="q8_0"), "openvino", "cpu")
+    assert any("as f16" in r for r in ov.reasons)
 
 
 def test_cpu_memory_estimate_and_too_big_for_ram() -> None:

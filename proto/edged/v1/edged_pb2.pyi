@@ -563,16 +563,18 @@ class ConfigureModelRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., settings: _Optional[_Union[ModelSettings, _Mapping]] = ...) -> None: ...
 
 class MemoryEstimate(_message.Message):
-    __slots__ = ("weights_bytes", "kv_bytes", "overhead_bytes", "total_bytes")
+    __slots__ = ("weights_bytes", "kv_bytes", "overhead_bytes", "total_bytes", "kv_type")
     WEIGHTS_BYTES_FIELD_NUMBER: _ClassVar[int]
     KV_BYTES_FIELD_NUMBER: _ClassVar[int]
     OVERHEAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KV_TYPE_FIELD_NUMBER: _ClassVar[int]
     weights_bytes: int
     kv_bytes: int
     overhead_bytes: int
     total_bytes: int
-    def __init__(self, weights_bytes: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., overhead_bytes: _Optional[int] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+    kv_type: str
+    def __init__(self, weights_bytes: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., overhead_bytes: _Optional[int] = ..., total_bytes: _Optional[int] = ..., kv_type: _Optional[str] = ...) -> None: ...
 
 class LoadRequest(_message.Message):
     __slots__ = ("model", "backend", "device", "keep_alive_s", "pin", "context_length")
