@@ -1,6 +1,7 @@
 """Session KV benchmarks: turn reuse and eviction round trips.
 
     .venv/bin/python -m bench.sessions [--threads 2] [--history 1500] [--runs 3]
+        [--kv-type f16|q8_0|q4_0]
 
 1. turn reuse: a session with ~--history tokens of conversation; time to first
    token of its next turn with the KV resident, against the same turn sent cold
@@ -9,6 +10,7 @@
    tier (then, in a second daemon with no RAM budget, to disk); the first
    session's next turn restores it. Time to first token against the cold turn.
 Prints JSON with medians and ratios (warm / cold: smaller is better).
+``--kv-type`` runs every daemon with that KV cache type (EDGED_KV_TYPE).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 from typing import Any
 
 from bench._common import private_daemon, timed
+from edged.backends.base import KV_TYPES
 from edged.v1 import edged_pb2 as pb
 
 FILLER = (
@@ -113,15 +116,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--history", type=int, default=1500)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--kv-type", default="f16", choices=KV_TYPES)
     ns = ap.parse_args(argv)
     out: dict[str, Any] = {
         "benchmark": "sessions",
         "model": "smollm2:135m-q4_1",
         "threads": ns.threads,
         "runs": ns.runs,
+        "kv_type": ns.kv_type,
     }
+    kv = {"EDGED_KV_TYPE": ns.kv_type}
 
-    with private_daemon(ns.threads, EDGED_PARALLEL="1", EDGED_CONTEXT="4096") as (d, _):
+    with private_daemon(ns.threads, EDGED_PARALLEL="1", EDGED_CONTEXT="4096", **kv) as (d, _):
         sid, n = build_session(d, ns.history)
         other = d.sessions.Create(pb.CreateSessionRequest(model="smollm2"), timeout=30).id
         warm = [warm_turn(d, sid) for _ in range(ns.runs)]
@@ -140,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         out["ratio_ram_restore_vs_cold"] = out["ram_restore_ttft_ms"] / out["cold_ttft_ms"]
 
     with private_daemon(
-        ns.threads, EDGED_PARALLEL="1", EDGED_CONTEXT="4096", EDGED_KV_RAM_MB="0"
+        ns.threads, EDGED_PARALLEL="1", EDGED_CONTEXT="4096", EDGED_KV_RAM_MB="0", **kv
     ) as (d, _):
         sid, _n = build_session(d, ns.history)
         other = d.sessions.Create(pb.CreateSessionRequest(model="smollm2"), timeout=30).id
