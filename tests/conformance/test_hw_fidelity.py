@@ -16,7 +16,9 @@ import pytest
 from edged.backends import registry
 from harness.daemon import Daemon, clone_store, start_daemon
 
-pytestmark = pytest.mark.model
+# The first test may convert the model (the session-wide onnx_store) and then
+# calibrates three backends with a fidelity run each.
+pytestmark = [pytest.mark.model, pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="module")
