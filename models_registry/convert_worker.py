@@ -13,7 +13,11 @@ goes to stderr, which the parent logs to a file.
 Steps: dequantize every tensor to F16 (1-D tensors such as norms to F32) and write
 an F16 GGUF with all the metadata; write an HF-style config folder (config.json,
 tokenizer files) from it with transformers; run onnxruntime-genai's model
-builder (int4, CPU); load the result once with onnxruntime-genai.
+builder (int4, CPU); replace the builder's int4 weights with the GGUF's own
+quantized blocks (:mod:`.transcode`: no second rounding where MatMulNBits can
+hold the GGUF type; the status line and the log say which weights kept their
+blocks and which the builder requantized); load the result once with
+onnxruntime-genai.
 """
 
 from __future__ import annotations
@@ -69,6 +73,11 @@ def convert(gguf_path: Path, work: Path, out: Path, hf_architecture: str, *, emi
     write_hf_config(work, F16_NAME, hf_dir, hf_architecture)
     emit("building the int4 ONNX model", 0, 0)
     run_builder(f16, hf_dir, out, work / "builder-cache")
+    from edged.models_registry.transcode import transcode
+
+    report = transcode(gguf_path, out, work, emit=emit)
+    print(f"transcoding: {report.summary()}", file=sys.stderr)
+    emit(report.status(), 0, 0)
     emit("checking the ONNX model", 0, 0)
     check_onnx(out)
 
