@@ -37,6 +37,9 @@ Emit = Callable[[str, int, int], None]
 
 F16_FILE_TYPE = 1  # LLAMA_FTYPE_MOSTLY_F16
 F16_NAME = "model-f16.gguf"
+# Architectures the builder's own GGUF reader lacks: transformers reads the GGUF
+# (it needs accelerate for that) and writes HF safetensors, which the builder reads.
+HF_WEIGHTS = frozenset({"Gemma3ForCausalLM"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,13 +69,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def convert(gguf_path: Path, work: Path, out: Path, hf_architecture: str, *, emit: Emit) -> None:
-    f16 = work / F16_NAME
-    dequantize_to_f16(gguf_path, f16, emit)
     hf_dir = work / "hf"
-    emit("writing the model configuration", 0, 0)
-    write_hf_config(work, F16_NAME, hf_dir, hf_architecture)
+    if hf_architecture in HF_WEIGHTS:
+        emit("writing the model's weights for the builder", 0, 0)
+        write_hf_model(gguf_path, hf_dir, hf_architecture)
+        source = hf_dir
+    else:
+        source = work / F16_NAME
+        dequantize_to_f16(gguf_path, source, emit)
+        emit("writing the model configuration", 0, 0)
+        write_hf_config(work, F16_NAME, hf_dir, hf_architecture)
     emit("building the int4 ONNX model", 0, 0)
-    run_builder(f16, hf_dir, out, work / "builder-cache")
+    run_builder(source, hf_dir, out, work / "builder-cache")
     from edged.models_registry.transcode import transcode
 
     report = transcode(gguf_path, out, work, emit=emit)
@@ -83,6 +91,24 @@ def convert(gguf_path: Path, work: Path, out: Path, hf_architecture: str, *, emi
 
 
 def dequantize_to_f16(src: Path, dest: Path, emit: Emit) -> None:
+    """``src`` with every tensor dequantized: matrices F16, 1-D tensors and norms F32."""
+    import numpy as np
+
+    def target(name: str, ndim: int) -> Any:
+        return np.float32 if ndim == 1 or name.endswith("norm.weight") else np.float16
+
+    rewrite_gguf(src, dest, target, emit, F16_FILE_TYPE)
+
+
+def rewrite_gguf(
+    src: Path,
+    dest: Path,
+    target: Callable[[str, int], Any],
+    emit: Emit | None = None,
+    file_type: int = F16_FILE_TYPE,
+) -> None:
+    """Copy the GGUF ``src`` (all metadata) to ``dest`` with each tensor dequantized
+    to the numpy dtype ``target(name, ndim)``, or kept as it is where that is None."""
     import numpy as np
     from gguf import GGUFReader, GGUFValueType, GGUFWriter
     from gguf.quants import dequantize
@@ -100,25 +126,33 @@ def dequantize_to_f16(src: Path, dest: Path, emit: Emit) -> None:
         vtype = field.types[0]
         sub_type = field.types[-1] if vtype == GGUFValueType.ARRAY else None
         writer.add_key_value(name, value, vtype, sub_type=sub_type)
-    writer.add_file_type(F16_FILE_TYPE)
-
-    def target(name: str, ndim: int) -> Any:
-        return np.float32 if ndim == 1 or name.endswith("norm.weight") else np.float16
+    writer.add_file_type(file_type)
 
     tensors = list(reader.tensors)
     shapes = [tuple(int(x) for x in reversed(t.shape)) for t in tensors]
-    for t, shape in zip(tensors, shapes, strict=True):
-        dtype = np.dtype(target(t.name, len(shape)))
-        writer.add_tensor_info(t.name, shape, dtype, int(np.prod(shape)) * dtype.itemsize)
+    dtypes = [target(t.name, len(shape)) for t, shape in zip(tensors, shapes, strict=True)]
+    for t, shape, dt in zip(tensors, shapes, dtypes, strict=True):
+        if dt is None:  # the raw blocks, as they are
+            raw = np.asarray(t.data)
+            writer.add_tensor_info(t.name, raw.shape, raw.dtype, raw.nbytes, t.tensor_type)
+        else:
+            dtype = np.dtype(dt)
+            writer.add_tensor_info(t.name, shape, dtype, int(np.prod(shape)) * dtype.itemsize)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     total = len(tensors)
-    emit("dequantizing the GGUF to F16", 0, total)
-    for i, (t, shape) in enumerate(zip(tensors, shapes, strict=True)):
-        data = dequantize(t.data, t.tensor_type).reshape(shape)
-        writer.write_tensor_data(np.ascontiguousarray(data, dtype=target(t.name, len(shape))))
-        emit("dequantizing the GGUF to F16", i + 1, total)
+    status = "dequantizing the GGUF to F16"
+    if emit is not None:
+        emit(status, 0, total)
+    for i, (t, shape, dt) in enumerate(zip(tensors, shapes, dtypes, strict=True)):
+        if dt is None:
+            writer.write_tensor_data(np.asarray(t.data))
+        else:
+            data = dequantize(t.data, t.tensor_type).reshape(shape)
+            writer.write_tensor_data(np.ascontiguousarray(data, dtype=dt))
+        if emit is not None:
+            emit(status, i + 1, total)
     writer.close()
 
 
@@ -147,11 +181,61 @@ def write_hf_config(gguf_dir: Path, gguf_file: str, dest: Path, hf_architecture:
     tokenizer.save_pretrained(dest)
 
 
-def run_builder(f16: Path, hf_dir: Path, out: Path, cache: Path) -> None:
-    """onnxruntime-genai's model builder, as its command line would run it."""
+def write_hf_model(gguf_path: Path, dest: Path, hf_architecture: str) -> None:
+    """The GGUF as an HF folder (config, tokenizer, float32 safetensors), by transformers."""
+    import torch
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where, name = gguf_path.parent, gguf_path.name
+    model = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, dtype=torch.float32)
+    model.config.architectures = [hf_architecture]
+    # the weights are dequantized now; the builder refuses a "gguf" quantization_config
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    # save_pretrained refuses a model read from a GGUF ("not serializable"): the
+    # weights are plain float32 tensors by now, so write them directly
+    dest.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(dest)
+    save_model(model, str(dest / "model.safetensors"))
+    del model
+    AutoTokenizer.from_pretrained(where, gguf_file=name).save_pretrained(dest)
+
+
+def _patch_builder() -> None:
+    """Fit the pinned builder to transformers 5 configs: Gemma 3's RoPE settings
+    now come nested per layer type ({"full_attention": {...}, "sliding_attention":
+    {...}}) where the builder's Gemma3Model reads rope_theta, rope_local_base_freq
+    and a flat rope_parameters."""
+    import importlib
+
+    import onnxruntime_genai.models  # noqa: F401  (puts the builder's modules on sys.path)
+
+    gemma = importlib.import_module("builders.gemma")
+    cls = gemma.Gemma3Model
+    if getattr(cls, "_edged_patched", False):
+        return
+    original = cls.__init__
+
+    def init(self: Any, config: Any, *args: Any, **kwargs: Any) -> None:
+        rope = getattr(config, "rope_parameters", None)
+        if type(self) is cls and isinstance(rope, dict) and "full_attention" in rope:
+            config.rope_theta = rope["full_attention"]["rope_theta"]
+            config.rope_local_base_freq = rope["sliding_attention"]["rope_theta"]
+            config.rope_parameters = dict(rope["full_attention"])
+        original(self, config, *args, **kwargs)
+
+    cls.__init__ = init
+    cls._edged_patched = True
+
+
+def run_builder(source: Path, hf_dir: Path, out: Path, cache: Path) -> None:
+    """onnxruntime-genai's model builder, as its command line would run it
+    (``source``: an F16 GGUF or an HF folder)."""
+    _patch_builder()
     argv = [
         "builder",
-        *("-i", str(f16)),
+        *("-i", str(source)),
         *("-m", str(hf_dir)),
         *("-o", str(out)),
         *("-p", "int4"),
