@@ -59,7 +59,14 @@ def main(argv: list[str] | None = None) -> int:
         _send(proto, {"status": status, "completed": completed, "total": total})
 
     try:
-        convert(Path(args.gguf), Path(args.work), Path(args.out), args.hf_architecture, emit=emit)
+        convert(
+            Path(args.gguf),
+            Path(args.work),
+            Path(args.out),
+            args.hf_architecture,
+            emit=emit,
+            transcode_blocks=not args.no_transcode,
+        )
     except BaseException as exc:
         traceback.print_exc()
         _send(proto, {"error": f"{type(exc).__name__}: {exc}"[:1000]})
@@ -68,7 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def convert(gguf_path: Path, work: Path, out: Path, hf_architecture: str, *, emit: Emit) -> None:
+def convert(
+    gguf_path: Path,
+    work: Path,
+    out: Path,
+    hf_architecture: str,
+    *,
+    emit: Emit,
+    transcode_blocks: bool = True,
+) -> None:
     hf_dir = work / "hf"
     if hf_architecture in HF_WEIGHTS:
         emit("writing the model's weights for the builder", 0, 0)
@@ -81,11 +96,12 @@ def convert(gguf_path: Path, work: Path, out: Path, hf_architecture: str, *, emi
         write_hf_config(work, F16_NAME, hf_dir, hf_architecture)
     emit("building the int4 ONNX model", 0, 0)
     run_builder(source, hf_dir, out, work / "builder-cache")
-    from edged.models_registry.transcode import transcode
+    if transcode_blocks:
+        from edged.models_registry.transcode import transcode
 
-    report = transcode(gguf_path, out, work, emit=emit)
-    print(f"transcoding: {report.summary()}", file=sys.stderr)
-    emit(report.status(), 0, 0)
+        report = transcode(gguf_path, out, work, emit=emit)
+        print(f"transcoding: {report.summary()}", file=sys.stderr)
+        emit(report.status(), 0, 0)
     emit("checking the ONNX model", 0, 0)
     check_onnx(out)
 
@@ -274,6 +290,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--hf-architecture", required=True)
+    # the builder's requantized int4 weights only (for comparisons: bench.onnx_folders)
+    parser.add_argument("--no-transcode", action="store_true")
     return parser.parse_args(argv)
 
 

@@ -92,6 +92,35 @@ class Blocks:
             w = w + self.min[..., None]
         return w.reshape(self.rows, self.cols)
 
+    def centered(self) -> Blocks:
+        """The same values with each block's minimum moved into an integer zero point
+        as far as it goes: ``zero = round(-min / scale)`` (within ``0..2**bits-1``)
+        and the residual ``min + scale * zero`` kept. Exact: the residual is exactly
+        representable in float32 (zero is 0 unless ``|min| >= scale / 2``, and then
+        it has at most 12 significant bits). The point: ``scale * (q - zero)`` is
+        then centred like the weight itself, so the 8-bit activations that
+        MatMulNBits multiplies it with add no more error than llama.cpp's do."""
+        if self.min is None:
+            return self
+        scale = self.scale.astype(np.float64)
+        mn = self.min.astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.where(scale != 0, np.rint(-mn / np.where(scale != 0, scale, 1)), 0)
+        old = self.zero.astype(np.float64)
+        # only blocks without a zero point of their own (a fused weight's Q8_0 part keeps 128)
+        z = np.where(old == 0, np.clip(z, 0, (1 << self.bits) - 1), old)
+        residual = mn + scale * (z - old)
+        if not np.array_equal(residual.astype(np.float32).astype(np.float64), residual):
+            return self  # not exact in float32 (cannot happen for f16 inputs): keep as is
+        return Blocks(
+            self.q,
+            self.scale,
+            z.astype(np.uint8),
+            residual.astype(np.float32),
+            self.bits,
+            self.block_size,
+        )
+
     def take_rows(self, index: Any) -> Blocks:
         return Blocks(
             self.q[index],

@@ -279,7 +279,7 @@ def _matmul(graph: _Graph, node: Any, g: _Gguf, report: Report) -> None:
     types = "+".join(g.type_of(n) for n, _ in names)
     a = _attrs(node)
     try:
-        blocks = gb.concat_rows([g.blocks(n, part) for n, part in names])
+        blocks = gb.concat_rows([g.blocks(n, part) for n, part in names]).centered()
     except gb.NotMapped as exc:
         report.fallback.append(f"{prefix} ({types}: {exc})")
         return

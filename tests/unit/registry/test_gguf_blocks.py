@@ -154,3 +154,28 @@ def test_onnxruntime_matmulnbits_computes_the_gguf_product(qtype: T) -> None:
     w = dequantize(raw, qtype).reshape(ROWS, COLS).astype(np.float64)
     want = x.astype(np.float64) @ w.T
     np.testing.assert_allclose(y, want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("qtype", [T.Q4_1, T.Q5_1, T.Q4_K, T.Q5_K], ids=lambda t: t.name)
+def test_centred_blocks_are_the_same_values(qtype: T) -> None:
+    """Moving the minimum into an integer zero point leaves a float32 residual that
+    is exact: in float64 the values equal gguf's to the last bit."""
+    rng = np.random.default_rng(5)
+    raw = random_blocks(qtype, rng)
+    b = gb.unpack(int(qtype), raw, ROWS, COLS)
+    c = b.centered()
+    assert c.min is not None and c.min.dtype == np.float32
+    # where a zero point (not clipped to the range) took the minimum, half a step is left
+    moved = (c.zero > 0) & (c.zero < (1 << c.bits) - 1)
+    assert moved.any()
+    assert (np.abs(c.min[moved]) <= np.abs(c.scale[moved]) / 2).all()
+
+    def exact(x: gb.Blocks) -> Any:
+        q, z = x.q.astype(np.float64), x.zero[..., None].astype(np.float64)
+        return ((q - z) * x.scale[..., None] + x.min[..., None]).reshape(ROWS, COLS)
+
+    np.testing.assert_array_equal(exact(c), exact(b))
+    # a fused weight's part with its own zero point keeps it
+    q8 = gb.unpack(int(T.Q8_0), random_blocks(T.Q8_0, rng), ROWS, COLS)
+    fused = gb.concat_rows([b, q8]).centered()
+    assert (fused.zero[ROWS:] == 128).all() and not fused.min[ROWS:].any()
