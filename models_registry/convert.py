@@ -2,8 +2,11 @@
 
 The work runs in a child process (:mod:`.convert_worker`), so the daemon never
 imports torch or transformers: the child dequantizes the GGUF to F16, writes an
-HF-style config folder and runs onnxruntime-genai's model builder, reporting its
-phases as JSON lines that become progress reports here. Its other output goes to
+HF-style config folder and runs onnxruntime-genai's model builder, then puts
+the GGUF's own quantized blocks back into the graph's MatMulNBits weights
+(:mod:`.transcode`; a type without an exact form keeps the builder's int4
+weights, and the progress says so), reporting its phases as JSON lines that
+become progress reports here. Its other output goes to
 a log file in the conversion's work folder under ``tmp/``; the last lines of it
 are in the error when the conversion fails. The result is imported like a local
 ONNX folder and added to the model's manifest as the variant "onnx-int4-cpu".
@@ -63,14 +66,19 @@ REQUIRED_MODULES = (
     "onnxruntime_genai",
 )
 # GGUF general.architecture -> the transformers class the builder dispatches on.
-# "llama" is verified end to end (SmolLM2); the others are architectures that both
-# transformers' GGUF loader and the builder's GGUF loader declare.
+# "llama" (SmolLM2) and "gemma3" (Gemma 3 270M) are verified end to end; the
+# others are architectures that both transformers' GGUF loader and the builder's
+# GGUF loader declare.
 HF_ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "phi3": "Phi3ForCausalLM",
+    "gemma3": "Gemma3ForCausalLM",
 }
+# Architectures whose weights transformers reads from the GGUF for the builder
+# (convert_worker.HF_WEIGHTS): that needs accelerate as well.
+NEEDS_ACCELERATE = frozenset({"gemma3"})
 TIMEOUT_SECONDS = 4 * 3600.0
 POLL_SECONDS = 0.1
 LOG_TAIL_LINES = 8
@@ -102,7 +110,7 @@ def convert_to_onnx(
     if manifest.variant(FORMAT_ONNX) is not None:
         return ref, manifest
     hf_architecture = _plan(ref, manifest)
-    check_tools()
+    check_tools(("accelerate",) if manifest.architecture in NEEDS_ACCELERATE else ())
     with store.pinned(), conversion_locked(store, ref, progress, cancel):
         manifest = store.get_manifest(ref)  # another conversion may have finished meanwhile
         if manifest.variant(FORMAT_ONNX) is not None:
@@ -111,9 +119,10 @@ def convert_to_onnx(
         return ref, _convert(store, ref, gguf, hf_architecture, progress, cancel, timeout)
 
 
-def check_tools() -> None:
-    """Raise FailedPrecondition unless the convert extra is importable (imports nothing)."""
-    missing = [m for m in REQUIRED_MODULES if importlib.util.find_spec(m) is None]
+def check_tools(extra: tuple[str, ...] = ()) -> None:
+    """Raise FailedPrecondition unless the convert extra (and ``extra``) is importable
+    (imports nothing)."""
+    missing = [m for m in (*REQUIRED_MODULES, *extra) if importlib.util.find_spec(m) is None]
     if missing:
         log.info("cannot convert to ONNX: missing %s", ", ".join(missing))
         raise FailedPrecondition(CONVERT_EXTRA_HINT)

@@ -13,7 +13,11 @@ goes to stderr, which the parent logs to a file.
 Steps: dequantize every tensor to F16 (1-D tensors such as norms to F32) and write
 an F16 GGUF with all the metadata; write an HF-style config folder (config.json,
 tokenizer files) from it with transformers; run onnxruntime-genai's model
-builder (int4, CPU); load the result once with onnxruntime-genai.
+builder (int4, CPU); replace the builder's int4 weights with the GGUF's own
+quantized blocks (:mod:`.transcode`: no second rounding where MatMulNBits can
+hold the GGUF type; the status line and the log say which weights kept their
+blocks and which the builder requantized); load the result once with
+onnxruntime-genai.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ Emit = Callable[[str, int, int], None]
 
 F16_FILE_TYPE = 1  # LLAMA_FTYPE_MOSTLY_F16
 F16_NAME = "model-f16.gguf"
+# Architectures the builder's own GGUF reader lacks: transformers reads the GGUF
+# (it needs accelerate for that) and writes HF safetensors, which the builder reads.
+HF_WEIGHTS = frozenset({"Gemma3ForCausalLM"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +59,14 @@ def main(argv: list[str] | None = None) -> int:
         _send(proto, {"status": status, "completed": completed, "total": total})
 
     try:
-        convert(Path(args.gguf), Path(args.work), Path(args.out), args.hf_architecture, emit=emit)
+        convert(
+            Path(args.gguf),
+            Path(args.work),
+            Path(args.out),
+            args.hf_architecture,
+            emit=emit,
+            transcode_blocks=not args.no_transcode,
+        )
     except BaseException as exc:
         traceback.print_exc()
         _send(proto, {"error": f"{type(exc).__name__}: {exc}"[:1000]})
@@ -61,19 +75,56 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def convert(gguf_path: Path, work: Path, out: Path, hf_architecture: str, *, emit: Emit) -> None:
-    f16 = work / F16_NAME
-    dequantize_to_f16(gguf_path, f16, emit)
+def convert(
+    gguf_path: Path,
+    work: Path,
+    out: Path,
+    hf_architecture: str,
+    *,
+    emit: Emit,
+    transcode_blocks: bool = True,
+) -> None:
     hf_dir = work / "hf"
-    emit("writing the model configuration", 0, 0)
-    write_hf_config(work, F16_NAME, hf_dir, hf_architecture)
+    if hf_architecture in HF_WEIGHTS:
+        emit("writing the model's weights for the builder", 0, 0)
+        write_hf_model(gguf_path, hf_dir, hf_architecture)
+        source = hf_dir
+    else:
+        source = work / F16_NAME
+        dequantize_to_f16(gguf_path, source, emit)
+        emit("writing the model configuration", 0, 0)
+        write_hf_config(work, F16_NAME, hf_dir, hf_architecture)
     emit("building the int4 ONNX model", 0, 0)
-    run_builder(f16, hf_dir, out, work / "builder-cache")
+    run_builder(source, hf_dir, out, work / "builder-cache")
+    if transcode_blocks:
+        from edged.models_registry.transcode import transcode
+
+        report = transcode(gguf_path, out, work, emit=emit)
+        print(f"transcoding: {report.summary()}", file=sys.stderr)
+        emit(report.status(), 0, 0)
     emit("checking the ONNX model", 0, 0)
     check_onnx(out)
 
 
 def dequantize_to_f16(src: Path, dest: Path, emit: Emit) -> None:
+    """``src`` with every tensor dequantized: matrices F16, 1-D tensors and norms F32."""
+    import numpy as np
+
+    def target(name: str, ndim: int) -> Any:
+        return np.float32 if ndim == 1 or name.endswith("norm.weight") else np.float16
+
+    rewrite_gguf(src, dest, target, emit, F16_FILE_TYPE)
+
+
+def rewrite_gguf(
+    src: Path,
+    dest: Path,
+    target: Callable[[str, int], Any],
+    emit: Emit | None = None,
+    file_type: int = F16_FILE_TYPE,
+) -> None:
+    """Copy the GGUF ``src`` (all metadata) to ``dest`` with each tensor dequantized
+    to the numpy dtype ``target(name, ndim)``, or kept as it is where that is None."""
     import numpy as np
     from gguf import GGUFReader, GGUFValueType, GGUFWriter
     from gguf.quants import dequantize
@@ -91,25 +142,33 @@ def dequantize_to_f16(src: Path, dest: Path, emit: Emit) -> None:
         vtype = field.types[0]
         sub_type = field.types[-1] if vtype == GGUFValueType.ARRAY else None
         writer.add_key_value(name, value, vtype, sub_type=sub_type)
-    writer.add_file_type(F16_FILE_TYPE)
-
-    def target(name: str, ndim: int) -> Any:
-        return np.float32 if ndim == 1 or name.endswith("norm.weight") else np.float16
+    writer.add_file_type(file_type)
 
     tensors = list(reader.tensors)
     shapes = [tuple(int(x) for x in reversed(t.shape)) for t in tensors]
-    for t, shape in zip(tensors, shapes, strict=True):
-        dtype = np.dtype(target(t.name, len(shape)))
-        writer.add_tensor_info(t.name, shape, dtype, int(np.prod(shape)) * dtype.itemsize)
+    dtypes = [target(t.name, len(shape)) for t, shape in zip(tensors, shapes, strict=True)]
+    for t, shape, dt in zip(tensors, shapes, dtypes, strict=True):
+        if dt is None:  # the raw blocks, as they are
+            raw = np.asarray(t.data)
+            writer.add_tensor_info(t.name, raw.shape, raw.dtype, raw.nbytes, t.tensor_type)
+        else:
+            dtype = np.dtype(dt)
+            writer.add_tensor_info(t.name, shape, dtype, int(np.prod(shape)) * dtype.itemsize)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     total = len(tensors)
-    emit("dequantizing the GGUF to F16", 0, total)
-    for i, (t, shape) in enumerate(zip(tensors, shapes, strict=True)):
-        data = dequantize(t.data, t.tensor_type).reshape(shape)
-        writer.write_tensor_data(np.ascontiguousarray(data, dtype=target(t.name, len(shape))))
-        emit("dequantizing the GGUF to F16", i + 1, total)
+    status = "dequantizing the GGUF to F16"
+    if emit is not None:
+        emit(status, 0, total)
+    for i, (t, shape, dt) in enumerate(zip(tensors, shapes, dtypes, strict=True)):
+        if dt is None:
+            writer.write_tensor_data(np.asarray(t.data))
+        else:
+            data = dequantize(t.data, t.tensor_type).reshape(shape)
+            writer.write_tensor_data(np.ascontiguousarray(data, dtype=dt))
+        if emit is not None:
+            emit(status, i + 1, total)
     writer.close()
 
 
@@ -138,11 +197,61 @@ def write_hf_config(gguf_dir: Path, gguf_file: str, dest: Path, hf_architecture:
     tokenizer.save_pretrained(dest)
 
 
-def run_builder(f16: Path, hf_dir: Path, out: Path, cache: Path) -> None:
-    """onnxruntime-genai's model builder, as its command line would run it."""
+def write_hf_model(gguf_path: Path, dest: Path, hf_architecture: str) -> None:
+    """The GGUF as an HF folder (config, tokenizer, float32 safetensors), by transformers."""
+    import torch
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where, name = gguf_path.parent, gguf_path.name
+    model = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, dtype=torch.float32)
+    model.config.architectures = [hf_architecture]
+    # the weights are dequantized now; the builder refuses a "gguf" quantization_config
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    # save_pretrained refuses a model read from a GGUF ("not serializable"): the
+    # weights are plain float32 tensors by now, so write them directly
+    dest.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(dest)
+    save_model(model, str(dest / "model.safetensors"))
+    del model
+    AutoTokenizer.from_pretrained(where, gguf_file=name).save_pretrained(dest)
+
+
+def _patch_builder() -> None:
+    """Fit the pinned builder to transformers 5 configs: Gemma 3's RoPE settings
+    now come nested per layer type ({"full_attention": {...}, "sliding_attention":
+    {...}}) where the builder's Gemma3Model reads rope_theta, rope_local_base_freq
+    and a flat rope_parameters."""
+    import importlib
+
+    import onnxruntime_genai.models  # noqa: F401  (puts the builder's modules on sys.path)
+
+    gemma = importlib.import_module("builders.gemma")
+    cls = gemma.Gemma3Model
+    if getattr(cls, "_edged_patched", False):
+        return
+    original = cls.__init__
+
+    def init(self: Any, config: Any, *args: Any, **kwargs: Any) -> None:
+        rope = getattr(config, "rope_parameters", None)
+        if type(self) is cls and isinstance(rope, dict) and "full_attention" in rope:
+            config.rope_theta = rope["full_attention"]["rope_theta"]
+            config.rope_local_base_freq = rope["sliding_attention"]["rope_theta"]
+            config.rope_parameters = dict(rope["full_attention"])
+        original(self, config, *args, **kwargs)
+
+    cls.__init__ = init
+    cls._edged_patched = True
+
+
+def run_builder(source: Path, hf_dir: Path, out: Path, cache: Path) -> None:
+    """onnxruntime-genai's model builder, as its command line would run it
+    (``source``: an F16 GGUF or an HF folder)."""
+    _patch_builder()
     argv = [
         "builder",
-        *("-i", str(f16)),
+        *("-i", str(source)),
         *("-m", str(hf_dir)),
         *("-o", str(out)),
         *("-p", "int4"),
@@ -181,6 +290,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--hf-architecture", required=True)
+    # the builder's requantized int4 weights only (for comparisons: bench.onnx_folders)
+    parser.add_argument("--no-transcode", action="store_true")
     return parser.parse_args(argv)
 
 

@@ -130,12 +130,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser(
         "convert",
-        help="add a variant in another format (safetensors -> GGUF, GGUF -> int4 ONNX)",
+        help="add a variant in another format (safetensors -> GGUF, GGUF -> ONNX)",
         description="--to gguf: convert MODEL's safetensors (a Hugging Face folder) into a "
         "GGUF variant with convert_hf_to_gguf.py from the pinned sources (f16 and q8_0 "
         "directly, q4_k_m through the pinned quantizer); it replaces the model's GGUF "
         "variant. --to onnx: convert "
-        "MODEL's GGUF into an int4 ONNX Runtime GenAI variant. Both need the convert extra "
+        "MODEL's GGUF into an ONNX Runtime GenAI variant that keeps the GGUF's quantized "
+        "blocks (a type MatMulNBits cannot hold exactly is requantized to int4, and the "
+        "progress says which weights). Both need the convert extra "
         "(pip install 'edged[convert]'); a conversion that fails leaves the registry as it was.",
     )
     p.add_argument("model", metavar="MODEL")
