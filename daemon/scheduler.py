@@ -65,6 +65,7 @@ from edged.common.errors import (
 from edged.common.model_facts import model_facts
 from edged.daemon.config import EngineConfig
 from edged.daemon.units import human_bytes
+from edged.models_registry.remote import FORMAT_REMOTE
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,11 @@ class ResolvedModel:
     sampling_defaults: tuple[tuple[str, float], ...] = ()
     stop_defaults: tuple[str, ...] = ()
     gpu_layers: int = 0  # layers to offload on a GPU device; 0 or -1 there = all
+
+    @property
+    def remote(self) -> bool:
+        """Served by an upstream (``edged remote add``): no local memory to estimate."""
+        return self.format == FORMAT_REMOTE
 
 
 # (the model, its backend, the spec it would load with) -> the estimate. Reads
@@ -410,7 +416,7 @@ class Scheduler:
     async def _need(
         self, model: ResolvedModel, backend: str, spec: LoadSpec
     ) -> MemoryEstimate | None:
-        if self._estimate is None:
+        if self._estimate is None or model.remote:
             return None
         try:
             return await asyncio.to_thread(self._estimate, model, backend, spec)
@@ -541,8 +547,9 @@ class Scheduler:
                 if worker.description.capabilities.embeddings:
                     raise FailedPrecondition(f"{model.name} is an embedding model: {EMBED_INSTEAD}")
                 check_controls(job, worker.description.capabilities)
-            async for event in worker.run(job):
-                yield event
+            async with contextlib.aclosing(worker.run(job)) as events:
+                async for event in events:
+                    yield event
 
     async def tokenize(
         self,
