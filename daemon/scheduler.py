@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -91,7 +91,7 @@ class Worker(Protocol):
     @property
     def active(self) -> int: ...
     async def start(self) -> ModelDescription: ...
-    def run(self, job: Job) -> AsyncIterator[Chunk | Done]: ...
+    def run(self, job: Job) -> AsyncGenerator[Chunk | Done, None]: ...
     def drop_session(self, session_id: str) -> None: ...
     async def fork_session(self, source_id: str, new_id: str) -> str: ...
     async def kv_locations(self) -> dict[str, str]: ...
@@ -541,7 +541,7 @@ class Scheduler:
 
     async def generate(
         self, model: ResolvedModel, job: Job, options: LoadOptions | None = None
-    ) -> AsyncIterator[Chunk | Done]:
+    ) -> AsyncGenerator[Chunk | Done, None]:
         async with self._serving(model, options) as worker:
             if worker.description is not None:  # refused here, before it queues
                 if worker.description.capabilities.embeddings:

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import multiprocessing
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -194,7 +194,7 @@ class WorkerHandle:
             self._on_dead()
             raise errors.WorkerCrashed(f"the inference worker for {self.label} stopped") from exc
 
-    async def run(self, job: Job) -> AsyncIterator[Chunk | Done]:
+    async def run(self, job: Job) -> AsyncGenerator[Chunk | Done, None]:
         """Submit a job and yield its chunks and final Done; raises on failure."""
         pending = _Pending(asyncio.Queue())
         self._requests[job.request_id] = pending

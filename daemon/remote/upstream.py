@@ -166,7 +166,7 @@ async def probe(spec: RemoteSpec, token: str) -> Probed:
             ctx = await _props_context(http, spec, token)
             if ctx:
                 evidence.append(f"context length {ctx} from /props (llama-server)")
-                server = server or "llama.cpp"
+                server = server or "llama-server"
         caps = _capabilities(entry)
         if caps:
             tools, json_output = caps["tools"], caps["json_output"]

@@ -15,7 +15,7 @@ import json
 import logging
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -127,7 +127,7 @@ class RemoteWorker:
             raise errors.Unavailable(f"{self.label} was unloaded; retry to load it again")
         return self._http
 
-    async def run(self, job: Job) -> AsyncIterator[Chunk | Done]:
+    async def run(self, job: Job) -> AsyncGenerator[Chunk | Done, None]:
         """The job's chunks and Done, streamed from the upstream.
 
         The upstream response is read by a task of its own: when the consumer
@@ -204,7 +204,7 @@ class RemoteWorker:
 
     async def _events(
         self, resp: httpx.Response, job: Job, started: float
-    ) -> AsyncIterator[Chunk | Done]:
+    ) -> AsyncGenerator[Chunk | Done, None]:
         reader = _StreamState(job.request_id)
         try:
             async for line in resp.aiter_lines():
@@ -430,7 +430,8 @@ class _StreamState:
 def _call_delta(d: Any) -> ToolCallDelta:
     if not isinstance(d, dict):
         return ToolCallDelta(0)
-    fn = d.get("function") if isinstance(d.get("function"), dict) else {}
+    raw = d.get("function")
+    fn: dict[str, Any] = raw if isinstance(raw, dict) else {}
     return ToolCallDelta(
         index=int(d.get("index") or 0),
         id=str(d.get("id") or ""),
