@@ -180,8 +180,7 @@ class Selection:
         why = (
             f"remote model: served by {spec.url} as {spec.model!r} "
             f"(added with `edged remote add`); edged forwards every request there",
-            f"TLS {'verified' if spec.url.startswith('https://') and not spec.insecure else 'off'}"
-            f", token {'from ' + spec.token_file if spec.token_file else 'none'}",
+            f"TLS {_tls(spec)}, token {'from ' + spec.token_file if spec.token_file else 'none'}",
             *spec.probed.evidence,
         )
         choice = Choice(REMOTE_BACKEND, spec.host, True, why, fit="", variant="remote")
@@ -257,6 +256,12 @@ class Selection:
             if found is not None:
                 out.append(found)
         return out
+
+
+def _tls(spec: remote.RemoteSpec) -> str:
+    if not spec.url.startswith("https://"):
+        return "off (an http:// URL: use https:// or a tunnel beyond this machine)"
+    return "on, certificate NOT verified (--insecure)" if spec.insecure else "on, verified"
 
 
 def cpu_choices(ranking: Ranking) -> list[Choice]:

@@ -276,6 +276,8 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
     def _variant(self, v: Variant) -> pb.ModelVariant:
         installed = self.app.selection.installed
         runs = [b.name for b in registry.for_format(v.format) if b.name in installed]
+        if v.format == remote.FORMAT_REMOTE:
+            runs = [remote.REMOTE_BACKEND]  # the upstream client, always there
         return pb.ModelVariant(
             name=v.name,
             format=v.format,

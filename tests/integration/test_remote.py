@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -344,3 +345,20 @@ def test_unreachable_upstream_is_unavailable_and_local_models_still_serve(
     )
     _, stats, _ = collect(front.inference.Generate(local, timeout=120))
     assert stats.completion_tokens > 0
+
+
+def test_show_and_hw_say_where_a_remote_model_runs(
+    front: Daemon, remote_name: str, upstream: Upstream
+) -> None:
+    where = f"served by {upstream.url} as {upstream.model!r}"
+    shown = edged_cli(front, "show", remote_name)
+    assert shown.returncode == 0, shown.stderr
+    assert where in shown.stdout and "TLS off" in shown.stdout
+    assert re.search(r"remote\s+remote\s+-\s+\d+ B\s+remote", shown.stdout), shown.stdout
+    hw = edged_cli(front, "hw", "--model", remote_name)
+    assert hw.returncode == 0, hw.stderr
+    assert f"* remote on {upstream.url.split('/')[2]}" in hw.stdout and where in hw.stdout
+    listed = json.loads(edged_cli(front, "remote", "list", "--json").stdout)
+    mine = next(r for r in listed if r["name"] == f"{remote_name}:latest")
+    assert mine["url"] == upstream.url and mine["upstream_model"] == upstream.model
+    assert "/v1/models lists" in mine["evidence"][0]
