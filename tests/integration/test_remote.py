@@ -358,6 +358,8 @@ def test_show_and_hw_say_where_a_remote_model_runs(
     hw = edged_cli(front, "hw", "--model", remote_name)
     assert hw.returncode == 0, hw.stderr
     assert f"* remote on {upstream.url.split('/')[2]}" in hw.stdout and where in hw.stdout
+    ran = edged_cli(front, "run", remote_name, "Name a color.", "--max-tokens", "8")
+    assert ran.returncode == 0 and ran.stdout.strip(), ran.stderr
     listed = json.loads(edged_cli(front, "remote", "list", "--json").stdout)
     mine = next(r for r in listed if r["name"] == f"{remote_name}:latest")
     assert mine["url"] == upstream.url and mine["upstream_model"] == upstream.model
