@@ -53,6 +53,8 @@ class BackendInfo:
     # KV cache element types it can be asked for (edged.backends.base.KV_TYPES);
     # "f16" stands for the backend's own default KV (what kv_element_bytes sizes)
     kv_types: tuple[str, ...] = ("f16",)
+    # it can place layers on llama.cpp RPC workers (EDGED_RPC)
+    rpc: bool = False
 
     def kv_bytes(self, device_kind: str, default: float = 2.0) -> float:
         return dict(self.kv_element_bytes).get(device_kind, default)

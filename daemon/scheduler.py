@@ -163,6 +163,14 @@ def _kv_types(backend: str) -> tuple[str, ...]:
         return (DEFAULT_KV_TYPE,)
 
 
+def _rpc_capable(backend: str) -> bool:
+    """Whether a backend places layers on llama.cpp RPC workers (EDGED_RPC)."""
+    try:
+        return backend_info(backend).rpc
+    except FailedPrecondition:
+        return False
+
+
 def host_memory(device: str) -> int | None:
     """Free RAM for host devices (CPU, integrated GPU, NPU); unknown for CUDA."""
     if device.startswith("cuda"):
@@ -388,6 +396,8 @@ class Scheduler:
             cache_dir=str(cfg.cache_dir / model.backend) if cfg.cache_dir else None,
             gpu_layers=gpu_layers_for(model.device, model.gpu_layers),
             kv_type=kv_type or DEFAULT_KV_TYPE,
+            rpc_servers=cfg.rpc_servers if _rpc_capable(model.backend) else (),
+            rpc_layers=cfg.rpc_layers,
         )
 
     async def _load(self, model: ResolvedModel, options: LoadOptions) -> _Loaded:
