@@ -3,10 +3,11 @@ on loopback, against the same model local only.
 
     .venv/bin/python -m bench.rpc [--threads 2] [--rounds 5] [--tokens 64]
 
-Needs llama-cpp-python built with ``EDGED_LLAMA_RPC=1``. Two ``edged
-rpc-worker`` processes on 127.0.0.1 (``--threads`` each) and three private
-daemons on the same store: **local** (no EDGED_RPC), **rpc1** (EDGED_RPC = the
-first worker) and **rpc2** (both workers), every layer on the workers
+Needs llama-cpp-python built with ``EDGED_LLAMA_RPC=1``. Three ``edged
+rpc-worker`` processes on 127.0.0.1 (``--threads`` each; a ggml RPC server
+serves one client at a time, so each daemon has its own) and three private
+daemons on the same store: **local** (no EDGED_RPC), **rpc1** (EDGED_RPC = one
+worker) and **rpc2** (two other workers), every layer on the workers
 (EDGED_RPC_LAYERS=-1). Each round runs the same greedy raw prompt on the three,
 in a rotating order, through gRPC. Prints the medians and the paired ratios
 rpc1/local and rpc2/local of decode tokens/s and time to first token, plus
@@ -91,13 +92,14 @@ def main(argv: list[str] | None = None) -> int:
         "max_tokens": ns.tokens,
         "rounds": ns.rounds,
     }
-    ends = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    # a ggml RPC server serves one client at a time: each daemon gets its own
+    ends = [f"127.0.0.1:{free_port()}" for _ in range(3)]
     workers = [start_worker(e, ns.threads) for e in ends]
     daemons: dict[str, Daemon] = {}
     try:
         with private_daemon(ns.threads) as (local, _), tempfile.TemporaryDirectory() as tmp:
             daemons["local"] = local
-            for name, servers in (("rpc1", ends[:1]), ("rpc2", ends)):
+            for name, servers in (("rpc1", ends[:1]), ("rpc2", ends[1:])):
                 root = Path(tmp) / name
                 clone_store(Path(local.env["EDGED_DATA_DIR"]), root / "data")
                 daemons[name] = start_daemon(
