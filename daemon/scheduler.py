@@ -53,6 +53,7 @@ from edged.backends.base import (
 from edged.backends.memory import MemoryEstimate, estimate_memory
 from edged.backends.registry import backend_info
 from edged.backends.toolkit import EMBED_INSTEAD, check_controls
+from edged.common.endpoints import endpoints as rpc_endpoints
 from edged.common.errors import (
     DeadlineExceeded,
     EdgedError,
@@ -66,6 +67,7 @@ from edged.common.model_facts import model_facts
 from edged.daemon.config import EngineConfig
 from edged.daemon.units import human_bytes
 from edged.models_registry.remote import FORMAT_REMOTE
+from edged.models_registry.settings import RPC_LOCAL
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +197,8 @@ class LoadOptions:
     # the model's KV cache type ("": EDGED_KV_TYPE where the backend offers it);
     # a backend without it refuses
     kv_type: str = ""
+    # the model's llama.cpp RPC workers: "" = EDGED_RPC, "local" = none, else HOST:PORT,...
+    rpc: str = ""
 
 
 @dataclass
@@ -340,6 +344,12 @@ class Scheduler:
             return str(exc)
         if spec.kv_type != kv:
             return f"it needs a {kv} KV cache, the loaded worker has {spec.kv_type}"
+        rpc = self._rpc(replace(model, backend=entry.worker.backend), options)
+        if spec.rpc_servers != rpc:
+            have = ",".join(spec.rpc_servers) or "none"
+            return (
+                f"it needs the RPC workers {','.join(rpc) or 'none'}, the loaded worker has {have}"
+            )
         if options.exact and model.backend and entry.worker.backend != model.backend:
             return f"{model.backend} was asked for, it runs on {entry.worker.backend}"
         if options.exact and model.backend and spec.device != model.device:
@@ -377,8 +387,21 @@ class Scheduler:
             self._touch(entry, options)
             return entry
 
+    def _rpc(self, model: ResolvedModel, options: LoadOptions) -> tuple[str, ...]:
+        """The RPC workers a load of ``model`` uses: the model's setting, else
+        EDGED_RPC; none for a backend without RPC."""
+        if not _rpc_capable(model.backend) or options.rpc == RPC_LOCAL:
+            return ()
+        return rpc_endpoints(options.rpc) if options.rpc else self._cfg.rpc_servers
+
     def _spec(
-        self, model: ResolvedModel, context_length: int, sequences: int, *, kv_type: str = ""
+        self,
+        model: ResolvedModel,
+        context_length: int,
+        sequences: int,
+        *,
+        kv_type: str = "",
+        rpc: tuple[str, ...] = (),
     ) -> LoadSpec:
         if not model.backend:
             raise Internal(f"{model.name} reached the scheduler without a backend")
@@ -396,7 +419,7 @@ class Scheduler:
             cache_dir=str(cfg.cache_dir / model.backend) if cfg.cache_dir else None,
             gpu_layers=gpu_layers_for(model.device, model.gpu_layers),
             kv_type=kv_type or DEFAULT_KV_TYPE,
-            rpc_servers=cfg.rpc_servers if _rpc_capable(model.backend) else (),
+            rpc_servers=rpc,
             rpc_layers=cfg.rpc_layers,
         )
 
@@ -406,6 +429,7 @@ class Scheduler:
             self._context(options),
             self._cfg.max_sequences,
             kv_type=self._kv_type(model, options),
+            rpc=self._rpc(model, options),
         )
         need = await self._need(model, model.backend, spec)
         await self._make_room(model, model.device, need)

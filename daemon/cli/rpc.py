@@ -18,7 +18,7 @@ from edged.common.endpoints import is_loopback, parse_endpoint
 from edged.daemon.cli.context import Context
 
 _DANGER = """\
-edged: WARNING: --allow-network exposes llama.cpp's RPC server on {endpoint}.
+edged: WARNING: --allow-network exposes the ggml RPC server on {endpoint}.
   The RPC protocol has NO authentication and NO encryption: anyone who can reach
   this port can use this machine's memory and CPU, read what is computed, and
   send it crafted tensors. Its server has had remote-code-execution bugs
@@ -29,7 +29,7 @@ edged: WARNING: --allow-network exposes llama.cpp's RPC server on {endpoint}.
   Never expose it to the internet or an untrusted network."""
 
 _DESCRIPTION = """\
-Run llama.cpp's RPC server (ggml's own, from the installed llama-cpp-python built
+Run the ggml RPC server (ggml's own, from the installed llama-cpp-python built
 with -DGGML_RPC=ON) on HOST:PORT, lending this machine's CPU and memory to a
 daemon elsewhere that lists it in EDGED_RPC=HOST:PORT[,HOST:PORT...]. Runs in the
 foreground until stopped (Ctrl-C). The daemon never starts one by itself.
@@ -43,7 +43,7 @@ tunnel (ssh -N -L PORT:127.0.0.1:PORT WORKER_HOST) or WireGuard."""
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "rpc-worker",
-        help="lend this machine to another daemon through llama.cpp's RPC server",
+        help="lend this machine to another daemon through the ggml RPC server",
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--cache-dir",
         metavar="DIR",
-        help="let the server cache large tensors in DIR (llama.cpp's -c)",
+        help="let the server cache large tensors in DIR (rpc-server's -c)",
     )
     p.set_defaults(func=cmd_rpc_worker)
 
@@ -75,7 +75,7 @@ def check_listen(listen: str, allow_network: bool) -> str:
     host, port = parse_endpoint(listen)
     if not is_loopback(host) and not allow_network:
         raise errors.InvalidArgument(
-            f"refusing to listen on {host}: it is not a loopback address, and llama.cpp's RPC "
+            f"refusing to listen on {host}: it is not a loopback address, and the ggml RPC "
             "protocol has no authentication and no encryption (its server has had remote-"
             "code-execution bugs). Listen on 127.0.0.1 and reach it over an SSH tunnel "
             f"(ssh -N -L {port}:127.0.0.1:{port} THIS_HOST) or WireGuard; pass "
@@ -92,7 +92,7 @@ def cmd_rpc_worker(ctx: Context, args: argparse.Namespace) -> int:
     from edged.backends.llamacpp import rpc
 
     rpc.library()  # a build without RPC fails here, with how to rebuild
-    ctx.out(f"edged rpc-worker: llama.cpp RPC server on {endpoint} ({threads} threads)")
+    ctx.out(f"edged rpc-worker: ggml RPC server on {endpoint} ({threads} threads)")
     ctx.stdout.flush()
     # the server blocks in C: let Ctrl-C and SIGTERM end the process directly
     signal.signal(signal.SIGINT, signal.SIG_DFL)

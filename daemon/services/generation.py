@@ -71,6 +71,7 @@ def load_options(
         pin=pin,
         exact=bool(backend or device or s.backend or s.device),
         kv_type=s.kv_type,
+        rpc=s.rpc,
     )
 
 

@@ -211,3 +211,33 @@ def test_killing_a_worker_mid_stream_is_unavailable_naming_it(
     victim.start()
     text, _ = greedy(split, PROMPTS[0], 8)
     assert text
+
+
+@needs_rpc
+@pytest.mark.model
+def test_a_models_rpc_setting_overrides_edged_rpc(
+    daemon: Daemon, split: Daemon, workers: list[RpcWorker]
+) -> None:
+    def configure(rpc: str) -> None:
+        split.models.Configure(
+            pb.ConfigureModelRequest(model="smollm2", settings=pb.ModelSettings(rpc=rpc)),
+            timeout=30,
+        )
+
+    def device() -> str:
+        loaded = split.models.ListLoaded(pb.ListLoadedRequest(), timeout=30).models
+        return next(m.device for m in loaded if m.model.startswith("smollm2"))
+
+    local, _ = greedy(daemon, PROMPTS[1])
+    try:
+        configure("local")  # this model only: no RPC workers, whatever EDGED_RPC says
+        assert greedy(split, PROMPTS[1])[0] == local
+        assert device() == "cpu"
+        configure(workers[0].endpoint)  # one worker instead of EDGED_RPC's two
+        assert greedy(split, PROMPTS[1])[0] == local
+        assert device() == "cpu+rpc:" + workers[0].endpoint
+        with pytest.raises(grpc.RpcError) as err:
+            configure("not-an-endpoint")
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        configure("")
