@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edged.backends import registry
@@ -38,7 +38,7 @@ from edged.daemon.scheduler import ResolvedModel
 from edged.models_registry import remote
 from edged.models_registry.manifest import Manifest, Variant
 from edged.models_registry.remote import REMOTE_BACKEND
-from edged.models_registry.settings import ModelSettings, SettingsStore
+from edged.models_registry.settings import RPC_LOCAL, ModelSettings, SettingsStore
 from edged.models_registry.store import Store
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,26 @@ class Selection:
             overrides=overrides,
             calibrations={(c.backend, c.device): c.decode_tokens_per_second for c in cals},
         )
+        choices = [self._with_rpc(name, c) for c in choices]
         return Ranking(name, manifest, tuple(choices), overrides, ctx, seqs, tuple(cals))
+
+    def _with_rpc(self, name: str, choice: Choice) -> Choice:
+        """A CPU choice of a backend that places layers on RPC workers says where
+        they go and why (the model's rpc setting, else EDGED_RPC)."""
+        if choice.device != "cpu" or not registry.backend_info(choice.backend).rpc:
+            return choice
+        setting = self.model_settings(name).rpc
+        if setting == RPC_LOCAL:
+            return choice
+        servers = setting or ",".join(self.config.engine.rpc_servers)
+        if not servers:
+            return choice
+        layers = self.config.engine.rpc_layers
+        why = (
+            f"split: {'all' if layers < 0 else layers} layers on the RPC workers {servers} "
+            f"({'the settings of ' + name if setting else 'EDGED_RPC'}), the rest on this CPU"
+        )
+        return replace(choice, reasons=(*choice.reasons, why))
 
     def _remote_ranking(self, name: str, manifest: Manifest, backend: str, device: str) -> Ranking:
         """A remote model runs on its upstream and nowhere else: one choice, with why."""

@@ -156,6 +156,7 @@ def split(
         root,
         EDGED_RPC=",".join(w.endpoint for w in workers),
         EDGED_RPC_LAYERS=SPLIT_LAYERS,
+        EDGED_BACKEND="llama.cpp",  # the backend with RPC, whatever a calibration finds
     )
     yield d
     d.stop()
@@ -183,6 +184,20 @@ def test_split_model_answers_token_for_token_like_local_only(
     (smol,) = [m for m in loaded if m.model.startswith("smollm2")]
     assert smol.device == "cpu+rpc:" + ",".join(w.endpoint for w in workers)
     assert smol.gpu_layers == int(SPLIT_LAYERS)
+    servers = ",".join(w.endpoint for w in workers)
+    # (`edged hw --model` would also calibrate: `show` ranks the same way)
+    for args in (["show", "smollm2"],):
+        shown = subprocess.run(
+            [sys.executable, "-m", "edged.daemon.cli.main", "--no-autostart", *args],
+            env=split.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert f"split: {SPLIT_LAYERS} layers on the RPC workers {servers} (EDGED_RPC)" in (
+            shown.stdout
+        ), shown.stdout
 
 
 @needs_rpc
