@@ -30,7 +30,7 @@ edged: WARNING: --allow-network exposes the ggml RPC server on {endpoint}.
 
 _DESCRIPTION = """\
 Run the ggml RPC server (ggml's own, from the installed llama-cpp-python built
-with -DGGML_RPC=ON) on HOST:PORT, lending this machine's CPU and memory to a
+with EDGED_LLAMA_RPC=1 ./install.sh) on HOST:PORT, lending this machine's CPU and memory to a
 daemon elsewhere that lists it in EDGED_RPC=HOST:PORT[,HOST:PORT...]. Runs in the
 foreground until stopped (Ctrl-C). The daemon never starts one by itself.
 
