@@ -364,3 +364,29 @@ def test_show_and_hw_say_where_a_remote_model_runs(
     mine = next(r for r in listed if r["name"] == f"{remote_name}:latest")
     assert mine["url"] == upstream.url and mine["upstream_model"] == upstream.model
     assert "/v1/models lists" in mine["evidence"][0]
+
+
+def test_the_ollama_and_anthropic_doors_serve_a_remote_model(
+    front: Daemon, remote_name: str
+) -> None:
+    import anthropic
+    import ollama
+
+    door = ollama.Client(host=front.http_url, timeout=300)
+    try:
+        reply = door.chat(
+            model=remote_name,
+            messages=[{"role": "user", "content": "Name a colour."}],
+            options={"temperature": 0, "num_predict": 8},
+        )
+    finally:
+        door.close()
+    assert reply.message.content and reply.eval_count and reply.eval_count <= 8
+    with anthropic.Anthropic(base_url=front.http_url, api_key="sk-ant-none", max_retries=0) as c:
+        m = c.messages.create(
+            model=remote_name,
+            messages=[{"role": "user", "content": "Name a colour."}],
+            max_tokens=8,
+            extra_body={"temperature": 0},
+        )
+    assert m.content and m.content[0].type == "text" and m.usage.output_tokens <= 8
