@@ -113,9 +113,10 @@ def main(argv: list[str] | None = None) -> int:
                 for name in order:
                     rows[name].append(run(daemons[name], ns.tokens))
                 print(f"round {i + 1}/{ns.rounds} done", file=sys.stderr)
-            for name in ("rpc1", "rpc2"):
-                daemons[name].stop()
     finally:
+        for name in ("rpc1", "rpc2"):  # the local one stops with private_daemon
+            if name in daemons:
+                daemons[name].stop()
         for w in workers:
             w.kill()
     for name, runs in rows.items():
