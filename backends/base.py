@@ -96,6 +96,11 @@ class LoadSpec:
     cache_dir: str | None = None  # the backend's own cache (OpenVINO compiled models)
     gpu_layers: int = 0  # layers to offload when ``device`` is a GPU (-1: all)
     kv_type: str = DEFAULT_KV_TYPE  # KV cache element type (one of KV_TYPES)
+    # llama.cpp RPC workers ("host:port") whose devices take part of the model
+    # (EDGED_RPC); ``rpc_layers`` of its layers go to them (-1: all), the rest
+    # stay on this machine
+    rpc_servers: tuple[str, ...] = ()
+    rpc_layers: int = -1
 
 
 def refuse_kv_type(backend: str, kv_types: tuple[str, ...], kv_type: str) -> None:

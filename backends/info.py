@@ -62,6 +62,8 @@ class BackendInfo:
     greedy: str = ""
     # "module:function" (path, text) -> token ids: a reference reads the text with it
     tokenizer: str = ""
+    # it can place layers on llama.cpp RPC workers (EDGED_RPC)
+    rpc: bool = False
 
     def kv_bytes(self, device_kind: str, default: float = 2.0) -> float:
         return dict(self.kv_element_bytes).get(device_kind, default)

@@ -43,6 +43,12 @@ EDGED_KV_TYPE          KV cache element type: f16, q8_0 (about     f16
                        half the bytes) or q4_0 (a quarter); on a
                        backend without it, its own KV (the model
                        setting kv_type is strict instead)
+EDGED_RPC              llama.cpp RPC workers (`edged rpc-worker`)   none (local only)
+                       whose devices take part of each llama.cpp
+                       model: HOST:PORT[,HOST:PORT...]
+EDGED_RPC_LAYERS       layers of a model placed on the RPC         -1 (all)
+                       workers (split by their free memory); the
+                       rest stay on this machine's CPU
 EDGED_KV_RAM_MB        saved session KV kept in RAM (MiB)          10% of free RAM, <= 2048
 EDGED_KV_DISK_MB       saved session KV kept on disk (MiB)         10% of free disk, <= 8192
 EDGED_MAX_MESSAGE_MB   largest gRPC message accepted or sent       16
@@ -71,6 +77,8 @@ from pathlib import Path
 import platformdirs
 
 from edged.backends.base import KV_TYPES
+from edged.common.endpoints import endpoints as rpc_endpoints
+from edged.common.errors import InvalidArgument
 
 APP = "edged"
 MAX_STREAM_INTERVAL_MS = 10_000
@@ -110,6 +118,8 @@ class EngineConfig:
     memory_limit: int = 0  # bytes of estimated model memory in all; 0 = no cap
     stream_interval_ms: int = 100  # default for a request's stream_interval_ms
     kv_type: str = "f16"  # KV cache element type where the backend offers it
+    rpc_servers: tuple[str, ...] = ()  # EDGED_RPC: llama.cpp RPC workers (host:port)
+    rpc_layers: int = -1  # EDGED_RPC_LAYERS: layers on those workers (-1: all)
 
 
 @dataclass(frozen=True)
@@ -282,7 +292,16 @@ def load_engine(
         memory_limit=_int(env, "EDGED_MEMORY_LIMIT_MB", 0, 0, 1 << 30) << 20,
         stream_interval_ms=_int(env, "EDGED_STREAM_INTERVAL_MS", 100, 0, MAX_STREAM_INTERVAL_MS),
         kv_type=_kv_type(env),
+        rpc_servers=_rpc(env),
+        rpc_layers=_int(env, "EDGED_RPC_LAYERS", -1, -1, 100_000),
     )
+
+
+def _rpc(env: Mapping[str, str]) -> tuple[str, ...]:
+    try:
+        return rpc_endpoints(env.get("EDGED_RPC", ""))
+    except InvalidArgument as exc:
+        raise ValueError(f"EDGED_RPC: {exc}") from None
 
 
 def _kv_type(env: Mapping[str, str]) -> str:

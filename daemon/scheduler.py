@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -53,6 +53,7 @@ from edged.backends.base import (
 from edged.backends.memory import MemoryEstimate, estimate_memory
 from edged.backends.registry import backend_info
 from edged.backends.toolkit import EMBED_INSTEAD, check_controls
+from edged.common.endpoints import endpoints as rpc_endpoints
 from edged.common.errors import (
     DeadlineExceeded,
     EdgedError,
@@ -65,6 +66,8 @@ from edged.common.errors import (
 from edged.common.model_facts import model_facts
 from edged.daemon.config import EngineConfig
 from edged.daemon.units import human_bytes
+from edged.models_registry.remote import FORMAT_REMOTE
+from edged.models_registry.settings import RPC_LOCAL
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +93,7 @@ class Worker(Protocol):
     @property
     def active(self) -> int: ...
     async def start(self) -> ModelDescription: ...
-    def run(self, job: Job) -> AsyncIterator[Chunk | Done]: ...
+    def run(self, job: Job) -> AsyncGenerator[Chunk | Done, None]: ...
     def drop_session(self, session_id: str) -> None: ...
     async def fork_session(self, source_id: str, new_id: str) -> str: ...
     async def kv_locations(self) -> dict[str, str]: ...
@@ -128,6 +131,11 @@ class ResolvedModel:
     stop_defaults: tuple[str, ...] = ()
     gpu_layers: int = 0  # layers to offload on a GPU device; 0 or -1 there = all
 
+    @property
+    def remote(self) -> bool:
+        """Served by an upstream (``edged remote add``): no local memory to estimate."""
+        return self.format == FORMAT_REMOTE
+
 
 # (the model, its backend, the spec it would load with) -> the estimate. Reads
 # the model's header; runs in a thread.
@@ -157,6 +165,14 @@ def _kv_types(backend: str) -> tuple[str, ...]:
         return (DEFAULT_KV_TYPE,)
 
 
+def _rpc_capable(backend: str) -> bool:
+    """Whether a backend places layers on llama.cpp RPC workers (EDGED_RPC)."""
+    try:
+        return backend_info(backend).rpc
+    except FailedPrecondition:
+        return False
+
+
 def host_memory(device: str) -> int | None:
     """Free RAM for host devices (CPU, integrated GPU, NPU); unknown for CUDA."""
     if device.startswith("cuda"):
@@ -181,6 +197,8 @@ class LoadOptions:
     # the model's KV cache type ("": EDGED_KV_TYPE where the backend offers it);
     # a backend without it refuses
     kv_type: str = ""
+    # the model's llama.cpp RPC workers: "" = EDGED_RPC, "local" = none, else HOST:PORT,...
+    rpc: str = ""
 
 
 @dataclass
@@ -326,6 +344,12 @@ class Scheduler:
             return str(exc)
         if spec.kv_type != kv:
             return f"it needs a {kv} KV cache, the loaded worker has {spec.kv_type}"
+        rpc = self._rpc(replace(model, backend=entry.worker.backend), options)
+        if spec.rpc_servers != rpc:
+            have = ",".join(spec.rpc_servers) or "none"
+            return (
+                f"it needs the RPC workers {','.join(rpc) or 'none'}, the loaded worker has {have}"
+            )
         if options.exact and model.backend and entry.worker.backend != model.backend:
             return f"{model.backend} was asked for, it runs on {entry.worker.backend}"
         if options.exact and model.backend and spec.device != model.device:
@@ -363,8 +387,21 @@ class Scheduler:
             self._touch(entry, options)
             return entry
 
+    def _rpc(self, model: ResolvedModel, options: LoadOptions) -> tuple[str, ...]:
+        """The RPC workers a load of ``model`` uses: the model's setting, else
+        EDGED_RPC; none for a backend without RPC."""
+        if not _rpc_capable(model.backend) or options.rpc == RPC_LOCAL:
+            return ()
+        return rpc_endpoints(options.rpc) if options.rpc else self._cfg.rpc_servers
+
     def _spec(
-        self, model: ResolvedModel, context_length: int, sequences: int, *, kv_type: str = ""
+        self,
+        model: ResolvedModel,
+        context_length: int,
+        sequences: int,
+        *,
+        kv_type: str = "",
+        rpc: tuple[str, ...] = (),
     ) -> LoadSpec:
         if not model.backend:
             raise Internal(f"{model.name} reached the scheduler without a backend")
@@ -382,6 +419,8 @@ class Scheduler:
             cache_dir=str(cfg.cache_dir / model.backend) if cfg.cache_dir else None,
             gpu_layers=gpu_layers_for(model.device, model.gpu_layers),
             kv_type=kv_type or DEFAULT_KV_TYPE,
+            rpc_servers=rpc,
+            rpc_layers=cfg.rpc_layers,
         )
 
     async def _load(self, model: ResolvedModel, options: LoadOptions) -> _Loaded:
@@ -390,6 +429,7 @@ class Scheduler:
             self._context(options),
             self._cfg.max_sequences,
             kv_type=self._kv_type(model, options),
+            rpc=self._rpc(model, options),
         )
         need = await self._need(model, model.backend, spec)
         await self._make_room(model, model.device, need)
@@ -410,7 +450,7 @@ class Scheduler:
     async def _need(
         self, model: ResolvedModel, backend: str, spec: LoadSpec
     ) -> MemoryEstimate | None:
-        if self._estimate is None:
+        if self._estimate is None or model.remote:
             return None
         try:
             return await asyncio.to_thread(self._estimate, model, backend, spec)
@@ -535,14 +575,15 @@ class Scheduler:
 
     async def generate(
         self, model: ResolvedModel, job: Job, options: LoadOptions | None = None
-    ) -> AsyncIterator[Chunk | Done]:
+    ) -> AsyncGenerator[Chunk | Done, None]:
         async with self._serving(model, options) as worker:
             if worker.description is not None:  # refused here, before it queues
                 if worker.description.capabilities.embeddings:
                     raise FailedPrecondition(f"{model.name} is an embedding model: {EMBED_INSTEAD}")
                 check_controls(job, worker.description.capabilities)
-            async for event in worker.run(job):
-                yield event
+            async with contextlib.aclosing(worker.run(job)) as events:
+                async for event in events:
+                    yield event
 
     async def tokenize(
         self,

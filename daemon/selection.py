@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edged.backends import registry
@@ -36,8 +36,10 @@ from edged.daemon.hardware import (
     rank_backends,
 )
 from edged.daemon.scheduler import ResolvedModel
+from edged.models_registry import remote
 from edged.models_registry.manifest import Manifest, Variant
-from edged.models_registry.settings import ModelSettings, SettingsStore
+from edged.models_registry.remote import REMOTE_BACKEND
+from edged.models_registry.settings import RPC_LOCAL, ModelSettings, SettingsStore
 from edged.models_registry.store import Store
 
 log = logging.getLogger(__name__)
@@ -138,9 +140,11 @@ class Selection:
         hardware: HardwareProfile | None = None,
     ) -> Ranking:
         """Rank every backend/device for ``model`` with the reasons (pure below)."""
-        backend = registry.check_name(backend)
         ref, manifest = self.store.resolve(model)
         name = str(ref)
+        if remote.remote_variant(manifest) is not None:
+            return self._remote_ranking(name, manifest, backend, device)
+        backend = registry.check_name(backend)
         hw = hardware if hardware is not None else self.hardware
         ctx = (
             context_length
@@ -164,12 +168,50 @@ class Selection:
             calibrations={(c.backend, c.device): measured(c) for c in cals},
             kv_type=self.model_settings(name).kv_type or self.config.engine.kv_type,
         )
+        choices = [self._with_rpc(name, c) for c in choices]
         return Ranking(name, manifest, tuple(choices), overrides, ctx, seqs, tuple(cals))
+
+    def _with_rpc(self, name: str, choice: Choice) -> Choice:
+        """A CPU choice of a backend that places layers on RPC workers says where
+        they go and why (the model's rpc setting, else EDGED_RPC)."""
+        if choice.device != "cpu" or not registry.backend_info(choice.backend).rpc:
+            return choice
+        setting = self.model_settings(name).rpc
+        if setting == RPC_LOCAL:
+            return choice
+        servers = setting or ",".join(self.config.engine.rpc_servers)
+        if not servers:
+            return choice
+        layers = self.config.engine.rpc_layers
+        why = (
+            f"split: {'all' if layers < 0 else layers} layers on the RPC workers {servers} "
+            f"({'the settings of ' + name if setting else 'EDGED_RPC'}), the rest on this CPU"
+        )
+        return replace(choice, reasons=(*choice.reasons, why))
+
+    def _remote_ranking(self, name: str, manifest: Manifest, backend: str, device: str) -> Ranking:
+        """A remote model runs on its upstream and nowhere else: one choice, with why."""
+        spec = remote.read_spec(self.store, manifest)
+        asked = [x for x in (backend, device) if x and x not in (REMOTE_BACKEND, spec.host)]
+        if asked:
+            raise FailedPrecondition(
+                f"{name} is a remote model served by {spec.url}; it cannot run on "
+                f"{' / '.join(asked)} (drop --backend/--device, or pull a local copy)"
+            )
+        why = (
+            f"remote model: served by {spec.url} as {spec.model!r} "
+            f"(added with `edged remote add`); edged forwards every request there",
+            f"TLS {_tls(spec)}, token {'from ' + spec.token_file if spec.token_file else 'none'}",
+            *spec.probed.evidence,
+        )
+        choice = Choice(REMOTE_BACKEND, spec.host, True, why, fit="", variant="remote")
+        ctx = spec.probed.context_length
+        return Ranking(name, manifest, (choice,), Overrides(), ctx, 0)
 
     def memory_estimate(self, ranking: Ranking) -> MemoryEstimate | None:
         """The estimate for the chosen backend, device and settings."""
         c = ranking.chosen
-        if c is None:
+        if c is None or c.backend == REMOTE_BACKEND:
             return None
         v = ranking.manifest.variant_named(c.variant)
         facts = self.facts(ranking.manifest, v) if v is not None else None
@@ -199,10 +241,14 @@ class Selection:
         variant = ranking.manifest.variant_named(c.variant)
         if variant is None:  # the ranking only names variants of this manifest
             raise Internal(f"variant {c.variant!r} of {ranking.name} vanished")
+        if c.backend == REMOTE_BACKEND:
+            path = str(remote.spec_path(self.store, ranking.manifest))
+        else:
+            path = str(self.store.materialize(ranking.manifest, variant))
         return ResolvedModel(
             name=ranking.name,
             digest=variant_digest(variant),
-            path=str(self.store.materialize(ranking.manifest, variant)),
+            path=path,
             format=variant.format,
             backend=c.backend,
             device=c.device,
@@ -266,6 +312,12 @@ def fidelity_words(f: calibration.Fidelity | None) -> str:
             "so no KL or perplexity)"
         )
     return f"fidelity not measured: {f.error}"
+
+
+def _tls(spec: remote.RemoteSpec) -> str:
+    if not spec.url.startswith("https://"):
+        return "off (an http:// URL: use https:// or a tunnel beyond this machine)"
+    return "on, certificate NOT verified (--insecure)" if spec.insecure else "on, verified"
 
 
 def cpu_choices(ranking: Ranking) -> list[Choice]:

@@ -22,6 +22,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from edged.backends.base import LoadSpec
 from edged.backends.registry import installed_names
 from edged.common.errors import EdgedError, FailedPrecondition
 from edged.daemon import calibration
@@ -34,7 +35,9 @@ from edged.daemon.http import app as http_app
 from edged.daemon.http.door import Services
 from edged.daemon.http.listener import HttpListener
 from edged.daemon.limits import Limiter, LimitsInterceptor, server_options
-from edged.daemon.scheduler import Scheduler
+from edged.daemon.remote.worker import BACKEND as REMOTE_BACKEND
+from edged.daemon.remote.worker import RemoteWorker
+from edged.daemon.scheduler import Scheduler, Worker
 from edged.daemon.security import (
     ensure_private_dir,
     is_loopback_ip,
@@ -100,11 +103,18 @@ def _prepare_socket(path: Path) -> None:
         path.unlink()  # stale socket from a daemon that died
 
 
+def make_worker(backend: str, spec: LoadSpec, label: str) -> Worker:
+    """A worker process for a local model; an upstream client for a remote one."""
+    if backend == REMOTE_BACKEND:
+        return RemoteWorker(backend, spec, label)
+    return WorkerHandle(backend, spec, label)
+
+
 def build_app(cfg: ServerConfig) -> App:
     # The optional hardware probes (child processes) run in the background;
     # the first selection waits for them.
     monitor = HardwareMonitor().start()
-    scheduler = Scheduler(cfg.engine, WorkerHandle)
+    scheduler = Scheduler(cfg.engine, make_worker)
     ensure_private_dir(cfg.paths.data_dir)
     store = Store(cfg.paths.registry_dir, gc_grace_s=load_gc_grace())
     selection = Selection(

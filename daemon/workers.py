@@ -14,7 +14,7 @@ import contextlib
 import logging
 import multiprocessing
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -56,6 +56,7 @@ from edged.backends.worker_protocol import (
     ToWorker,
 )
 from edged.common import errors
+from edged.common.endpoints import unreachable
 from edged.daemon.request_ids import next_request_id
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ class WorkerHandle:
                 errors.Unavailable(f"the worker loading {self.label} crashed ({how})")
             )
         crash: errors.EdgedError = errors.WorkerCrashed(
-            f"the inference worker for {self.label} crashed ({how}); "
+            f"the inference worker for {self.label} crashed ({how}){self._rpc_cause()}; "
             "the request was stopped. Retry: the next request starts a new worker"
         )
         if self._stopping:
@@ -185,6 +186,17 @@ class WorkerHandle:
                 fut.set_exception(crash)
         self._calls.clear()
 
+    def _rpc_cause(self) -> str:
+        """Which of the model's llama.cpp RPC workers went away ("" when none did):
+        llama.cpp ends the process when an RPC server stops answering."""
+        gone = unreachable(self.spec.rpc_servers) if self.spec.rpc_servers else []
+        if not gone:
+            return ""
+        return (
+            f": the RPC worker{'s' if len(gone) > 1 else ''} {', '.join(gone)} stopped "
+            "answering (restart it with `edged rpc-worker`, or remove it from EDGED_RPC)"
+        )
+
     def _send(self, msg: ToWorker) -> None:
         if self._dead or self._conn is None:
             raise errors.WorkerCrashed(f"the inference worker for {self.label} is not running")
@@ -194,7 +206,7 @@ class WorkerHandle:
             self._on_dead()
             raise errors.WorkerCrashed(f"the inference worker for {self.label} stopped") from exc
 
-    async def run(self, job: Job) -> AsyncIterator[Chunk | Done]:
+    async def run(self, job: Job) -> AsyncGenerator[Chunk | Done, None]:
         """Submit a job and yield its chunks and final Done; raises on failure."""
         pending = _Pending(asyncio.Queue())
         self._requests[job.request_id] = pending

@@ -15,6 +15,10 @@ reinstalling it. We therefore build with ``--no-cache-dir`` into our own wheel
 cache whose directory name is a hash of (version, Python, CMake arguments), and
 install from there.
 
+RPC: ``EDGED_LLAMA_RPC=1`` adds ``-DGGML_RPC=ON`` (llama.cpp's RPC backend,
+``libggml-rpc``, for ``edged rpc-worker`` and ``EDGED_RPC``); it is part of the
+wheel-cache key like every CMake argument.
+
 CUDA: when the CUDA toolkit (nvcc on PATH, or under CUDA_HOME, CUDA_PATH or
 /usr/local/cuda) and an NVIDIA driver with a GPU (nvidia-smi, or
 /proc/driver/nvidia/gpus) are both present, the build adds ``GGML_CUDA=ON`` and
@@ -270,8 +274,19 @@ def cmake_args(cpuinfo: str | None, machine: str, cuda: CudaChoice = CPU_ONLY) -
         # buys nothing for the small quantized models edged targets on CPU.
         args += ["-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"]
     args += cuda.cmake_args()
+    args += rpc_args(os.environ)
     extra = os.environ.get("EDGED_LLAMA_CMAKE_ARGS", "").split()
     return args + extra
+
+
+def rpc_args(env: Mapping[str, str]) -> list[str]:
+    """``EDGED_LLAMA_RPC=1`` builds llama.cpp's RPC backend (libggml-rpc: `edged
+    rpc-worker` and EDGED_RPC need it); off by default, so existing cached
+    wheels stay valid."""
+    value = env.get("EDGED_LLAMA_RPC", "").strip()
+    if value not in ("", "0", "1"):
+        raise SystemExit(f"edged: EDGED_LLAMA_RPC must be 0 or 1, got {value!r}")
+    return ["-DGGML_RPC=ON"] if value == "1" else []
 
 
 def build_key(args: list[str], toolkit: str | None = None) -> str:

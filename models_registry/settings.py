@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from edged.common.endpoints import endpoints as rpc_endpoints
 from edged.common.errors import InvalidArgument
 
 from .fsutil import atomic_write, storage_error
@@ -38,6 +39,9 @@ KV_TYPES = ("f16", "q8_0", "q4_0")
 _DEVICE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,15}([:.][0-9]{1,3})?$")
 
 
+RPC_LOCAL = "local"  # a model's rpc setting: no RPC workers, whatever EDGED_RPC says
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     """Overrides for one model; the defaults mean "use the daemon's"."""
@@ -48,6 +52,9 @@ class ModelSettings:
     pinned: bool = False  # never unloaded for idleness or to make room
     context_length: int = 0  # 0 = EDGED_CONTEXT
     kv_type: str = ""  # "" = EDGED_KV_TYPE; else the backend must offer it
+    # llama.cpp RPC workers for this model: "" = EDGED_RPC, "local" = none,
+    # else HOST:PORT[,HOST:PORT...]
+    rpc: str = ""
 
     def __post_init__(self) -> None:
         if self.backend and not _NAME.match(self.backend):
@@ -63,6 +70,8 @@ class ModelSettings:
                 f"context length must be 0 (the default) or between {MIN_CONTEXT} and "
                 f"{MAX_CONTEXT}, got {self.context_length}"
             )
+        if self.rpc and self.rpc != RPC_LOCAL:
+            rpc_endpoints(self.rpc)  # InvalidArgument naming the bad endpoint
         if self.kv_type and self.kv_type not in KV_TYPES:
             raise InvalidArgument(
                 f"KV cache type must be one of {', '.join(KV_TYPES)} (or empty for the "
@@ -91,6 +100,7 @@ class ModelSettings:
             "pinned": (bool,),
             "context_length": (int,),
             "kv_type": (str,),
+            "rpc": (str,),
         }
         for key, value in data.items():
             ok = isinstance(value, types[key])

@@ -30,6 +30,7 @@ from edged.backends.llamacpp.native import (
     NativeSampler,
     gpu_offload_supported,
     offload_for,
+    rpc_offload,
 )
 from edged.common.errors import EdgedError, FailedPrecondition, Internal, InvalidArgument
 from edged.common.model_facts import is_embedding_model
@@ -89,9 +90,23 @@ def in_sequence_order(
     return [entries[i] for i in order], [(r, moved_to[i]) for r, i in outputs]
 
 
+def rpc_device(servers: tuple[str, ...]) -> str:
+    """What ``edged ps`` shows as the device of a model split over RPC workers."""
+    return "cpu+rpc:" + ",".join(servers)
+
+
 def _load_model(spec: LoadSpec) -> tuple[NativeModel, int]:
     """The model loaded as ``spec`` places it, and the layers it offloaded."""
     offload = offload_for(spec.device, spec.gpu_layers)
+    if spec.rpc_servers:
+        if offload.n_gpu_layers:
+            raise FailedPrecondition(
+                "a model runs either on this machine's GPU or split over RPC workers, not "
+                f"both: unset EDGED_RPC or use --device cpu (asked for {spec.device})"
+            )
+        offload = rpc_offload(spec.rpc_servers, spec.rpc_layers)
+        model = NativeModel.load(spec.model_path, offload=offload)
+        return model, offloaded_layers(offload.n_gpu_layers, model.n_layer())
     if offload.n_gpu_layers and not gpu_offload_supported():
         raise FailedPrecondition(
             f"{spec.device} was asked for, but the installed llama.cpp cannot offload "
@@ -136,7 +151,7 @@ class LlamaEngine(toolkit.EngineCore[Request]):
         can_infill = all(k in self._fim for k in FIM_NEEDED)
         caps = Capabilities(
             backend=INFO.name,
-            device=spec.device,
+            device=spec.device if not spec.rpc_servers else rpc_device(spec.rpc_servers),
             formats=("gguf",),
             context_length=self._n_ctx_seq,
             max_sequences=n_seq,

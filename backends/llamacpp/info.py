@@ -15,6 +15,7 @@ INFO = BackendInfo(
     cpu_rank=0,  # batching and saved session KV: first on the CPU until calibrated
     kv_element_bytes=(("cpu", 2.0), ("cuda", 2.0)),  # f16 K and V
     kv_types=("f16", "q8_0", "q4_0"),  # type_k/type_v (quantized V: flash attention)
+    rpc=True,  # ggml's RPC backend: layers on `edged rpc-worker` machines
     runtime_bytes=48 * MiB,
     placement="edged.backends.llamacpp.placement:accelerator_choices",
     probe="edged.backends.llamacpp.probe:probe",

@@ -76,6 +76,14 @@ class Offload:
 
     n_gpu_layers: int  # llama_model_params.n_gpu_layers: 0 = CPU only, negative = all
     main_gpu: int | None = None  # None: llama.cpp's default (split over every GPU)
+    # llama.cpp RPC servers: their devices are the offload devices (layers split
+    # by their free memory), the other layers stay on this machine's CPU
+    rpc: tuple[str, ...] = ()
+
+
+def rpc_offload(servers: tuple[str, ...], layers: int) -> Offload:
+    """``layers`` layers (negative: all) on the RPC servers' devices."""
+    return Offload(layers if layers >= 0 else -1, rpc=servers)
 
 
 def offload_for(device: str, gpu_layers: int) -> Offload:
@@ -123,7 +131,14 @@ class NativeModel:
             params.split_mode = lc.LLAMA_SPLIT_MODE_NONE
             params.main_gpu = offload.main_gpu
         params.use_mmap = True
+        devices = None
+        if offload.rpc:
+            from edged.backends.llamacpp import rpc
+
+            devices = rpc.device_array([h for _, h in rpc.devices(offload.rpc)])
+            params.devices = ctypes.cast(devices, ctypes.c_void_p)
         model = lc.llama_model_load_from_file(path.encode(), params)
+        del devices  # llama.cpp copied the list while loading
         if not model:
             raise InvalidModelFile(
                 "llama.cpp could not load this model file (corrupt, truncated or unsupported)"

@@ -15,7 +15,18 @@ from pathlib import Path
 import grpc
 
 from edged.common import errors
-from edged.daemon.cli import create, embed, models, render, run, serve, service, system
+from edged.daemon.cli import (
+    create,
+    embed,
+    models,
+    remote,
+    render,
+    rpc,
+    run,
+    serve,
+    service,
+    system,
+)
 from edged.daemon.cli import store as store_cli
 from edged.daemon.cli import tokens as tokens_cli
 from edged.daemon.cli.context import Context
@@ -67,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     service.register(sub)
     tokens_cli.register(sub)
     embed.register(sub)
+    remote.register(sub)
+    rpc.register(sub)
     return parser
 
 

@@ -124,6 +124,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="KV cache element type: f16, q8_0 (about half the memory), q4_0 (a quarter); "
         "the backend must offer it (auto: EDGED_KV_TYPE)",
     )
+    p.add_argument(
+        "--rpc",
+        metavar="HOST:PORT,...|local|auto",
+        help="RPC workers for this model (`edged rpc-worker`); local: none; auto: EDGED_RPC",
+    )
     p.add_argument("--reset", action="store_true", help="clear every setting first")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_config)
@@ -552,6 +557,8 @@ def settings_rows(s: pb.ModelSettings) -> list[tuple[str, str]]:
         rows.append(("context", str(s.context_length)))
     if s.kv_type:
         rows.append(("KV type", s.kv_type))
+    if s.rpc:
+        rows.append(("RPC workers", s.rpc))
     return rows
 
 
@@ -578,6 +585,9 @@ def cmd_config(ctx: Context, args: argparse.Namespace) -> int:
         changed = True
     if args.kv_type is not None:
         settings.kv_type = "" if args.kv_type == "auto" else args.kv_type
+        changed = True
+    if args.rpc is not None:
+        settings.rpc = "" if args.rpc == "auto" else args.rpc
         changed = True
     if changed:
         request = pb.ConfigureModelRequest(model=args.model, settings=settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ def load_options(
         pin=pin,
         exact=bool(backend or device or s.backend or s.device),
         kv_type=s.kv_type,
+        rpc=s.rpc,
     )
 
 
@@ -166,25 +168,28 @@ async def stream_generation(
     emitted = 0
     finished = False
     try:
-        async for event in app.scheduler.generate(model, job, options):
-            if isinstance(event, Chunk):
-                if first is None:
-                    first = time.perf_counter()
+        # closed at once when the client goes away (not when the collector finds it):
+        # the worker's finally cancels the generation, a remote one closes the upstream
+        async with contextlib.aclosing(app.scheduler.generate(model, job, options)) as events:
+            async for event in events:
+                if isinstance(event, Chunk):
+                    if first is None:
+                        first = time.perf_counter()
+                    if outcome is not None:
+                        outcome.add(event)
+                    emitted += event.tokens
+                    yield chunk_to(event)
+                    continue
+                stats = stats_to(event.stats, **_backend_device(app, model))
+                if first is not None:
+                    # measured here: from the daemon accepting the request to the first text
+                    stats.time_to_first_token_ms = (first - accepted) * 1000.0
+                stats.total_ms = (time.perf_counter() - accepted) * 1000.0
                 if outcome is not None:
-                    outcome.add(event)
-                emitted += event.tokens
-                yield chunk_to(event)
-                continue
-            stats = stats_to(event.stats, **_backend_device(app, model))
-            if first is not None:
-                # measured here: from the daemon accepting the request to the first text
-                stats.time_to_first_token_ms = (first - accepted) * 1000.0
-            stats.total_ms = (time.perf_counter() - accepted) * 1000.0
-            if outcome is not None:
-                outcome.done = event
-            finished = True
-            app.metrics.generation(model.name, stats)
-            yield pb.GenerateChunk(stats=stats)
+                    outcome.done = event
+                finished = True
+                app.metrics.generation(model.name, stats)
+                yield pb.GenerateChunk(stats=stats)
     except (asyncio.CancelledError, GeneratorExit):
         if not finished:  # the client went away (or its deadline passed)
             app.metrics.ended_early(model.name, "cancelled", emitted)

@@ -28,7 +28,7 @@ from edged.daemon.selection import Selection, variant_digest
 from edged.daemon.services import _errors
 from edged.daemon.services.generation import resolve_model, resolve_request
 from edged.daemon.wire import check_text, messages_from, with_system_prompt
-from edged.models_registry import model_params
+from edged.models_registry import model_params, remote
 from edged.models_registry.convert import convert_to_onnx
 from edged.models_registry.convert_gguf import check_quant, convert_to_gguf
 from edged.models_registry.manifest import Manifest, Variant
@@ -90,6 +90,7 @@ def settings_to(s: ModelSettings) -> pb.ModelSettings:
         pinned=s.pinned,
         context_length=s.context_length,
         kv_type=s.kv_type,
+        rpc=s.rpc,
     )
     if s.keep_alive_s is not None:
         msg.keep_alive_s = s.keep_alive_s
@@ -105,6 +106,7 @@ def settings_from(msg: pb.ModelSettings) -> ModelSettings:
         pinned=msg.pinned,
         context_length=msg.context_length,
         kv_type=msg.kv_type.strip().lower(),
+        rpc=msg.rpc.strip(),
     )
 
 
@@ -129,6 +131,18 @@ def model_capabilities(template: str, metadata: dict[str, str]) -> list[str]:
     if all(any(k in metadata for k in keys) for keys in FIM_KEYS):
         caps.append("infill")
     return caps
+
+
+def remote_capabilities(spec: remote.RemoteSpec) -> list[str]:
+    """A remote model's capabilities as its upstream declared them (or a probe showed)."""
+    p = spec.probed
+    if p.embeddings and not (p.tools or p.json_output):
+        return ["embedding"]
+    return (
+        ["completion", "chat"]
+        + (["tools"] if p.tools else [])
+        + (["embedding"] if p.embeddings else [])
+    )
 
 
 def show_fields(selection: Selection, model: str) -> dict[str, Any]:
@@ -238,6 +252,11 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
         ref, manifest = self.app.store.resolve(request.model)
         gguf = manifest.variant("gguf")
         template, metadata = "", {}
+        caps: list[str] | None = None
+        if remote.remote_variant(manifest) is not None:
+            spec = remote.read_spec(self.app.store, manifest)
+            metadata = {"remote.url": spec.url, "remote.model": spec.model}
+            caps = remote_capabilities(spec)
         if gguf is not None:
             info = await asyncio.to_thread(
                 read_gguf_info, self.app.store.blob_path(gguf.main.digest)
@@ -245,7 +264,7 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
             template, metadata = info.chat_template, info.metadata
         return pb.ShowModelResponse(
             model=model_info(ref.name, ref.tag, manifest),
-            capabilities=model_capabilities(template, metadata),
+            capabilities=caps if caps is not None else model_capabilities(template, metadata),
             chat_template=template,
             metadata=metadata,
             system_prompt=manifest.system_prompt,
@@ -259,6 +278,8 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
     def _variant(self, v: Variant) -> pb.ModelVariant:
         installed = self.app.selection.installed
         runs = [b.name for b in registry.for_format(v.format) if b.name in installed]
+        if v.format == remote.FORMAT_REMOTE:
+            runs = [remote.REMOTE_BACKEND]  # the upstream client, always there
         return pb.ModelVariant(
             name=v.name,
             format=v.format,

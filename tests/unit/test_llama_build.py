@@ -212,3 +212,16 @@ def test_this_machine_auto_choice_is_explained() -> None:
     choice = llama_build.decide_cuda({}, llama_build.probe_cuda({}))
     assert choice.reason.startswith("CUDA:" if choice.enabled else "CPU only:")
     assert ("-DGGML_CUDA=ON" in choice.cmake_args()) == choice.enabled
+
+
+def test_rpc_backend_is_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EDGED_LLAMA_RPC", raising=False)
+    plain = llama_build.cmake_args(CPUINFO_AMX, "x86_64")
+    assert "-DGGML_RPC=ON" not in plain
+    monkeypatch.setenv("EDGED_LLAMA_RPC", "1")
+    with_rpc = llama_build.cmake_args(CPUINFO_AMX, "x86_64")
+    assert with_rpc == [*plain, "-DGGML_RPC=ON"]
+    assert llama_build.build_key(with_rpc) != llama_build.build_key(plain)
+    monkeypatch.setenv("EDGED_LLAMA_RPC", "yes")
+    with pytest.raises(SystemExit, match="EDGED_LLAMA_RPC must be 0 or 1"):
+        llama_build.cmake_args(CPUINFO_AMX, "x86_64")

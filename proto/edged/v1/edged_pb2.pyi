@@ -539,20 +539,22 @@ class ShowModelResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., chat_template: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., system_prompt: _Optional[str] = ..., sampling_defaults: _Optional[_Mapping[str, float]] = ..., variants: _Optional[_Iterable[_Union[ModelVariant, _Mapping]]] = ..., backends: _Optional[_Iterable[_Union[BackendChoice, _Mapping]]] = ..., settings: _Optional[_Union[ModelSettings, _Mapping]] = ..., memory: _Optional[_Union[MemoryEstimate, _Mapping]] = ..., capabilities: _Optional[_Iterable[str]] = ..., stop_defaults: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelSettings(_message.Message):
-    __slots__ = ("backend", "device", "keep_alive_s", "pinned", "context_length", "kv_type")
+    __slots__ = ("backend", "device", "keep_alive_s", "pinned", "context_length", "kv_type", "rpc")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     KEEP_ALIVE_S_FIELD_NUMBER: _ClassVar[int]
     PINNED_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     KV_TYPE_FIELD_NUMBER: _ClassVar[int]
+    RPC_FIELD_NUMBER: _ClassVar[int]
     backend: str
     device: str
     keep_alive_s: float
     pinned: bool
     context_length: int
     kv_type: str
-    def __init__(self, backend: _Optional[str] = ..., device: _Optional[str] = ..., keep_alive_s: _Optional[float] = ..., pinned: _Optional[bool] = ..., context_length: _Optional[int] = ..., kv_type: _Optional[str] = ...) -> None: ...
+    rpc: str
+    def __init__(self, backend: _Optional[str] = ..., device: _Optional[str] = ..., keep_alive_s: _Optional[float] = ..., pinned: _Optional[bool] = ..., context_length: _Optional[int] = ..., kv_type: _Optional[str] = ..., rpc: _Optional[str] = ...) -> None: ...
 
 class ConfigureModelRequest(_message.Message):
     __slots__ = ("model", "settings")
