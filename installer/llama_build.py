@@ -15,9 +15,11 @@ reinstalling it. We therefore build with ``--no-cache-dir`` into our own wheel
 cache whose directory name is a hash of (version, Python, CMake arguments), and
 install from there.
 
-RPC: ``EDGED_LLAMA_RPC=1`` adds ``-DGGML_RPC=ON`` (llama.cpp's RPC backend,
-``libggml-rpc``, for ``edged rpc-worker`` and ``EDGED_RPC``); it is part of the
-wheel-cache key like every CMake argument.
+RPC: the build adds ``-DGGML_RPC=ON`` (llama.cpp's RPC backend,
+``libggml-rpc``, for ``edged rpc-worker`` and ``EDGED_RPC``) unless
+``EDGED_LLAMA_RPC=0``; it is part of the wheel-cache key like every CMake
+argument. The library only adds a client and a server entry point; nothing
+listens unless ``edged rpc-worker`` is run.
 
 CUDA: when the CUDA toolkit (nvcc on PATH, or under CUDA_HOME, CUDA_PATH or
 /usr/local/cuda) and an NVIDIA driver with a GPU (nvidia-smi, or
@@ -280,13 +282,13 @@ def cmake_args(cpuinfo: str | None, machine: str, cuda: CudaChoice = CPU_ONLY) -
 
 
 def rpc_args(env: Mapping[str, str]) -> list[str]:
-    """``EDGED_LLAMA_RPC=1`` builds llama.cpp's RPC backend (libggml-rpc: `edged
-    rpc-worker` and EDGED_RPC need it); off by default, so existing cached
-    wheels stay valid."""
+    """llama.cpp's RPC backend (libggml-rpc: `edged rpc-worker` and EDGED_RPC
+    need it) is built unless ``EDGED_LLAMA_RPC=0``: a default build can split a
+    model over RPC workers, and the tests of that run everywhere."""
     value = env.get("EDGED_LLAMA_RPC", "").strip()
     if value not in ("", "0", "1"):
         raise SystemExit(f"edged: EDGED_LLAMA_RPC must be 0 or 1, got {value!r}")
-    return ["-DGGML_RPC=ON"] if value == "1" else []
+    return [] if value == "0" else ["-DGGML_RPC=ON"]
 
 
 def build_key(args: list[str], toolkit: str | None = None) -> str:

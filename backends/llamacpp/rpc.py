@@ -26,7 +26,7 @@ GGML_BACKEND_DEVICE_TYPE_CPU = 0
 CONNECT_TIMEOUT_S = 3.0
 REBUILD_HINT = (
     "this llama-cpp-python was built without llama.cpp's RPC backend; rebuild it with "
-    "EDGED_LLAMA_RPC=1 ./install.sh (it builds and caches a wheel with -DGGML_RPC=ON)"
+    "./install.sh without EDGED_LLAMA_RPC=0 (it builds and caches a wheel with -DGGML_RPC=ON)"
 )
 
 _LIB: Any = None

@@ -29,9 +29,9 @@ edged: WARNING: --allow-network exposes the ggml RPC server on {endpoint}.
   Never expose it to the internet or an untrusted network."""
 
 _DESCRIPTION = """\
-Run the ggml RPC server (ggml's own, from the installed llama-cpp-python built
-with EDGED_LLAMA_RPC=1 ./install.sh) on HOST:PORT, lending this machine's CPU and memory to a
-daemon elsewhere that lists it in EDGED_RPC=HOST:PORT[,HOST:PORT...]. Runs in the
+Run the ggml RPC server (ggml's own, in the llama-cpp-python ./install.sh
+builds unless EDGED_LLAMA_RPC=0) on HOST:PORT, lending this machine's CPU and
+memory to a daemon elsewhere that lists it in EDGED_RPC=HOST:PORT[,HOST:PORT...]. Runs in the
 foreground until stopped (Ctrl-C). The daemon never starts one by itself.
 
 It listens on a loopback address only, unless --allow-network is given: the RPC

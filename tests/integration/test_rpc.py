@@ -7,11 +7,14 @@ answer once the worker is back); a non-loopback listen address is refused
 without --allow-network.
 
 The split tests need llama-cpp-python built with -DGGML_RPC=ON (libggml-rpc
-next to its libllama); they are skipped, saying so, on a build without it.
+next to its libllama), which install.sh builds unless EDGED_LLAMA_RPC=0; only
+that explicit opt-out skips them (saying so), and a default build without the
+library fails here.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -41,9 +44,15 @@ def rpc_built() -> bool:
     return any(libdir.glob("libggml-rpc.*"))
 
 
+OPTED_OUT = os.environ.get("EDGED_LLAMA_RPC", "").strip() == "0"
 needs_rpc = pytest.mark.skipif(
-    not rpc_built(), reason="llama-cpp-python was built without -DGGML_RPC=ON"
+    OPTED_OUT, reason="EDGED_LLAMA_RPC=0: llama-cpp-python built without -DGGML_RPC=ON"
 )
+
+
+@needs_rpc
+def test_the_default_build_has_the_rpc_backend() -> None:
+    assert rpc_built(), "install.sh builds llama.cpp with -DGGML_RPC=ON unless EDGED_LLAMA_RPC=0"
 
 
 def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -214,10 +214,12 @@ def test_this_machine_auto_choice_is_explained() -> None:
     assert ("-DGGML_CUDA=ON" in choice.cmake_args()) == choice.enabled
 
 
-def test_rpc_backend_is_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("EDGED_LLAMA_RPC", raising=False)
+def test_rpc_backend_is_built_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGED_LLAMA_RPC", "0")
     plain = llama_build.cmake_args(CPUINFO_AMX, "x86_64")
     assert "-DGGML_RPC=ON" not in plain
+    monkeypatch.delenv("EDGED_LLAMA_RPC", raising=False)
+    assert llama_build.cmake_args(CPUINFO_AMX, "x86_64") == [*plain, "-DGGML_RPC=ON"]
     monkeypatch.setenv("EDGED_LLAMA_RPC", "1")
     with_rpc = llama_build.cmake_args(CPUINFO_AMX, "x86_64")
     assert with_rpc == [*plain, "-DGGML_RPC=ON"]
