@@ -6,15 +6,15 @@ on loopback, against the same model local only.
 Needs llama-cpp-python with its RPC backend (install.sh builds it unless
 ``EDGED_LLAMA_RPC=0``). Three ``edged rpc-worker`` processes on 127.0.0.1
 (``--threads`` each; a ggml RPC server serves one client at a time, so each
-daemon has its own) and three private daemons on the same store: **local** (no EDGED_RPC), **rpc1** (EDGED_RPC = one
-worker) and **rpc2** (two other workers), every layer on the workers
-(EDGED_RPC_LAYERS=-1). Each round runs the same greedy raw prompt on the three,
-in a rotating order, through gRPC. Prints the medians and the paired ratios
-rpc1/local and rpc2/local of decode tokens/s and time to first token, plus
-whether the greedy text was identical. On one machine the workers share the
-daemon's CPUs and every token crosses loopback TCP: this measures the RPC
-protocol's cost, not a gain (a gain needs machines with memory to lend).
-"""
+daemon has its own) and three private daemons on the same store: **local** (no
+EDGED_RPC), **rpc1** (EDGED_RPC = one worker) and **rpc2** (two other workers),
+every layer on the workers (EDGED_RPC_LAYERS=-1). Each round runs the same
+greedy raw prompt on the three, in a rotating order, through gRPC. Prints the
+medians and the paired ratios rpc1/local and rpc2/local of decode tokens/s and
+time to first token, plus whether the greedy text was identical. On one machine
+the workers share the daemon's CPUs and every token crosses loopback TCP: this
+measures the RPC protocol's cost, not a gain (a gain needs machines with memory
+to lend). """
 
 from __future__ import annotations
 
