@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edged.backends import toolkit
+from edged.backends import speculative, toolkit
 from edged.backends.base import Capabilities, Engine, Event, Job, LoadSpec, TokenLogprob
 from edged.backends.kvstore import KVTiers, SavedState, state_key
 from edged.backends.llamacpp import embedding, grammar
@@ -66,6 +66,8 @@ class Request(toolkit.Running):
     next_prefill: int  # the next prompt token to evaluate
     sampler: NativeSampler
     pending: int | None = None  # sampled, not yet evaluated
+    spec: speculative.Speculator | None = None  # drafts when it speculates
+    draft: list[int] = field(default_factory=list)  # carried into this step after pending
 
 
 def offloaded_layers(n_gpu_layers: int, n_layer: int) -> int:
@@ -79,14 +81,14 @@ def offloaded_layers(n_gpu_layers: int, n_layer: int) -> int:
 
 
 def in_sequence_order(
-    entries: list[tuple[int, int, int, bool]], outputs: list[tuple[Request, int]]
-) -> tuple[list[tuple[int, int, int, bool]], list[tuple[Request, int]]]:
+    entries: list[tuple[int, int, int, bool]], outputs: list[tuple[Request, list[int]]]
+) -> tuple[list[tuple[int, int, int, bool]], list[tuple[Request, list[int]]]]:
     """The batch sorted by sequence (stable, so positions stay in order), with
     the output indices following their entries. llama.cpp puts consecutive
     sequence ids into one micro-batch only when they come in that order."""
     order = sorted(range(len(entries)), key=lambda i: entries[i][2])
     moved_to = {old: new for new, old in enumerate(order)}
-    return [entries[i] for i in order], [(r, moved_to[i]) for r, i in outputs]
+    return [entries[i] for i in order], [(r, [moved_to[i] for i in ix]) for r, ix in outputs]
 
 
 def _load_model(spec: LoadSpec) -> tuple[NativeModel, int]:
@@ -382,6 +384,7 @@ class LlamaEngine(toolkit.EngineCore[Request]):
         self._layout_changed = True
         slot.session_id = job.session_id
         source = toolkit.kv_source(job, resident=resident, restored=restored, cached=cached)
+        mode = speculative.mode_of(job.sampling, self._spec.speculative)
         return Request.begin(
             job,
             prompt,
@@ -390,6 +393,7 @@ class LlamaEngine(toolkit.EngineCore[Request]):
             slot=slot,
             next_prefill=cached,
             sampler=sampler,
+            spec=speculative.Speculator.for_prompt(prompt, mode),
         )
 
     # ------------------------------------------------------------ layout
@@ -440,18 +444,26 @@ class LlamaEngine(toolkit.EngineCore[Request]):
 
     def _decode_step(self, events: list[Event]) -> None:
         entries: list[tuple[int, int, int, bool]] = []
-        outputs: list[tuple[Request, int]] = []
+        # each request's batch indices with logits: its pending token's (or its
+        # last prompt token's), then one per draft token
+        outputs: list[tuple[Request, list[int]]] = []
         full: list[Request] = []
         appended: list[tuple[Slot, list[int]]] = []
-        for r in self._active:
-            if r.pending is None:
-                continue
-            if len(r.slot.tokens) >= self._n_ctx_seq:
+        decoding = [r for r in self._active if r.pending is not None]
+        spare = self._ctx.n_batch - len(decoding)  # batch room drafts may take
+        for r in decoding:
+            assert r.pending is not None
+            base = len(r.slot.tokens)
+            if base >= self._n_ctx_seq:
                 full.append(r)
                 continue
-            outputs.append((r, len(entries)))
-            entries.append((r.pending, len(r.slot.tokens), r.slot.seq, True))
-            appended.append((r.slot, [r.pending]))
+            r.draft = self._draft(r, spare, room=self._n_ctx_seq - base - 1)
+            spare -= len(r.draft)
+            first = len(entries)
+            outputs.append((r, list(range(first, first + 1 + len(r.draft)))))
+            for k, token in enumerate([r.pending, *r.draft]):
+                entries.append((token, base + k, r.slot.seq, True))
+            appended.append((r.slot, [r.pending, *r.draft]))
         budget = self._ctx.n_batch - len(entries)
         for r in self._active:
             if r.pending is not None or budget <= 0:
@@ -474,7 +486,7 @@ class LlamaEngine(toolkit.EngineCore[Request]):
             r.next_prefill += take
             budget -= take
             if r.next_prefill == len(r.prompt):
-                outputs.append((r, len(entries) - 1))
+                outputs.append((r, [len(entries) - 1]))
         for r in full:
             self._finish(r, "context_full", events)
         if not entries:
@@ -488,21 +500,64 @@ class LlamaEngine(toolkit.EngineCore[Request]):
         for slot, toks in appended:
             slot.tokens.extend(toks)
         now = time.perf_counter()
-        for r, index in outputs:
+        for r, indices in outputs:
             if r.pending is None:
                 r.t.t_prefilled = now
+            self._verify(r, indices, now, events)
+
+    def _draft(self, r: Request, spare: int, room: int) -> list[int]:
+        """Draft tokens ``r`` carries into this step (none when it does not
+        speculate): at most what the batch, its context and its ``max_tokens``
+        leave room for (a verified draft of k gives up to k + 1 tokens)."""
+        if r.spec is None:
+            return []
+        limit = min(spare, room)
+        max_tokens = r.job.sampling.max_tokens
+        if max_tokens:
+            limit = min(limit, max_tokens - r.t.completion - 1)
+        return r.spec.propose(limit)
+
+    def _verify(self, r: Request, indices: list[int], now: float, events: list[Event]) -> None:
+        """Sample ``r``'s tokens from this step's rows in order, as plain decoding
+        would one step at a time: each drafted token the sampler agrees with lets
+        the next row count; the first disagreement (or the end of the request)
+        stops it. The sequence's KV keeps only the rows that were used."""
+        draft, r.draft = r.draft, []
+        r.t.drafted += len(draft)  # counted before a token may end r (its stats go then)
+        used = accepted = 0
+        for k, index in enumerate(indices):
             token = r.sampler.sample(self._ctx, index)
             if r.job.logprobs is not None and not self._model.is_eog(token):
                 r.logprobs.append(self._logprob(index, token, r.job.logprobs))
-            self._on_token(r, token, now, events)
+            used = k + 1
+            hit = k < len(draft) and token == draft[k]
+            accepted += hit
+            r.t.accepted += hit
+            if self._on_token(r, token, now, events) or not hit:
+                break
+        if not draft:
+            return
+        if r.spec is not None:
+            r.spec.verified(len(draft), accepted)
+        slot = r.slot
+        keep = len(slot.tokens) - len(indices) + used
+        if keep < len(slot.tokens):
+            self._ctx.seq_rm(slot.seq, keep, -1)
+            del slot.tokens[keep:]
 
-    def _on_token(self, r: Request, token: int, now: float, events: list[Event]) -> None:
+    def _on_token(self, r: Request, token: int, now: float, events: list[Event]) -> bool:
+        """Report one sampled token; True when it ended ``r``."""
         if r.t.completion == 0:
             r.t.t_first = now
         if self._model.is_eog(token):
             self._finish(r, "stop", events)
-        elif not self._on_text_token(r, self._model.piece(token), events):
-            r.pending = token
+            return True
+        if self._on_text_token(r, self._model.piece(token), events):
+            return True
+        r.pending = token
+        if r.spec is not None:
+            r.spec.push(token)
+        return False
 
     def _logprob(self, index: int, token: int, top: int) -> TokenLogprob:
         """The model's log-probabilities at batch entry ``index``: a log-softmax of
