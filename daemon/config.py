@@ -43,6 +43,11 @@ EDGED_KV_TYPE          KV cache element type: f16, q8_0 (about     f16
                        half the bytes) or q4_0 (a quarter); on a
                        backend without it, its own KV (the model
                        setting kv_type is strict instead)
+EDGED_SPECULATIVE      speculative decoding for greedy requests    auto
+                       that do not say: auto (prompt-lookup
+                       drafts, paused where they do not pay),
+                       ngram (always), off, or draft:MODEL (a
+                       draft model sharing the target's vocab)
 EDGED_KV_RAM_MB        saved session KV kept in RAM (MiB)          10% of free RAM, <= 2048
 EDGED_KV_DISK_MB       saved session KV kept on disk (MiB)         10% of free disk, <= 8192
 EDGED_MAX_MESSAGE_MB   largest gRPC message accepted or sent       16
@@ -70,7 +75,8 @@ from pathlib import Path
 
 import platformdirs
 
-from edged.backends.base import KV_TYPES
+from edged.backends.base import DEFAULT_SPECULATIVE, KV_TYPES, check_speculative
+from edged.common.errors import InvalidArgument
 
 APP = "edged"
 MAX_STREAM_INTERVAL_MS = 10_000
@@ -110,6 +116,7 @@ class EngineConfig:
     memory_limit: int = 0  # bytes of estimated model memory in all; 0 = no cap
     stream_interval_ms: int = 100  # default for a request's stream_interval_ms
     kv_type: str = "f16"  # KV cache element type where the backend offers it
+    speculative: str = DEFAULT_SPECULATIVE  # for requests and models that do not say
 
 
 @dataclass(frozen=True)
@@ -282,7 +289,16 @@ def load_engine(
         memory_limit=_int(env, "EDGED_MEMORY_LIMIT_MB", 0, 0, 1 << 30) << 20,
         stream_interval_ms=_int(env, "EDGED_STREAM_INTERVAL_MS", 100, 0, MAX_STREAM_INTERVAL_MS),
         kv_type=_kv_type(env),
+        speculative=_speculative(env),
     )
+
+
+def _speculative(env: Mapping[str, str]) -> str:
+    raw = (env.get("EDGED_SPECULATIVE") or DEFAULT_SPECULATIVE).strip()
+    try:
+        return check_speculative(raw)
+    except InvalidArgument as exc:
+        raise ValueError(f"EDGED_SPECULATIVE: {exc}") from None
 
 
 def _kv_type(env: Mapping[str, str]) -> str:

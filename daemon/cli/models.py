@@ -108,7 +108,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser(
         "config",
-        help="show or change a model's settings (backend, device, keep-alive, pin, context, KV)",
+        help="show or change a model's settings (backend, device, keep-alive, pin, context, "
+        "KV, speculative)",
         description="Per-model settings, kept in the registry and used by every request "
         "that does not say otherwise (a request's own values win; EDGED_* are the "
         "defaults). Without options, prints the current settings.",
@@ -123,6 +124,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         choices=("f16", "q8_0", "q4_0", "auto"),
         help="KV cache element type: f16, q8_0 (about half the memory), q4_0 (a quarter); "
         "the backend must offer it (auto: EDGED_KV_TYPE)",
+    )
+    p.add_argument(
+        "--speculative",
+        metavar="MODE",
+        help="speculative decoding for greedy requests: auto (prompt-lookup drafts, paused "
+        "where they do not pay), ngram (always), off, or draft:MODEL (a draft model sharing "
+        "this model's vocabulary); 'default' clears it (EDGED_SPECULATIVE)",
     )
     p.add_argument("--reset", action="store_true", help="clear every setting first")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -550,6 +558,8 @@ def settings_rows(s: pb.ModelSettings) -> list[tuple[str, str]]:
         rows.append(("context", str(s.context_length)))
     if s.kv_type:
         rows.append(("KV type", s.kv_type))
+    if s.speculative:
+        rows.append(("speculative", s.speculative))
     return rows
 
 
@@ -576,6 +586,9 @@ def cmd_config(ctx: Context, args: argparse.Namespace) -> int:
         changed = True
     if args.kv_type is not None:
         settings.kv_type = "" if args.kv_type == "auto" else args.kv_type
+        changed = True
+    if args.speculative is not None:
+        settings.speculative = "" if args.speculative == "default" else args.speculative
         changed = True
     if changed:
         request = pb.ConfigureModelRequest(model=args.model, settings=settings)

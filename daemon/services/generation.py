@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from edged.backends.base import Chunk, Done, Job, ToolCall, ToolCallDelta
-from edged.common.errors import InvalidArgument
+from edged.backends.base import DRAFT_PREFIX, Chunk, Done, Job, Sampling, ToolCall, ToolCallDelta
+from edged.common.errors import FailedPrecondition, InvalidArgument
 from edged.daemon import controls
 from edged.daemon.app import App
 from edged.daemon.config import MAX_STREAM_INTERVAL_MS
@@ -71,6 +71,22 @@ def load_options(
         exact=bool(backend or device or s.backend or s.device),
         kv_type=s.kv_type,
     )
+
+
+def with_speculative(app: App, model: str, sampling: Sampling) -> Sampling:
+    """A request's speculative mode: its own, else the model's setting, else
+    EDGED_SPECULATIVE (the worker always gets a concrete mode)."""
+    mode = (
+        sampling.speculative
+        or app.selection.model_settings(model).speculative
+        or app.config.engine.speculative
+    )
+    if mode.startswith(DRAFT_PREFIX):
+        raise FailedPrecondition(
+            f"speculative {mode!r}: draft-model speculation is not available yet; "
+            "use auto, ngram or off"
+        )
+    return replace(sampling, speculative=mode)
 
 
 def job_controls(request: Any) -> dict[str, Any]:

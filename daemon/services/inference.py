@@ -27,6 +27,7 @@ from edged.daemon.services.generation import (
     resolve_request,
     stream_generation,
     stream_interval_s,
+    with_speculative,
 )
 from edged.daemon.wire import check_text, messages_from, sampling_from, with_system_prompt
 from edged.v1 import edged_pb2 as pb
@@ -83,7 +84,11 @@ class InferenceService(pbg.InferenceServicer):  # type: ignore[misc]
             raise InvalidArgument("set one of prompt, chat or infill")
         job = Job(
             next_request_id(),
-            sampling_from(request.sampling, model.sampling_defaults, model.stop_defaults),
+            with_speculative(
+                self.app,
+                model.name,
+                sampling_from(request.sampling, model.sampling_defaults, model.stop_defaults),
+            ),
             deadline=deadline,
             stream_interval_s=stream_interval_s(self.app, request),
             **text,

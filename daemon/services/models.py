@@ -90,6 +90,7 @@ def settings_to(s: ModelSettings) -> pb.ModelSettings:
         pinned=s.pinned,
         context_length=s.context_length,
         kv_type=s.kv_type,
+        speculative=s.speculative,
     )
     if s.keep_alive_s is not None:
         msg.keep_alive_s = s.keep_alive_s
@@ -105,6 +106,7 @@ def settings_from(msg: pb.ModelSettings) -> ModelSettings:
         pinned=msg.pinned,
         context_length=msg.context_length,
         kv_type=msg.kv_type.strip().lower(),
+        speculative=msg.speculative.strip(),
     )
 
 
