@@ -118,6 +118,9 @@ class LoadSpec:
     gpu_layers: int = 0  # layers to offload when ``device`` is a GPU (-1: all)
     kv_type: str = DEFAULT_KV_TYPE  # KV cache element type (one of KV_TYPES)
     speculative: str = DEFAULT_SPECULATIVE  # for requests that do not say
+    # speculative "draft:NAME": the draft model's file (sharing the target's vocabulary)
+    draft_model_path: str = ""
+    draft_model_name: str = ""
 
 
 def refuse_kv_type(backend: str, kv_types: tuple[str, ...], kv_type: str) -> None:

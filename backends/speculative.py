@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from edged.backends.base import DEFAULT_SPECULATIVE, Sampling
+from edged.backends.base import DEFAULT_SPECULATIVE, DRAFT_PREFIX, Sampling
 
 N_MIN = 2  # shortest n-gram looked up (single tokens match too often by chance)
 N_MAX = 4  # longest n-gram looked up
@@ -92,7 +92,7 @@ class NgramDrafter:
 class Speculator:
     """One stream's drafting: the drafter, its draft length and its pauses."""
 
-    drafter: NgramDrafter
+    drafter: NgramDrafter | None  # None: a draft model drafts (the engine's)
     adaptive: bool = True  # auto: pause while drafts do not pay
     k: int = K_START
     drafted: int = 0  # in the current window
@@ -103,21 +103,29 @@ class Speculator:
     @classmethod
     def for_prompt(cls, prompt: Sequence[int], mode: str) -> Speculator | None:
         """The speculator for a stream whose mode is ``mode`` (None when off)."""
+        if mode.startswith(DRAFT_PREFIX):
+            return cls(None, adaptive=True)
         if mode not in ("auto", "ngram"):
             return None
         return cls(NgramDrafter(prompt), adaptive=mode == "auto")
 
     def push(self, token: int) -> None:
         """A token the stream generated (its text now includes it)."""
-        self.drafter.push(token)
+        if self.drafter is not None:
+            self.drafter.push(token)
         if self.paused_for:
             self.paused_for -= 1
 
+    def length(self, limit: int) -> int:
+        """How many tokens to draft for the next step (at most ``limit``)."""
+        return 0 if self.paused_for else max(0, min(self.k, limit))
+
     def propose(self, limit: int) -> list[int]:
-        """Draft tokens for the next step, at most ``limit`` of them."""
-        if self.paused_for or limit <= 0:
+        """Prompt-lookup draft tokens for the next step, at most ``limit`` of them."""
+        k = self.length(limit)
+        if not k or self.drafter is None:
             return []
-        return self.drafter.draft(min(self.k, limit))
+        return self.drafter.draft(k)
 
     def verified(self, drafted: int, accepted: int) -> None:
         """How a step's draft fared: the next length follows it, and in auto

@@ -181,6 +181,8 @@ class LoadOptions:
     # the model's KV cache type ("": EDGED_KV_TYPE where the backend offers it);
     # a backend without it refuses
     kv_type: str = ""
+    draft_path: str = ""  # speculative draft:NAME: the draft model's GGUF
+    draft_name: str = ""
 
 
 @dataclass
@@ -326,6 +328,8 @@ class Scheduler:
             return str(exc)
         if spec.kv_type != kv:
             return f"it needs a {kv} KV cache, the loaded worker has {spec.kv_type}"
+        if options.draft_path and spec.draft_model_path != options.draft_path:
+            return f"it needs the draft model {options.draft_name}"
         if options.exact and model.backend and entry.worker.backend != model.backend:
             return f"{model.backend} was asked for, it runs on {entry.worker.backend}"
         if options.exact and model.backend and spec.device != model.device:
@@ -391,6 +395,10 @@ class Scheduler:
             self._cfg.max_sequences,
             kv_type=self._kv_type(model, options),
         )
+        if options.draft_path:
+            spec = replace(
+                spec, draft_model_path=options.draft_path, draft_model_name=options.draft_name
+            )
         need = await self._need(model, model.backend, spec)
         await self._make_room(model, model.device, need)
         worker = self._factory(model.backend, spec, model.name)

@@ -19,9 +19,18 @@ from pathlib import Path
 import numpy as np
 
 from edged.backends import speculative, toolkit
-from edged.backends.base import Capabilities, Engine, Event, Job, LoadSpec, TokenLogprob
+from edged.backends.base import (
+    DRAFT_PREFIX,
+    Capabilities,
+    Engine,
+    Event,
+    Job,
+    LoadSpec,
+    TokenLogprob,
+)
 from edged.backends.kvstore import KVTiers, SavedState, state_key
 from edged.backends.llamacpp import embedding, grammar
+from edged.backends.llamacpp.draft import DraftModel
 from edged.backends.llamacpp.info import INFO
 from edged.backends.llamacpp.layout import compaction_swaps, keeps_one_run
 from edged.backends.llamacpp.native import (
@@ -38,6 +47,11 @@ log = logging.getLogger(__name__)
 
 PREFILL_CHUNK = 512
 MIN_SHARED_PREFIX = 16  # tokens; shorter common prefixes are cheaper to prefill
+# Prompt tokens evaluated together with the last one. llama.cpp's CPU kernels
+# compute a sequence's rows in a step exactly as one-token decodes do while the
+# step holds few of them (measured on SmolLM2: bit-identical logits up to 48
+# rows, not at 64), so a prompt rest this short needs no separate last step.
+TAIL_ROWS = 32
 MAX_LOGPROBS = 20  # alternatives per token a request may ask for
 # Infill prompts are laid out as llama-server lays them out. The window around
 # the cursor is its default batch of 2048 tokens, or half the context when that
@@ -132,8 +146,22 @@ class LlamaEngine(toolkit.EngineCore[Request]):
             kv_type=spec.kv_type,
         )
         self._spec = spec
+        self._draft: DraftModel | None = None
+        if spec.draft_model_path:
+            self._draft = DraftModel(
+                spec.draft_model_path,
+                self._model,
+                name=spec.draft_model_name or "(unnamed)",
+                offload=offload_for(spec.device, spec.gpu_layers),
+                n_ctx=self._n_ctx_seq * n_seq,
+                n_seq=n_seq,
+                n_batch=PREFILL_CHUNK,
+                threads=spec.threads,
+            )
         self._slots = [Slot(seq=i) for i in range(n_seq)]
         self._layout_changed = False  # a request started or ended since the last compaction
+        # on a GPU, batched rows may be computed differently: the last token alone
+        self._tail_rows = TAIL_ROWS if spec.device in ("", "cpu") else 1
         self._fim = self._model.fim_tokens()
         can_infill = all(k in self._fim for k in FIM_NEEDED)
         caps = Capabilities(
@@ -221,6 +249,8 @@ class LlamaEngine(toolkit.EngineCore[Request]):
             if slot.session_id and slot.tokens:
                 state = SavedState(tuple(slot.tokens), self._ctx.seq_state(slot.seq))
                 self._tiers.put_disk(slot.session_id, state)
+        if self._draft is not None:
+            self._draft.free()
         self._ctx.free()
         self._model.free()
 
@@ -385,6 +415,9 @@ class LlamaEngine(toolkit.EngineCore[Request]):
         slot.session_id = job.session_id
         source = toolkit.kv_source(job, resident=resident, restored=restored, cached=cached)
         mode = speculative.mode_of(job.sampling, self._spec.speculative)
+        if mode.startswith(DRAFT_PREFIX) and self._draft is None:
+            sampler.free()
+            raise FailedPrecondition(f"speculative {mode!r}: no draft model is loaded")
         return Request.begin(
             job,
             prompt,
@@ -430,6 +463,9 @@ class LlamaEngine(toolkit.EngineCore[Request]):
             self._ctx.seq_rm(a.seq, 0, -1)
         elif not self._ctx.set_seq_state(a.seq, saved_b):
             raise Internal(f"llama.cpp could not move sequence {b.seq} to {a.seq}")
+        if self._draft is not None:
+            self._draft.forget(a.seq)
+            self._draft.forget(b.seq)
         a.tokens, b.tokens = b.tokens, a.tokens
         a.session_id, b.session_id = b.session_id, a.session_id
         a.busy, b.busy = b.busy, a.busy
@@ -450,15 +486,14 @@ class LlamaEngine(toolkit.EngineCore[Request]):
         full: list[Request] = []
         appended: list[tuple[Slot, list[int]]] = []
         decoding = [r for r in self._active if r.pending is not None]
-        spare = self._ctx.n_batch - len(decoding)  # batch room drafts may take
+        for r in decoding:
+            if len(r.slot.tokens) >= self._n_ctx_seq:
+                full.append(r)
+        decoding = [r for r in decoding if r not in full]
+        self._propose(decoding)
         for r in decoding:
             assert r.pending is not None
             base = len(r.slot.tokens)
-            if base >= self._n_ctx_seq:
-                full.append(r)
-                continue
-            r.draft = self._draft(r, spare, room=self._n_ctx_seq - base - 1)
-            spare -= len(r.draft)
             first = len(entries)
             outputs.append((r, list(range(first, first + 1 + len(r.draft)))))
             for k, token in enumerate([r.pending, *r.draft]):
@@ -469,12 +504,16 @@ class LlamaEngine(toolkit.EngineCore[Request]):
             if r.pending is not None or budget <= 0:
                 continue
             start = r.next_prefill
-            # The last prompt token is never batched with the rest of its prompt:
-            # its logits then come from the same computation whether the rest
-            # of the prompt was prefilled now or found in the cache, so an
-            # identical request at temperature 0 gives identical tokens.
+            # The last prompt token's logits must come from the same computation
+            # whether the rest of the prompt was prefilled now or found in the
+            # cache, so that an identical request at temperature 0 gives
+            # identical tokens. A short rest (at most TAIL_ROWS tokens, on the
+            # CPU) is computed row by row exactly as one-token decodes are, so
+            # the last token goes with it; after a longer one it is decoded on
+            # its own, one step later.
             last_index = len(r.prompt) - 1
-            end = last_index if start < last_index else len(r.prompt)
+            short = len(r.prompt) - start <= min(self._tail_rows, budget)
+            end = last_index if start < last_index and not short else len(r.prompt)
             take = min(budget, end - start)
             if take <= 0:
                 continue
@@ -505,17 +544,38 @@ class LlamaEngine(toolkit.EngineCore[Request]):
                 r.t.t_prefilled = now
             self._verify(r, indices, now, events)
 
-    def _draft(self, r: Request, spare: int, room: int) -> list[int]:
-        """Draft tokens ``r`` carries into this step (none when it does not
-        speculate): at most what the batch, its context and its ``max_tokens``
-        leave room for (a verified draft of k gives up to k + 1 tokens)."""
-        if r.spec is None:
-            return []
-        limit = min(spare, room)
-        max_tokens = r.job.sampling.max_tokens
-        if max_tokens:
-            limit = min(limit, max_tokens - r.t.completion - 1)
-        return r.spec.propose(limit)
+    def _propose(self, decoding: list[Request]) -> None:
+        """Set the draft tokens each decoding request carries into this step:
+        prompt lookup, or the draft model for all that use it at once. Each
+        gets at most what the batch, its context and its ``max_tokens`` leave
+        room for (a verified draft of k gives up to k + 1 tokens)."""
+        spare = self._ctx.n_batch - len(decoding)
+        wants: list[tuple[Request, int]] = []
+        for r in decoding:
+            if r.spec is None:
+                continue
+            limit = min(spare, self._n_ctx_seq - len(r.slot.tokens) - 1)
+            max_tokens = r.job.sampling.max_tokens
+            if max_tokens:
+                limit = min(limit, max_tokens - r.t.completion - 1)
+            if r.spec.drafter is not None:
+                r.draft = r.spec.propose(limit)
+                spare -= len(r.draft)
+            elif (k := r.spec.length(limit)) > 0:
+                wants.append((r, k))
+                spare -= k
+        if wants and self._draft is not None:
+            texts = [
+                (r.slot.seq, [*r.slot.tokens, r.pending if r.pending is not None else 0], k)
+                for r, k in wants
+            ]
+            try:
+                drafts = self._draft.draft(texts)
+            except EdgedError as exc:  # a draft that fails costs only its speed-up
+                log.warning("the draft model failed to draft: %s", exc)
+                return
+            for (r, _), d in zip(wants, drafts, strict=True):
+                r.draft = d
 
     def _verify(self, r: Request, indices: list[int], now: float, events: list[Event]) -> None:
         """Sample ``r``'s tokens from this step's rows in order, as plain decoding

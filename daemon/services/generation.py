@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edged.backends.base import DRAFT_PREFIX, Chunk, Done, Job, Sampling, ToolCall, ToolCallDelta
-from edged.common.errors import FailedPrecondition, InvalidArgument
+from edged.common.errors import InvalidArgument
 from edged.daemon import controls
 from edged.daemon.app import App
 from edged.daemon.config import MAX_STREAM_INTERVAL_MS
@@ -81,12 +81,21 @@ def with_speculative(app: App, model: str, sampling: Sampling) -> Sampling:
         or app.selection.model_settings(model).speculative
         or app.config.engine.speculative
     )
-    if mode.startswith(DRAFT_PREFIX):
-        raise FailedPrecondition(
-            f"speculative {mode!r}: draft-model speculation is not available yet; "
-            "use auto, ngram or off"
-        )
     return replace(sampling, speculative=mode)
+
+
+async def with_draft(
+    app: App, model: ResolvedModel, sampling: Sampling, options: LoadOptions
+) -> LoadOptions:
+    """``options`` asking for the draft model a greedy ``draft:NAME`` request
+    speculates with (its worker loads it beside the target)."""
+    mode = sampling.speculative
+    if not mode.startswith(DRAFT_PREFIX) or sampling.temperature > 0.0:
+        return options
+    path, name = await asyncio.to_thread(
+        app.selection.draft_for, model.name, mode.removeprefix(DRAFT_PREFIX)
+    )
+    return replace(options, draft_path=path, draft_name=name)
 
 
 def job_controls(request: Any) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from edged.daemon.services.generation import (
     load_options,
     stream_generation,
     stream_interval_s,
+    with_draft,
     with_speculative,
 )
 from edged.daemon.sessions import SessionRecord
@@ -95,6 +96,7 @@ class SessionsService(pbg.SessionsServicer):  # type: ignore[misc]
                 model.name,
                 sampling_from(request.sampling, model.sampling_defaults, model.stop_defaults),
             )
+            options = await with_draft(self.app, model, sampling, options)
             if model.digest != rec.model_digest:
                 # the name now points at other weights: the old KV is meaningless
                 self.app.scheduler.drop_session(rec.model_digest, rec.id)

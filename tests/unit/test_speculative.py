@@ -67,3 +67,28 @@ def test_modes() -> None:
         Sampling(speculative="fast")
     with pytest.raises(InvalidArgument):
         check_speculative("draft:")
+
+
+def test_edged_speculative_is_read_and_checked(tmp_path: object) -> None:
+    from edged.daemon.config import load_engine
+
+    def engine(value: str) -> str:
+        env = {"EDGED_CACHE_DIR": str(tmp_path), "EDGED_SPECULATIVE": value}
+        return load_engine(env).speculative
+
+    assert engine("") == "auto"
+    assert engine("off") == "off"
+    assert engine("draft:smollm2:135m") == "draft:smollm2:135m"
+    with pytest.raises(ValueError, match="EDGED_SPECULATIVE: speculative must be one of"):
+        engine("sometimes")
+
+
+def test_model_setting_speculative() -> None:
+    from edged.models_registry.settings import ModelSettings
+
+    assert ModelSettings(speculative="ngram").to_json() == {"speculative": "ngram"}
+    assert ModelSettings.from_json({"speculative": "draft:smollm2"}).speculative == "draft:smollm2"
+    with pytest.raises(InvalidArgument, match="speculative must be one of"):
+        ModelSettings(speculative="draft:")
+    with pytest.raises(InvalidArgument, match="wrong type"):
+        ModelSettings.from_json({"speculative": 1})
