@@ -277,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                     lambda p=prompts: edged_run(stub, p, ns.tokens, "off"),
                     lambda p=prompts: edged_run(stub, p, ns.tokens, ns.mode),
                 )
+                print(f"edged {w}/{n}:", json.dumps(out["edged"][f"{w}/{n}"]), file=sys.stderr)
         daemon.models.Unload(pb.ModelRef(model="smollm2"), timeout=60)
         bin_dir = Path(ns.llama_bin) if ns.llama_bin else None
         if bin_dir is None or not (bin_dir / "llama-server").exists():

@@ -256,20 +256,17 @@ def test_constrained_output_with_speculation(daemon: Daemon) -> None:
     assert got["ngram"] == got["off"]
 
 
-def test_smollm2_as_its_own_draft_model_gives_the_same_tokens(
-    daemon: Daemon, plain: list[tuple[list[int], str, str]]
-) -> None:
-    """draft:MODEL with the target itself as the draft: every draft is accepted
-    (the same model, greedy) and the reply is the plain one. Every fifth case
-    (a draft model decodes once per draft token: ten cases keep it short)."""
+def test_smollm2_as_its_own_draft_model_gives_the_same_tokens(daemon: Daemon) -> None:
+    """draft:MODEL with the target itself as the draft: drafts are accepted (the
+    same model, greedy) and the reply is the plain one. Every fifth case (a
+    draft model decodes once per draft token: ten cases keep it short)."""
     accepted = 0
-    for i, case in enumerate(cases()):
-        if i % 5:
-            continue
+    for case in cases()[::5]:
+        want = run(daemon, case, "off")
         ids, text, stats = tokens(
             daemon.inference.Generate(request(case, "draft:smollm2"), timeout=300)
         )
-        assert (ids, text, pb.FinishReason.Name(stats.finish_reason)) == plain[i], case
+        assert (ids, text, pb.FinishReason.Name(stats.finish_reason)) == want, case
         accepted += stats.accepted_tokens
     assert accepted > 50
 
@@ -301,3 +298,36 @@ def test_a_draft_model_with_another_vocabulary_is_refused(daemon: Daemon, gemma:
     with pytest.raises(grpc.RpcError) as err:
         run(daemon, {"chat": "Hi"}, "draft:no-such-model")
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_openai_door_carries_the_mode_and_reports_drafts(daemon: Daemon) -> None:
+    import urllib.request
+
+    import openai
+
+    with openai.OpenAI(base_url=daemon.http_url + "/v1", api_key="sk-no-key", max_retries=0) as sdk:
+        prompt = f"Repeat this code exactly:\n{CODE[2]}"
+        reply = sdk.chat.completions.create(
+            model="smollm2",
+            messages=[{"role": "user", "content": prompt}],
+            temperature=0,
+            max_tokens=40,
+            extra_body={"speculative": "ngram"},
+        )
+        usage = reply.usage
+        assert usage is not None and usage.completion_tokens_details is not None
+        assert (usage.completion_tokens_details.accepted_prediction_tokens or 0) > 0
+        with pytest.raises(openai.BadRequestError, match="speculative"):
+            sdk.chat.completions.create(
+                model="smollm2",
+                messages=[{"role": "user", "content": "Hi"}],
+                extra_body={"speculative": "turbo"},
+            )
+    with urllib.request.urlopen(daemon.http_url + "/metrics", timeout=30) as resp:
+        metrics = resp.read().decode()
+    accepted = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("edged_speculative_accepted_tokens_total{")
+    ]
+    assert accepted and accepted[0] > 0
