@@ -52,6 +52,13 @@ MIN_SHARED_PREFIX = 16  # tokens; shorter common prefixes are cheaper to prefill
 # step holds few of them (measured on SmolLM2: bit-identical logits up to 48
 # rows, not at 64), so a prompt rest this short needs no separate last step.
 TAIL_ROWS = 32
+# ... but only while the sequence is short: with rows at positions of 256 and
+# beyond, several rows of a sequence in one step no longer give the logits
+# one-token decodes give (measured on SmolLM2 with this llama.cpp: identical
+# up to position 208, up to 0.6 apart at positions 250-258 and 370-378). Drafts
+# and the prompt tail only use positions below this, so replies stay exactly
+# those of plain decoding; past it a stream decodes one token per step.
+EXACT_ROWS_BELOW = 256
 MAX_LOGPROBS = 20  # alternatives per token a request may ask for
 # Infill prompts are laid out as llama-server lays them out. The window around
 # the cursor is its default batch of 2048 tokens, or half the context when that
@@ -162,6 +169,7 @@ class LlamaEngine(toolkit.EngineCore[Request]):
         self._layout_changed = False  # a request started or ended since the last compaction
         # on a GPU, batched rows may be computed differently: the last token alone
         self._tail_rows = TAIL_ROWS if spec.device in ("", "cpu") else 1
+        self._exact_below = EXACT_ROWS_BELOW if spec.device in ("", "cpu") else 0
         self._fim = self._model.fim_tokens()
         can_infill = all(k in self._fim for k in FIM_NEEDED)
         caps = Capabilities(
@@ -512,7 +520,10 @@ class LlamaEngine(toolkit.EngineCore[Request]):
             # the last token goes with it; after a longer one it is decoded on
             # its own, one step later.
             last_index = len(r.prompt) - 1
-            short = len(r.prompt) - start <= min(self._tail_rows, budget)
+            short = (
+                len(r.prompt) - start <= min(self._tail_rows, budget)
+                and len(r.prompt) <= self._exact_below
+            )
             end = last_index if start < last_index and not short else len(r.prompt)
             take = min(budget, end - start)
             if take <= 0:
@@ -554,7 +565,8 @@ class LlamaEngine(toolkit.EngineCore[Request]):
         for r in decoding:
             if r.spec is None:
                 continue
-            limit = min(spare, self._n_ctx_seq - len(r.slot.tokens) - 1)
+            room = min(self._n_ctx_seq, self._exact_below) - len(r.slot.tokens) - 1
+            limit = min(spare, room)
             max_tokens = r.job.sampling.max_tokens
             if max_tokens:
                 limit = min(limit, max_tokens - r.t.completion - 1)
