@@ -14,7 +14,7 @@ medians and the paired ratios rpc1/local and rpc2/local of decode tokens/s and
 time to first token, plus whether the greedy text was identical. On one machine
 the workers share the daemon's CPUs and every token crosses loopback TCP: this
 measures the RPC protocol's cost, not a gain (a gain needs machines with memory
-to lend). """
+to lend)."""
 
 from __future__ import annotations
 
