@@ -146,11 +146,8 @@ class Selection:
             return self._remote_ranking(name, manifest, backend, device)
         backend = registry.check_name(backend)
         hw = hardware if hardware is not None else self.hardware
-        ctx = (
-            context_length
-            or self.model_settings(name).context_length
-            or self.config.engine.context_length
-        )
+        settings = self.model_settings(name)  # one read of the settings file per ranking
+        ctx = context_length or settings.context_length or self.config.engine.context_length
         seqs = self.config.engine.max_sequences
         variants = [
             VariantInfo(v.name, v.format, v.size, self.facts(manifest, v))
@@ -166,17 +163,16 @@ class Selection:
             sequences=seqs,
             overrides=overrides,
             calibrations={(c.backend, c.device): measured(c) for c in cals},
-            kv_type=self.model_settings(name).kv_type or self.config.engine.kv_type,
+            kv_type=settings.kv_type or self.config.engine.kv_type,
         )
-        choices = [self._with_rpc(name, c) for c in choices]
+        choices = [self._with_rpc(name, c, settings.rpc) for c in choices]
         return Ranking(name, manifest, tuple(choices), overrides, ctx, seqs, tuple(cals))
 
-    def _with_rpc(self, name: str, choice: Choice) -> Choice:
+    def _with_rpc(self, name: str, choice: Choice, setting: str) -> Choice:
         """A CPU choice of a backend that places layers on RPC workers says where
         they go and why (the model's rpc setting, else EDGED_RPC)."""
         if choice.device != "cpu" or not registry.backend_info(choice.backend).rpc:
             return choice
-        setting = self.model_settings(name).rpc
         if setting == RPC_LOCAL:
             return choice
         servers = setting or ",".join(self.config.engine.rpc_servers)
