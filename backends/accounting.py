@@ -86,6 +86,8 @@ class Timing:
     t_prefilled: float = 0.0
     completion: int = 0
     unsent: int = 0
+    drafted: int = 0
+    accepted: int = 0
 
     def stats(self, reason: str, stop_sequence: str = "") -> Stats:
         """The request's final statistics, as of now."""
@@ -107,4 +109,6 @@ class Timing:
             finish_reason=reason,
             kv_source=self.kv_source,
             stop_sequence=stop_sequence,
+            drafted_tokens=self.drafted,
+            accepted_tokens=self.accepted,
         )

@@ -28,6 +28,27 @@ KV_TYPES = ("f16", "q8_0", "q4_0")
 DEFAULT_KV_TYPE = "f16"
 
 
+# Speculative decoding (EDGED_SPECULATIVE, the per-model and per-request
+# setting): auto = prompt-lookup drafts that pause where they do not pay;
+# ngram = always draft when the text repeats; off; draft:MODEL = a draft model
+# sharing the target's vocabulary. Only greedy requests speculate.
+SPECULATIVE_MODES = ("auto", "ngram", "off")
+DEFAULT_SPECULATIVE = "auto"
+DRAFT_PREFIX = "draft:"
+
+
+def check_speculative(mode: str) -> str:
+    """``mode`` if it is a speculative mode; else InvalidArgument listing them."""
+    if mode in SPECULATIVE_MODES:
+        return mode
+    if mode.startswith(DRAFT_PREFIX) and 0 < len(mode) - len(DRAFT_PREFIX) <= 200:
+        return mode
+    raise InvalidArgument(
+        f"speculative must be one of {', '.join(SPECULATIVE_MODES)} or draft:MODEL, "
+        f"got {mode[:40]!r}"
+    )
+
+
 def check_kv_type(kv_type: str) -> str:
     """``kv_type`` if it is one edged knows; else InvalidArgument listing them."""
     if kv_type not in KV_TYPES:
@@ -101,6 +122,10 @@ class LoadSpec:
     # stay on this machine
     rpc_servers: tuple[str, ...] = ()
     rpc_layers: int = -1
+    speculative: str = DEFAULT_SPECULATIVE  # for requests that do not say
+    # speculative "draft:NAME": the draft model's file (sharing the target's vocabulary)
+    draft_model_path: str = ""
+    draft_model_name: str = ""
 
 
 def refuse_kv_type(backend: str, kv_types: tuple[str, ...], kv_type: str) -> None:
@@ -124,8 +149,11 @@ class Sampling:
     repeat_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    speculative: str = ""  # "" = the model's or the daemon's (SPECULATIVE_MODES)
 
     def __post_init__(self) -> None:
+        if self.speculative:
+            check_speculative(self.speculative)
         _check_range("max_tokens", self.max_tokens, 0, 1 << 20)
         _check_float("temperature", self.temperature, 0.0, 100.0)
         _check_float("top_p", self.top_p, 0.0, 1.0, lo_open=True)
@@ -249,6 +277,8 @@ class Stats:
     finish_reason: str = "stop"
     kv_source: str = "none"  # none | resident | rebuilt
     stop_sequence: str = ""
+    drafted_tokens: int = 0  # speculative draft tokens verified
+    accepted_tokens: int = 0  # of those, kept (each saved a decode step)
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,11 @@ EDGED_RPC              llama.cpp RPC workers (`edged rpc-worker`)   none (local 
 EDGED_RPC_LAYERS       layers of a model placed on the RPC         -1 (all)
                        workers (split by their free memory); the
                        rest stay on this machine's CPU
+EDGED_SPECULATIVE      speculative decoding for greedy requests    auto
+                       that do not say: auto (prompt-lookup
+                       drafts, paused where they do not pay),
+                       ngram (always), off, or draft:MODEL (a
+                       draft model sharing the target's vocab)
 EDGED_KV_RAM_MB        saved session KV kept in RAM (MiB)          10% of free RAM, <= 2048
 EDGED_KV_DISK_MB       saved session KV kept on disk (MiB)         10% of free disk, <= 8192
 EDGED_MAX_MESSAGE_MB   largest gRPC message accepted or sent       16
@@ -76,7 +81,7 @@ from pathlib import Path
 
 import platformdirs
 
-from edged.backends.base import KV_TYPES
+from edged.backends.base import DEFAULT_SPECULATIVE, KV_TYPES, check_speculative
 from edged.common.endpoints import endpoints as rpc_endpoints
 from edged.common.errors import InvalidArgument
 
@@ -120,6 +125,7 @@ class EngineConfig:
     kv_type: str = "f16"  # KV cache element type where the backend offers it
     rpc_servers: tuple[str, ...] = ()  # EDGED_RPC: llama.cpp RPC workers (host:port)
     rpc_layers: int = -1  # EDGED_RPC_LAYERS: layers on those workers (-1: all)
+    speculative: str = DEFAULT_SPECULATIVE  # for requests and models that do not say
 
 
 @dataclass(frozen=True)
@@ -294,6 +300,7 @@ def load_engine(
         kv_type=_kv_type(env),
         rpc_servers=_rpc(env),
         rpc_layers=_int(env, "EDGED_RPC_LAYERS", -1, -1, 100_000),
+        speculative=_speculative(env),
     )
 
 
@@ -302,6 +309,14 @@ def _rpc(env: Mapping[str, str]) -> tuple[str, ...]:
         return rpc_endpoints(env.get("EDGED_RPC", ""))
     except InvalidArgument as exc:
         raise ValueError(f"EDGED_RPC: {exc}") from None
+
+
+def _speculative(env: Mapping[str, str]) -> str:
+    raw = (env.get("EDGED_SPECULATIVE") or DEFAULT_SPECULATIVE).strip()
+    try:
+        return check_speculative(raw)
+    except InvalidArgument as exc:
+        raise ValueError(f"EDGED_SPECULATIVE: {exc}") from None
 
 
 def _kv_type(env: Mapping[str, str]) -> str:

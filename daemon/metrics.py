@@ -65,6 +65,18 @@ class Metrics:
         self.generated_tokens = Counter(
             "edged_generated_tokens", "Tokens generated", ["model"], registry=r
         )
+        self.drafted_tokens = Counter(
+            "edged_speculative_drafted_tokens",
+            "Speculative draft tokens verified",
+            ["model"],
+            registry=r,
+        )
+        self.accepted_tokens = Counter(
+            "edged_speculative_accepted_tokens",
+            "Speculative draft tokens kept (each saved a decode step)",
+            ["model"],
+            registry=r,
+        )
         self.generations = Counter(
             "edged_generations",
             "Finished generations by finish reason",
@@ -132,6 +144,8 @@ class Metrics:
         self.prompt_tokens.labels(model).inc(stats.prompt_tokens)
         self.cached_tokens.labels(model).inc(stats.cached_prompt_tokens)
         self.generated_tokens.labels(model).inc(stats.completion_tokens)
+        self.drafted_tokens.labels(model).inc(stats.drafted_tokens)
+        self.accepted_tokens.labels(model).inc(stats.accepted_tokens)
         reason = pb.FinishReason.Name(stats.finish_reason).removeprefix("FINISH_REASON_").lower()
         self.generations.labels(model, reason).inc()
         if stats.completion_tokens:

@@ -199,6 +199,8 @@ class LoadOptions:
     kv_type: str = ""
     # the model's llama.cpp RPC workers: "" = EDGED_RPC, "local" = none, else HOST:PORT,...
     rpc: str = ""
+    draft_path: str = ""  # speculative draft:NAME: the draft model's GGUF
+    draft_name: str = ""
 
 
 @dataclass
@@ -350,6 +352,8 @@ class Scheduler:
             return (
                 f"it needs the RPC workers {','.join(rpc) or 'none'}, the loaded worker has {have}"
             )
+        if options.draft_path and spec.draft_model_path != options.draft_path:
+            return f"it needs the draft model {options.draft_name}"
         if options.exact and model.backend and entry.worker.backend != model.backend:
             return f"{model.backend} was asked for, it runs on {entry.worker.backend}"
         if options.exact and model.backend and spec.device != model.device:
@@ -431,6 +435,10 @@ class Scheduler:
             kv_type=self._kv_type(model, options),
             rpc=self._rpc(model, options),
         )
+        if options.draft_path:
+            spec = replace(
+                spec, draft_model_path=options.draft_path, draft_model_name=options.draft_name
+            )
         need = await self._need(model, model.backend, spec)
         await self._make_room(model, model.device, need)
         worker = self._factory(model.backend, spec, model.name)

@@ -103,6 +103,31 @@ class Selection:
     def model_settings(self, name: str) -> ModelSettings:
         return self.settings.get(name)
 
+    def gguf_vocab(self, name: str) -> tuple[str, int]:
+        """A model's resolved name and its GGUF vocabulary size (FailedPrecondition
+        when it has no GGUF variant, which a draft model needs)."""
+        ref, manifest = self.store.resolve(name)
+        v = next((v for v in manifest.variants if v.format == "gguf"), None)
+        if v is None:
+            raise FailedPrecondition(f"{ref} has no GGUF variant, so it cannot be a draft model")
+        facts = self.facts(manifest, v)
+        return str(ref), facts.n_vocab if facts is not None else 0
+
+    def draft_for(self, target: str, draft: str) -> tuple[str, str]:
+        """The draft model ``draft`` for ``target``: (its GGUF path, its name).
+        Refused clearly when it cannot share the target's vocabulary (the worker
+        compares them token by token when it loads)."""
+        name, n = self.gguf_vocab(draft)
+        _, want = self.gguf_vocab(target)
+        if n and want and n != want:
+            raise FailedPrecondition(
+                f"the draft model {name} has a vocabulary of {n} tokens, {target} of {want}: a "
+                "draft model must share the target's tokenizer (a smaller model of the same family)"
+            )
+        _, manifest = self.store.resolve(draft)
+        v = next(v for v in manifest.variants if v.format == "gguf")
+        return str(self.store.materialize(manifest, v)), name
+
     def overrides(self, name: str, backend: str = "", device: str = "") -> Overrides:
         """request > the model's settings > EDGED_BACKEND/EDGED_DEVICE."""
         s = self.model_settings(name)

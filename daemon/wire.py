@@ -48,6 +48,7 @@ def sampling_from(
         repeat_penalty=float(pick("repeat_penalty", defaults.repeat_penalty)),
         seed=int(msg.seed) if msg.HasField("seed") else None,
         stop=tuple(msg.stop) or model_stop,
+        speculative=msg.speculative.strip() if msg.HasField("speculative") else "",
     )
 
 
@@ -138,4 +139,6 @@ def stats_to(stats: Stats, *, backend: str, device: str) -> pb.GenerationStats:
         device=device,
         kv_source=stats.kv_source,
         stop_sequence=stats.stop_sequence,
+        drafted_tokens=stats.drafted_tokens,
+        accepted_tokens=stats.accepted_tokens,
     )

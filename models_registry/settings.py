@@ -36,6 +36,9 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,31}$")
 # KV cache element types (edged.backends.base.KV_TYPES; the registry imports
 # no backend code)
 KV_TYPES = ("f16", "q8_0", "q4_0")
+# speculative decoding modes (edged.backends.base.SPECULATIVE_MODES) and draft:MODEL
+SPECULATIVE_MODES = ("auto", "ngram", "off")
+_DRAFT = re.compile(r"^draft:[A-Za-z0-9][A-Za-z0-9._:/+-]{0,199}$")
 _DEVICE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,15}([:.][0-9]{1,3})?$")
 
 
@@ -55,6 +58,7 @@ class ModelSettings:
     # llama.cpp RPC workers for this model: "" = EDGED_RPC, "local" = none,
     # else HOST:PORT[,HOST:PORT...]
     rpc: str = ""
+    speculative: str = ""  # "" = EDGED_SPECULATIVE; auto | ngram | off | draft:MODEL
 
     def __post_init__(self) -> None:
         if self.backend and not _NAME.match(self.backend):
@@ -76,6 +80,12 @@ class ModelSettings:
             raise InvalidArgument(
                 f"KV cache type must be one of {', '.join(KV_TYPES)} (or empty for the "
                 f"default), got {self.kv_type[:20]!r}"
+            )
+        sp = self.speculative
+        if sp and sp not in SPECULATIVE_MODES and not _DRAFT.match(sp):
+            raise InvalidArgument(
+                f"speculative must be one of {', '.join(SPECULATIVE_MODES)} or draft:MODEL "
+                f"(or empty for the default), got {sp[:40]!r}"
             )
 
     @property
@@ -101,6 +111,7 @@ class ModelSettings:
             "context_length": (int,),
             "kv_type": (str,),
             "rpc": (str,),
+            "speculative": (str,),
         }
         for key, value in data.items():
             ok = isinstance(value, types[key])

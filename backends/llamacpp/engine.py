@@ -18,10 +18,19 @@ from pathlib import Path
 
 import numpy as np
 
-from edged.backends import toolkit
-from edged.backends.base import Capabilities, Engine, Event, Job, LoadSpec, TokenLogprob
+from edged.backends import speculative, toolkit
+from edged.backends.base import (
+    DRAFT_PREFIX,
+    Capabilities,
+    Engine,
+    Event,
+    Job,
+    LoadSpec,
+    TokenLogprob,
+)
 from edged.backends.kvstore import KVTiers, SavedState, state_key
 from edged.backends.llamacpp import embedding, grammar
+from edged.backends.llamacpp.draft import DraftModel
 from edged.backends.llamacpp.info import INFO
 from edged.backends.llamacpp.layout import compaction_swaps, keeps_one_run
 from edged.backends.llamacpp.native import (
@@ -39,6 +48,18 @@ log = logging.getLogger(__name__)
 
 PREFILL_CHUNK = 512
 MIN_SHARED_PREFIX = 16  # tokens; shorter common prefixes are cheaper to prefill
+# Prompt tokens evaluated together with the last one. llama.cpp's CPU kernels
+# compute a sequence's rows in a step exactly as one-token decodes do while the
+# step holds few of them (measured on SmolLM2: bit-identical logits up to 48
+# rows, not at 64), so a prompt rest this short needs no separate last step.
+TAIL_ROWS = 32
+# ... but only while the sequence is short: with rows at positions of 256 and
+# beyond, several rows of a sequence in one step no longer give the logits
+# one-token decodes give (measured on SmolLM2 with this llama.cpp: identical
+# up to position 208, up to 0.6 apart at positions 250-258 and 370-378). Drafts
+# and the prompt tail only use positions below this, so replies stay exactly
+# those of plain decoding; past it a stream decodes one token per step.
+EXACT_ROWS_BELOW = 256
 MAX_LOGPROBS = 20  # alternatives per token a request may ask for
 # Infill prompts are laid out as llama-server lays them out. The window around
 # the cursor is its default batch of 2048 tokens, or half the context when that
@@ -67,6 +88,8 @@ class Request(toolkit.Running):
     next_prefill: int  # the next prompt token to evaluate
     sampler: NativeSampler
     pending: int | None = None  # sampled, not yet evaluated
+    spec: speculative.Speculator | None = None  # drafts when it speculates
+    draft: list[int] = field(default_factory=list)  # carried into this step after pending
 
 
 def offloaded_layers(n_gpu_layers: int, n_layer: int) -> int:
@@ -80,14 +103,14 @@ def offloaded_layers(n_gpu_layers: int, n_layer: int) -> int:
 
 
 def in_sequence_order(
-    entries: list[tuple[int, int, int, bool]], outputs: list[tuple[Request, int]]
-) -> tuple[list[tuple[int, int, int, bool]], list[tuple[Request, int]]]:
+    entries: list[tuple[int, int, int, bool]], outputs: list[tuple[Request, list[int]]]
+) -> tuple[list[tuple[int, int, int, bool]], list[tuple[Request, list[int]]]]:
     """The batch sorted by sequence (stable, so positions stay in order), with
     the output indices following their entries. llama.cpp puts consecutive
     sequence ids into one micro-batch only when they come in that order."""
     order = sorted(range(len(entries)), key=lambda i: entries[i][2])
     moved_to = {old: new for new, old in enumerate(order)}
-    return [entries[i] for i in order], [(r, moved_to[i]) for r, i in outputs]
+    return [entries[i] for i in order], [(r, [moved_to[i] for i in ix]) for r, ix in outputs]
 
 
 def rpc_device(servers: tuple[str, ...]) -> str:
@@ -145,8 +168,23 @@ class LlamaEngine(toolkit.EngineCore[Request]):
             kv_type=spec.kv_type,
         )
         self._spec = spec
+        self._draft: DraftModel | None = None
+        if spec.draft_model_path:
+            self._draft = DraftModel(
+                spec.draft_model_path,
+                self._model,
+                name=spec.draft_model_name or "(unnamed)",
+                offload=offload_for(spec.device, spec.gpu_layers),
+                n_ctx=self._n_ctx_seq * n_seq,
+                n_seq=n_seq,
+                n_batch=PREFILL_CHUNK,
+                threads=spec.threads,
+            )
         self._slots = [Slot(seq=i) for i in range(n_seq)]
         self._layout_changed = False  # a request started or ended since the last compaction
+        # on a GPU, batched rows may be computed differently: the last token alone
+        self._tail_rows = TAIL_ROWS if spec.device in ("", "cpu") else 1
+        self._exact_below = EXACT_ROWS_BELOW if spec.device in ("", "cpu") else 0
         self._fim = self._model.fim_tokens()
         can_infill = all(k in self._fim for k in FIM_NEEDED)
         caps = Capabilities(
@@ -234,6 +272,8 @@ class LlamaEngine(toolkit.EngineCore[Request]):
             if slot.session_id and slot.tokens:
                 state = SavedState(tuple(slot.tokens), self._ctx.seq_state(slot.seq))
                 self._tiers.put_disk(slot.session_id, state)
+        if self._draft is not None:
+            self._draft.free()
         self._ctx.free()
         self._model.free()
 
@@ -397,6 +437,10 @@ class LlamaEngine(toolkit.EngineCore[Request]):
         self._layout_changed = True
         slot.session_id = job.session_id
         source = toolkit.kv_source(job, resident=resident, restored=restored, cached=cached)
+        mode = speculative.mode_of(job.sampling, self._spec.speculative)
+        if mode.startswith(DRAFT_PREFIX) and self._draft is None:
+            sampler.free()
+            raise FailedPrecondition(f"speculative {mode!r}: no draft model is loaded")
         return Request.begin(
             job,
             prompt,
@@ -405,6 +449,7 @@ class LlamaEngine(toolkit.EngineCore[Request]):
             slot=slot,
             next_prefill=cached,
             sampler=sampler,
+            spec=speculative.Speculator.for_prompt(prompt, mode),
         )
 
     # ------------------------------------------------------------ layout
@@ -441,6 +486,9 @@ class LlamaEngine(toolkit.EngineCore[Request]):
             self._ctx.seq_rm(a.seq, 0, -1)
         elif not self._ctx.set_seq_state(a.seq, saved_b):
             raise Internal(f"llama.cpp could not move sequence {b.seq} to {a.seq}")
+        if self._draft is not None:
+            self._draft.forget(a.seq)
+            self._draft.forget(b.seq)
         a.tokens, b.tokens = b.tokens, a.tokens
         a.session_id, b.session_id = b.session_id, a.session_id
         a.busy, b.busy = b.busy, a.busy
@@ -455,29 +503,43 @@ class LlamaEngine(toolkit.EngineCore[Request]):
 
     def _decode_step(self, events: list[Event]) -> None:
         entries: list[tuple[int, int, int, bool]] = []
-        outputs: list[tuple[Request, int]] = []
+        # each request's batch indices with logits: its pending token's (or its
+        # last prompt token's), then one per draft token
+        outputs: list[tuple[Request, list[int]]] = []
         full: list[Request] = []
         appended: list[tuple[Slot, list[int]]] = []
-        for r in self._active:
-            if r.pending is None:
-                continue
+        decoding = [r for r in self._active if r.pending is not None]
+        for r in decoding:
             if len(r.slot.tokens) >= self._n_ctx_seq:
                 full.append(r)
-                continue
-            outputs.append((r, len(entries)))
-            entries.append((r.pending, len(r.slot.tokens), r.slot.seq, True))
-            appended.append((r.slot, [r.pending]))
+        decoding = [r for r in decoding if r not in full]
+        self._propose(decoding)
+        for r in decoding:
+            assert r.pending is not None
+            base = len(r.slot.tokens)
+            first = len(entries)
+            outputs.append((r, list(range(first, first + 1 + len(r.draft)))))
+            for k, token in enumerate([r.pending, *r.draft]):
+                entries.append((token, base + k, r.slot.seq, True))
+            appended.append((r.slot, [r.pending, *r.draft]))
         budget = self._ctx.n_batch - len(entries)
         for r in self._active:
             if r.pending is not None or budget <= 0:
                 continue
             start = r.next_prefill
-            # The last prompt token is never batched with the rest of its prompt:
-            # its logits then come from the same computation whether the rest
-            # of the prompt was prefilled now or found in the cache, so an
-            # identical request at temperature 0 gives identical tokens.
+            # The last prompt token's logits must come from the same computation
+            # whether the rest of the prompt was prefilled now or found in the
+            # cache, so that an identical request at temperature 0 gives
+            # identical tokens. A short rest (at most TAIL_ROWS tokens, on the
+            # CPU) is computed row by row exactly as one-token decodes are, so
+            # the last token goes with it; after a longer one it is decoded on
+            # its own, one step later.
             last_index = len(r.prompt) - 1
-            end = last_index if start < last_index else len(r.prompt)
+            short = (
+                len(r.prompt) - start <= min(self._tail_rows, budget)
+                and len(r.prompt) <= self._exact_below
+            )
+            end = last_index if start < last_index and not short else len(r.prompt)
             take = min(budget, end - start)
             if take <= 0:
                 continue
@@ -489,7 +551,7 @@ class LlamaEngine(toolkit.EngineCore[Request]):
             r.next_prefill += take
             budget -= take
             if r.next_prefill == len(r.prompt):
-                outputs.append((r, len(entries) - 1))
+                outputs.append((r, [len(entries) - 1]))
         for r in full:
             self._finish(r, "context_full", events)
         if not entries:
@@ -503,21 +565,86 @@ class LlamaEngine(toolkit.EngineCore[Request]):
         for slot, toks in appended:
             slot.tokens.extend(toks)
         now = time.perf_counter()
-        for r, index in outputs:
+        for r, indices in outputs:
             if r.pending is None:
                 r.t.t_prefilled = now
+            self._verify(r, indices, now, events)
+
+    def _propose(self, decoding: list[Request]) -> None:
+        """Set the draft tokens each decoding request carries into this step:
+        prompt lookup, or the draft model for all that use it at once. Each
+        gets at most what the batch, its context and its ``max_tokens`` leave
+        room for (a verified draft of k gives up to k + 1 tokens)."""
+        spare = self._ctx.n_batch - len(decoding)
+        wants: list[tuple[Request, int]] = []
+        for r in decoding:
+            if r.spec is None:
+                continue
+            room = min(self._n_ctx_seq, self._exact_below) - len(r.slot.tokens) - 1
+            limit = min(spare, room)
+            max_tokens = r.job.sampling.max_tokens
+            if max_tokens:
+                limit = min(limit, max_tokens - r.t.completion - 1)
+            if r.spec.drafter is not None:
+                r.draft = r.spec.propose(limit)
+                spare -= len(r.draft)
+            elif (k := r.spec.length(limit)) > 0:
+                wants.append((r, k))
+                spare -= k
+        if wants and self._draft is not None:
+            texts = [
+                (r.slot.seq, [*r.slot.tokens, r.pending if r.pending is not None else 0], k)
+                for r, k in wants
+            ]
+            try:
+                drafts = self._draft.draft(texts)
+            except EdgedError as exc:  # a draft that fails costs only its speed-up
+                log.warning("the draft model failed to draft: %s", exc)
+                return
+            for (r, _), d in zip(wants, drafts, strict=True):
+                r.draft = d
+
+    def _verify(self, r: Request, indices: list[int], now: float, events: list[Event]) -> None:
+        """Sample ``r``'s tokens from this step's rows in order, as plain decoding
+        would one step at a time: each drafted token the sampler agrees with lets
+        the next row count; the first disagreement (or the end of the request)
+        stops it. The sequence's KV keeps only the rows that were used."""
+        draft, r.draft = r.draft, []
+        r.t.drafted += len(draft)  # counted before a token may end r (its stats go then)
+        used = accepted = 0
+        for k, index in enumerate(indices):
             token = r.sampler.sample(self._ctx, index)
             if r.job.logprobs is not None and not self._model.is_eog(token):
                 r.logprobs.append(self._logprob(index, token, r.job.logprobs))
-            self._on_token(r, token, now, events)
+            used = k + 1
+            hit = k < len(draft) and token == draft[k]
+            accepted += hit
+            r.t.accepted += hit
+            if self._on_token(r, token, now, events) or not hit:
+                break
+        if not draft:
+            return
+        if r.spec is not None:
+            r.spec.verified(len(draft), accepted)
+        slot = r.slot
+        keep = len(slot.tokens) - len(indices) + used
+        if keep < len(slot.tokens):
+            self._ctx.seq_rm(slot.seq, keep, -1)
+            del slot.tokens[keep:]
 
-    def _on_token(self, r: Request, token: int, now: float, events: list[Event]) -> None:
+    def _on_token(self, r: Request, token: int, now: float, events: list[Event]) -> bool:
+        """Report one sampled token; True when it ended ``r``."""
         if r.t.completion == 0:
             r.t.t_first = now
         if self._model.is_eog(token):
             self._finish(r, "stop", events)
-        elif not self._on_text_token(r, self._model.piece(token), events):
-            r.pending = token
+            return True
+        if self._on_text_token(r, self._model.piece(token), events):
+            return True
+        r.pending = token
+        if r.spec is not None:
+            r.spec.push(token)
+        return False
 
     def _logprob(self, index: int, token: int, top: int) -> TokenLogprob:
         """The model's log-probabilities at batch entry ``index``: a log-softmax of

@@ -108,7 +108,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser(
         "config",
-        help="show or change a model's settings (backend, device, keep-alive, pin, context, KV)",
+        help="show or change a model's settings (backend, device, keep-alive, pin, context, "
+        "KV, speculative)",
         description="Per-model settings, kept in the registry and used by every request "
         "that does not say otherwise (a request's own values win; EDGED_* are the "
         "defaults). Without options, prints the current settings.",
@@ -128,6 +129,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--rpc",
         metavar="HOST:PORT,...|local|auto",
         help="RPC workers for this model (`edged rpc-worker`); local: none; auto: EDGED_RPC",
+    )
+    p.add_argument(
+        "--speculative",
+        metavar="MODE",
+        help="speculative decoding for greedy requests: auto (prompt-lookup drafts, paused "
+        "where they do not pay), ngram (always), off, or draft:MODEL (a draft model sharing "
+        "this model's vocabulary); 'default' clears it (EDGED_SPECULATIVE)",
     )
     p.add_argument("--reset", action="store_true", help="clear every setting first")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -559,6 +567,8 @@ def settings_rows(s: pb.ModelSettings) -> list[tuple[str, str]]:
         rows.append(("KV type", s.kv_type))
     if s.rpc:
         rows.append(("RPC workers", s.rpc))
+    if s.speculative:
+        rows.append(("speculative", s.speculative))
     return rows
 
 
@@ -588,6 +598,8 @@ def cmd_config(ctx: Context, args: argparse.Namespace) -> int:
         changed = True
     if args.rpc is not None:
         settings.rpc = "" if args.rpc == "auto" else args.rpc
+    if args.speculative is not None:
+        settings.speculative = "" if args.speculative == "default" else args.speculative
         changed = True
     if changed:
         request = pb.ConfigureModelRequest(model=args.model, settings=settings)

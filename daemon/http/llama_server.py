@@ -153,6 +153,8 @@ def _final(req: pb.GenerateRequest, text: str, stats: pb.GenerationStats) -> dic
             "predicted_n": stats.completion_tokens,
             "predicted_ms": decode_ms,
             "predicted_per_second": stats.decode_tokens_per_second,
+            "draft_n": stats.drafted_tokens,
+            "draft_n_accepted": stats.accepted_tokens,
         },
     }
 

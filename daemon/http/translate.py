@@ -74,6 +74,9 @@ def sampling(
     if len(stop) > MAX_STOP:
         raise HttpError(400, f"{key('stop')}: at most {MAX_STOP} stop strings")
     out.stop.extend(stop)
+    speculative = f.string(body, key("speculative"), "")
+    if speculative:
+        out.speculative = speculative
     return out
 
 
@@ -219,6 +222,11 @@ def openai_usage(stats: pb.GenerationStats) -> dict[str, Any]:
         "completion_tokens": stats.completion_tokens,
         "total_tokens": stats.prompt_tokens + stats.completion_tokens,
         "prompt_tokens_details": {"cached_tokens": stats.cached_prompt_tokens},
+        # OpenAI's names for predicted-output tokens: speculative drafts kept / dropped
+        "completion_tokens_details": {
+            "accepted_prediction_tokens": stats.accepted_tokens,
+            "rejected_prediction_tokens": stats.drafted_tokens - stats.accepted_tokens,
+        },
     }
 
 

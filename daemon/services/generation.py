@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from edged.backends.base import Chunk, Done, Job, ToolCall, ToolCallDelta
+from edged.backends.base import DRAFT_PREFIX, Chunk, Done, Job, Sampling, ToolCall, ToolCallDelta
 from edged.common.errors import InvalidArgument
 from edged.daemon import controls
 from edged.daemon.app import App
@@ -73,6 +73,31 @@ def load_options(
         kv_type=s.kv_type,
         rpc=s.rpc,
     )
+
+
+def with_speculative(app: App, model: str, sampling: Sampling) -> Sampling:
+    """A request's speculative mode: its own, else the model's setting, else
+    EDGED_SPECULATIVE (the worker always gets a concrete mode)."""
+    mode = (
+        sampling.speculative
+        or app.selection.model_settings(model).speculative
+        or app.config.engine.speculative
+    )
+    return replace(sampling, speculative=mode)
+
+
+async def with_draft(
+    app: App, model: ResolvedModel, sampling: Sampling, options: LoadOptions
+) -> LoadOptions:
+    """``options`` asking for the draft model a greedy ``draft:NAME`` request
+    speculates with (its worker loads it beside the target)."""
+    mode = sampling.speculative
+    if not mode.startswith(DRAFT_PREFIX) or sampling.temperature > 0.0:
+        return options
+    path, name = await asyncio.to_thread(
+        app.selection.draft_for, model.name, mode.removeprefix(DRAFT_PREFIX)
+    )
+    return replace(options, draft_path=path, draft_name=name)
 
 
 def job_controls(request: Any) -> dict[str, Any]:

@@ -27,6 +27,8 @@ from edged.daemon.services.generation import (
     resolve_request,
     stream_generation,
     stream_interval_s,
+    with_draft,
+    with_speculative,
 )
 from edged.daemon.wire import check_text, messages_from, sampling_from, with_system_prompt
 from edged.v1 import edged_pb2 as pb
@@ -81,9 +83,15 @@ class InferenceService(pbg.InferenceServicer):  # type: ignore[misc]
             text = {"infill": controls.infill_from(request.infill)}
         else:
             raise InvalidArgument("set one of prompt, chat or infill")
+        sampling = with_speculative(
+            self.app,
+            model.name,
+            sampling_from(request.sampling, model.sampling_defaults, model.stop_defaults),
+        )
+        options = await with_draft(self.app, model, sampling, options)
         job = Job(
             next_request_id(),
-            sampling_from(request.sampling, model.sampling_defaults, model.stop_defaults),
+            sampling,
             deadline=deadline,
             stream_interval_s=stream_interval_s(self.app, request),
             **text,

@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 
 from edged.backends import registry
-from edged.backends.base import Capabilities, Job, Sampling
+from edged.backends.base import DRAFT_PREFIX, Capabilities, Job, Sampling
 from edged.backends.chat_template import ChatTemplate
 from edged.common.errors import InvalidArgument
 from edged.common.gguf import read_gguf_info
@@ -91,6 +91,7 @@ def settings_to(s: ModelSettings) -> pb.ModelSettings:
         context_length=s.context_length,
         kv_type=s.kv_type,
         rpc=s.rpc,
+        speculative=s.speculative,
     )
     if s.keep_alive_s is not None:
         msg.keep_alive_s = s.keep_alive_s
@@ -107,6 +108,7 @@ def settings_from(msg: pb.ModelSettings) -> ModelSettings:
         context_length=msg.context_length,
         kv_type=msg.kv_type.strip().lower(),
         rpc=msg.rpc.strip(),
+        speculative=msg.speculative.strip(),
     )
 
 
@@ -386,6 +388,9 @@ class ModelsService(pbg.ModelsServicer):  # type: ignore[misc]
     async def configure(self, request: pb.ConfigureModelRequest) -> pb.ModelSettings:
         ref, manifest = self.app.store.resolve(request.model)
         settings = settings_from(request.settings)
+        if settings.speculative.startswith(DRAFT_PREFIX):  # refused now, not at a request
+            draft = settings.speculative.removeprefix(DRAFT_PREFIX)
+            await asyncio.to_thread(self.app.selection.draft_for, str(ref), draft)
         await asyncio.to_thread(self.app.selection.settings.put, str(ref), settings)
         for v in manifest.variants:  # a loaded model's pin and keep-alive change now
             self.app.scheduler.apply_settings(

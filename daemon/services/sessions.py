@@ -17,6 +17,8 @@ from edged.daemon.services.generation import (
     load_options,
     stream_generation,
     stream_interval_s,
+    with_draft,
+    with_speculative,
 )
 from edged.daemon.sessions import SessionRecord
 from edged.daemon.wire import check_text, message_from, message_to, messages_from, sampling_from
@@ -89,7 +91,12 @@ class SessionsService(pbg.SessionsServicer):  # type: ignore[misc]
                 backend=rec.backend,
                 device=rec.device,
             )
-            sampling = sampling_from(request.sampling, model.sampling_defaults, model.stop_defaults)
+            sampling = with_speculative(
+                self.app,
+                model.name,
+                sampling_from(request.sampling, model.sampling_defaults, model.stop_defaults),
+            )
+            options = await with_draft(self.app, model, sampling, options)
             if model.digest != rec.model_digest:
                 # the name now points at other weights: the old KV is meaningless
                 self.app.scheduler.drop_session(rec.model_digest, rec.id)

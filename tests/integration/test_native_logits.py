@@ -76,3 +76,36 @@ def test_cached_pieces_and_eog_match_llama(model: NativeModel) -> None:
             assert model.piece(t) == buf.raw[:n]
             assert model.is_eog(t) == bool(lc.llama_vocab_is_eog(vocab, t))
     assert model.is_eog(int(lc.llama_vocab_eos(vocab)))
+
+
+@pytest.mark.parametrize("at", ["start", "limit"])
+def test_few_rows_of_a_sequence_are_computed_as_one_token_decodes(
+    model: NativeModel, at: str
+) -> None:
+    """What speculative verification (K_MAX + 1 rows) and the prompt tail
+    (TAIL_ROWS rows with the last token) rely on: a sequence's rows in one step,
+    up to that many and below position EXACT_ROWS_BELOW, give bit-identical
+    logits to decoding them one at a time, whatever else shares the batch."""
+    from edged.backends.llamacpp.engine import EXACT_ROWS_BELOW, TAIL_ROWS
+    from edged.backends.speculative import K_MAX
+
+    rows = max(TAIL_ROWS, K_MAX + 1)
+    pre = 20 if at == "start" else EXACT_ROWS_BELOW - rows
+    text = "The quick brown fox jumps over the lazy dog. " * 30
+    toks = model.tokenize(text, add_special=True, parse_special=False)
+    assert len(toks) > pre + rows
+    c = NativeContext(model, n_ctx=3 * 512, n_seq=3, n_batch=256, threads=2)
+    try:
+        for seq in (0, 1):
+            c.decode([(t, p, seq, False) for p, t in enumerate(toks[:pre])])
+        single = []
+        for p in range(pre, pre + rows):
+            c.decode([(toks[p], p, 0, True)])
+            single.append(c.logits(0).copy())
+        # the same rows at once, beside another sequence's long prefill
+        others = [(t, p, 2, False) for p, t in enumerate(toks[:100])]
+        c.decode([(toks[p], p, 1, True) for p in range(pre, pre + rows)] + others)
+        for k in range(rows):
+            assert np.array_equal(c.logits(k), single[k]), f"row {k} differs"
+    finally:
+        c.free()

@@ -27,7 +27,7 @@ FINISH_REASON_TOOL_CALLS: FinishReason
 FINISH_REASON_TIME_LIMIT: FinishReason
 
 class SamplingParams(_message.Message):
-    __slots__ = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop")
+    __slots__ = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop", "speculative")
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,7 @@ class SamplingParams(_message.Message):
     REPEAT_PENALTY_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
+    SPECULATIVE_FIELD_NUMBER: _ClassVar[int]
     max_tokens: int
     temperature: float
     top_p: float
@@ -44,7 +45,8 @@ class SamplingParams(_message.Message):
     repeat_penalty: float
     seed: int
     stop: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., min_p: _Optional[float] = ..., repeat_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
+    speculative: str
+    def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., min_p: _Optional[float] = ..., repeat_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., speculative: _Optional[str] = ...) -> None: ...
 
 class ChatMessage(_message.Message):
     __slots__ = ("role", "content", "tool_calls", "tool_call_id", "name")
@@ -233,7 +235,7 @@ class GenerateRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., chat: _Optional[_Union[ChatMessages, _Mapping]] = ..., infill: _Optional[_Union[Infill, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., backend: _Optional[str] = ..., keep_alive_s: _Optional[float] = ..., context_length: _Optional[int] = ..., device: _Optional[str] = ..., stream_interval_ms: _Optional[int] = ..., response_format: _Optional[_Union[ResponseFormat, _Mapping]] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_choice: _Optional[_Union[ToolChoice, _Mapping]] = ..., parallel_tool_calls: _Optional[bool] = ..., logprobs: _Optional[int] = ...) -> None: ...
 
 class GenerationStats(_message.Message):
-    __slots__ = ("prompt_tokens", "cached_prompt_tokens", "completion_tokens", "time_to_first_token_ms", "decode_tokens_per_second", "prefill_tokens_per_second", "total_ms", "finish_reason", "backend", "device", "kv_source", "stop_sequence")
+    __slots__ = ("prompt_tokens", "cached_prompt_tokens", "completion_tokens", "time_to_first_token_ms", "decode_tokens_per_second", "prefill_tokens_per_second", "total_ms", "finish_reason", "backend", "device", "kv_source", "stop_sequence", "drafted_tokens", "accepted_tokens")
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -246,6 +248,8 @@ class GenerationStats(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     KV_SOURCE_FIELD_NUMBER: _ClassVar[int]
     STOP_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    DRAFTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     prompt_tokens: int
     cached_prompt_tokens: int
     completion_tokens: int
@@ -258,7 +262,9 @@ class GenerationStats(_message.Message):
     device: str
     kv_source: str
     stop_sequence: str
-    def __init__(self, prompt_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., time_to_first_token_ms: _Optional[float] = ..., decode_tokens_per_second: _Optional[float] = ..., prefill_tokens_per_second: _Optional[float] = ..., total_ms: _Optional[float] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., kv_source: _Optional[str] = ..., stop_sequence: _Optional[str] = ...) -> None: ...
+    drafted_tokens: int
+    accepted_tokens: int
+    def __init__(self, prompt_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., time_to_first_token_ms: _Optional[float] = ..., decode_tokens_per_second: _Optional[float] = ..., prefill_tokens_per_second: _Optional[float] = ..., total_ms: _Optional[float] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., kv_source: _Optional[str] = ..., stop_sequence: _Optional[str] = ..., drafted_tokens: _Optional[int] = ..., accepted_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateChunk(_message.Message):
     __slots__ = ("text", "tokens", "stats", "tool_calls", "logprobs")
@@ -539,7 +545,7 @@ class ShowModelResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., chat_template: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., system_prompt: _Optional[str] = ..., sampling_defaults: _Optional[_Mapping[str, float]] = ..., variants: _Optional[_Iterable[_Union[ModelVariant, _Mapping]]] = ..., backends: _Optional[_Iterable[_Union[BackendChoice, _Mapping]]] = ..., settings: _Optional[_Union[ModelSettings, _Mapping]] = ..., memory: _Optional[_Union[MemoryEstimate, _Mapping]] = ..., capabilities: _Optional[_Iterable[str]] = ..., stop_defaults: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelSettings(_message.Message):
-    __slots__ = ("backend", "device", "keep_alive_s", "pinned", "context_length", "kv_type", "rpc")
+    __slots__ = ("backend", "device", "keep_alive_s", "pinned", "context_length", "kv_type", "rpc", "speculative")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     KEEP_ALIVE_S_FIELD_NUMBER: _ClassVar[int]
@@ -547,6 +553,7 @@ class ModelSettings(_message.Message):
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     KV_TYPE_FIELD_NUMBER: _ClassVar[int]
     RPC_FIELD_NUMBER: _ClassVar[int]
+    SPECULATIVE_FIELD_NUMBER: _ClassVar[int]
     backend: str
     device: str
     keep_alive_s: float
@@ -554,7 +561,8 @@ class ModelSettings(_message.Message):
     context_length: int
     kv_type: str
     rpc: str
-    def __init__(self, backend: _Optional[str] = ..., device: _Optional[str] = ..., keep_alive_s: _Optional[float] = ..., pinned: _Optional[bool] = ..., context_length: _Optional[int] = ..., kv_type: _Optional[str] = ..., rpc: _Optional[str] = ...) -> None: ...
+    speculative: str
+    def __init__(self, backend: _Optional[str] = ..., device: _Optional[str] = ..., keep_alive_s: _Optional[float] = ..., pinned: _Optional[bool] = ..., context_length: _Optional[int] = ..., kv_type: _Optional[str] = ..., rpc: _Optional[str] = ..., speculative: _Optional[str] = ...) -> None: ...
 
 class ConfigureModelRequest(_message.Message):
     __slots__ = ("model", "settings")
