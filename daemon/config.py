@@ -54,6 +54,15 @@ EDGED_SPECULATIVE      speculative decoding for greedy requests    auto
                        drafts, paused where they do not pay),
                        ngram (always), off, or draft:MODEL (a
                        draft model sharing the target's vocab)
+EDGED_BATCH_INVARIANT  llama.cpp on the CPU (edged's build): 1 =     1
+                       up to 63 rows of a sequence in a step give
+                       the logits one-token decodes give, at any
+                       position (speculation exact everywhere);
+                       0 = stock (a lone stream's decode splits
+                       its KV across threads: faster with many
+                       cores and long contexts; speculation only
+                       below position 256); 2 = any number of
+                       rows too (slower long-prompt prefill)
 EDGED_KV_RAM_MB        saved session KV kept in RAM (MiB)          10% of free RAM, <= 2048
 EDGED_KV_DISK_MB       saved session KV kept on disk (MiB)         10% of free disk, <= 8192
 EDGED_MAX_MESSAGE_MB   largest gRPC message accepted or sent       16
@@ -126,6 +135,10 @@ class EngineConfig:
     rpc_servers: tuple[str, ...] = ()  # EDGED_RPC: llama.cpp RPC workers (host:port)
     rpc_layers: int = -1  # EDGED_RPC_LAYERS: layers on those workers (-1: all)
     speculative: str = DEFAULT_SPECULATIVE  # for requests and models that do not say
+    # EDGED_BATCH_INVARIANT (0-2): llama.cpp's workers read it from the environment
+    # they inherit (native.batch_invariance); checked here so a bad value stops
+    # the start
+    batch_invariance: int = 1
 
 
 @dataclass(frozen=True)
@@ -301,6 +314,7 @@ def load_engine(
         rpc_servers=_rpc(env),
         rpc_layers=_int(env, "EDGED_RPC_LAYERS", -1, -1, 100_000),
         speculative=_speculative(env),
+        batch_invariance=_int(env, "EDGED_BATCH_INVARIANT", 1, 0, 2),
     )
 
 

@@ -50,7 +50,7 @@ from edged.backends.base import (
     ModelDescription,
     refuse_kv_type,
 )
-from edged.backends.memory import MemoryEstimate, estimate_memory
+from edged.backends.memory import MemoryEstimate, compute_bytes, estimate_memory
 from edged.backends.registry import backend_info
 from edged.backends.toolkit import EMBED_INSTEAD, check_controls
 from edged.common.endpoints import endpoints as rpc_endpoints
@@ -145,15 +145,34 @@ MemoryProbe = Callable[[str], int | None]
 
 
 def estimate_model(model: ResolvedModel, backend: str, spec: LoadSpec) -> MemoryEstimate:
-    """The real estimate (:mod:`edged.backends.memory`) from the model's header."""
+    """The real estimate (:mod:`edged.backends.memory`) from the model's header,
+    with a draft model (speculative ``draft:MODEL``) loaded beside it: its
+    weights, its own f16 KV cache for the same sequences and context, and its
+    scratch buffers (the runtime is shared)."""
     facts = model_facts(Path(spec.model_path), model.format)
-    return estimate_memory(
+    need = estimate_memory(
         facts,
         context_length=spec.context_length,
         sequences=spec.max_sequences,
         backend=backend,
         device=spec.device,
         kv_type=spec.kv_type,
+    )
+    if not spec.draft_model_path:
+        return need
+    draft_facts = model_facts(Path(spec.draft_model_path), "gguf")
+    draft = estimate_memory(
+        draft_facts,
+        context_length=spec.context_length,
+        sequences=spec.max_sequences,
+        backend=backend,
+        device=spec.device,
+    )
+    return MemoryEstimate(
+        need.weights_bytes + draft.weights_bytes,
+        need.kv_bytes + draft.kv_bytes,
+        need.overhead_bytes + compute_bytes(draft_facts, sequences=spec.max_sequences),
+        need.kv_type,
     )
 
 

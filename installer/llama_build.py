@@ -37,6 +37,12 @@ VERSION/``, XDG_CACHE_HOME respected; edged looks there), from the sdist the whe
 is built from, or from one ``pip download`` of the sdist when the wheel is cached
 and the converter is not.
 
+Source patches: the sdist is unpacked and :data:`SOURCE_PATCHES` applied before
+the build (each one a literal replacement that must match exactly once, so a
+new pinned version that moved the code fails loudly instead of building
+unpatched). Their names are part of the wheel-cache key and are recorded in the
+installed package as ``llama_cpp.EDGED_PATCHES``, where edged checks for them.
+
 This module is stdlib-only: it runs before edged itself is installed.
 Usage: ``python installer/llama_build.py [--print-args] [--print-version] [--rebuild]
 [--converter-only]``.
@@ -59,6 +65,91 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+
+
+@dataclass(frozen=True)
+class SourcePatch:
+    """One literal replacement in the unpacked sdist."""
+
+    name: str
+    path: str  # relative to the sdist's top folder
+    old: str
+    new: str
+
+
+# Batch-invariant attention. ggml's CPU flash attention has three paths: a lone
+# sequence's one-row decode splits the KV cache across threads (once the cache
+# holds 512 or more cells) and joins the parts; 64 or more rows of a sequence in
+# one step go through a tiled kernel; everything else computes row by row over
+# the whole cache. Their sums differ (measured on SmolLM2: logits up to 0.8
+# apart), so a temperature-0 reply would depend on what shared its batch, on
+# whether speculative drafts were verified with it, and on how its prompt was
+# cut into steps beside other streams. The patches put a switch on the first
+# two paths, read once per process from EDGED_BATCH_INVARIANT:
+#   0  stock llama.cpp;
+#   1  (unset) no split: up to 63 rows of a sequence in a step give the logits
+#      one-token decodes give at any position (speculation is exact
+#      everywhere), at the cost of the split's parallelism for a lone stream;
+#   2  no tiles either: every shape gives the same logits (a prompt's last
+#      token goes with the rest, a reply does not depend on how its prompt was
+#      cut), at the cost of the tiles' prefill speed in long prompts.
+# tests/integration/test_native_logits.py checks them; bench/README.md
+# ("batch_invariant") measures the costs.
+_OPS = "vendor/llama.cpp/ggml/src/ggml-cpu/ops.cpp"
+_INVARIANT_SWITCH = """#include <cstdlib>
+
+// edged: batch-invariant attention, EDGED_BATCH_INVARIANT=0|1|2 (unset: 1)
+static int edged_batch_invariant() {
+    static const int level = [] {
+        const char * v = std::getenv("EDGED_BATCH_INVARIANT");
+        return v == nullptr || v[0] == 0 ? 1 : std::atoi(v);
+    }();
+    return level;
+}
+
+static void ggml_compute_forward_flash_attn_ext_f16("""
+SOURCE_PATCHES: tuple[SourcePatch, ...] = (
+    SourcePatch(
+        "fa-no-split-kv",
+        _OPS,
+        "q->type == GGML_TYPE_F32 && nek1 >= 512;",
+        "q->type == GGML_TYPE_F32 && nek1 >= 512 && edged_batch_invariant() < 1;",
+    ),
+    SourcePatch(
+        "fa-no-tiles",
+        _OPS,
+        "neq1 >= Q_TILE_SZ);",
+        "neq1 >= Q_TILE_SZ) && edged_batch_invariant() < 2;",
+    ),
+    SourcePatch(
+        "fa-no-split-kv-switch",
+        _OPS,
+        "static void ggml_compute_forward_flash_attn_ext_f16(",
+        _INVARIANT_SWITCH,
+    ),
+    SourcePatch(
+        "marker",
+        "llama_cpp/__init__.py",
+        '__version__ = "',
+        'EDGED_PATCHES = ("fa-no-split-kv", "fa-no-tiles")\n__version__ = "',
+    ),
+)
+
+
+def apply_patches(top: Path, patches: tuple[SourcePatch, ...] = SOURCE_PATCHES) -> None:
+    """Apply ``patches`` under the unpacked sdist ``top``; SystemExit when one does
+    not match exactly once."""
+    for patch in patches:
+        path = top / patch.path
+        text = path.read_text(encoding="utf-8")
+        if text.count(patch.old) != 1:
+            raise SystemExit(
+                f"edged: source patch {patch.name!r} does not apply to {patch.path} "
+                f"(found {text.count(patch.old)} matches, expected 1)"
+            )
+        path.write_text(text.replace(patch.old, patch.new), encoding="utf-8")
+        print(f"edged: applied source patch {patch.name} to {patch.path}", flush=True)
+
 
 # /proc/cpuinfo flag -> ggml CMake option. Order is irrelevant; the key is sorted.
 _X86_FLAG_OPTIONS: dict[str, str] = {
@@ -292,8 +383,8 @@ def rpc_args(env: Mapping[str, str]) -> list[str]:
 
 
 def build_key(args: list[str], toolkit: str | None = None) -> str:
-    """The wheel-cache key: a CPU-only build's key is the same as before CUDA
-    support existed; a CUDA build's also names the toolkit (nvcc version)."""
+    """The wheel-cache key: the version, Python, machine, CMake arguments, the
+    source patches and, for a CUDA build, the toolkit (nvcc version)."""
     cuda = [f"cuda-toolkit={toolkit}"] if toolkit else []
     material = "\n".join(
         [
@@ -302,6 +393,7 @@ def build_key(args: list[str], toolkit: str | None = None) -> str:
             platform.machine(),
             *sorted(args),
             *cuda,
+            *(f"patch={p.name}:{p.path}:{p.old!r}:{p.new!r}" for p in SOURCE_PATCHES),
         ]
     )
     return hashlib.sha256(material.encode()).hexdigest()[:16]
@@ -387,6 +479,20 @@ def extract_converter(sdist: Path, target: Path) -> None:
     print(f"edged: llama.cpp's GGUF converter is in {target}")
 
 
+def unpack_sdist(sdist: Path, dest: Path) -> Path:
+    """Unpack ``sdist`` into ``dest``; returns its one top folder."""
+    dest.mkdir(parents=True)
+    with tarfile.open(sdist) as tar:
+        if hasattr(tarfile, "data_filter"):  # Python 3.11.4+: no links out, no odd modes
+            tar.extractall(dest, filter="data")
+        else:
+            tar.extractall(dest)  # pip would unpack the same sdist
+    tops = [p for p in dest.iterdir() if p.is_dir()]
+    if len(tops) != 1:
+        raise SystemExit(f"edged: {sdist.name} does not unpack into one folder")
+    return tops[0]
+
+
 def _run(cmd: list[str], env: dict[str, str] | None = None) -> None:
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, env=env)
@@ -409,6 +515,10 @@ def ensure_wheel(
     print(f"edged: building llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} (takes minutes)")
     print(f"edged: CMAKE_ARGS={env['CMAKE_ARGS']}", flush=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        if sdist is None:
+            sdist = download_sdist(Path(tmp))
+        source = unpack_sdist(sdist, Path(tmp) / "src")
+        apply_patches(source)
         _run(
             [
                 sys.executable,
@@ -417,11 +527,9 @@ def ensure_wheel(
                 "wheel",
                 "--no-deps",
                 "--no-cache-dir",
-                "--no-binary",
-                "llama-cpp-python",
                 "-w",
                 tmp,
-                str(sdist) if sdist else f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}",
+                str(source),
             ],
             env=env,
         )

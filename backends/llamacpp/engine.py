@@ -37,6 +37,7 @@ from edged.backends.llamacpp.native import (
     NativeContext,
     NativeModel,
     NativeSampler,
+    batch_invariance,
     gpu_offload_supported,
     offload_for,
     rpc_offload,
@@ -48,17 +49,16 @@ log = logging.getLogger(__name__)
 
 PREFILL_CHUNK = 512
 MIN_SHARED_PREFIX = 16  # tokens; shorter common prefixes are cheaper to prefill
-# Prompt tokens evaluated together with the last one. llama.cpp's CPU kernels
-# compute a sequence's rows in a step exactly as one-token decodes do while the
-# step holds few of them (measured on SmolLM2: bit-identical logits up to 48
-# rows, not at 64), so a prompt rest this short needs no separate last step.
+# A sequence's rows in one step give exactly the logits one-token decodes give
+# (so a prompt's last token may go with the rest, and drafts may be verified)
+# for up to TAIL_ROWS rows (bit-identical up to 48, not at 64, where llama.cpp's
+# tiled attention starts). With a stock llama.cpp only below position
+# EXACT_ROWS_BELOW (from there a lone sequence's one-row decode splits its KV
+# cache across threads; logits up to 0.8 apart); with edged's build
+# (installer/llama_build.py, EDGED_BATCH_INVARIANT=1, the default) at any
+# position; with EDGED_BATCH_INVARIANT=2 for any number of rows (measured on
+# SmolLM2 up to 512 rows at position 1,700).
 TAIL_ROWS = 32
-# ... but only while the sequence is short: with rows at positions of 256 and
-# beyond, several rows of a sequence in one step no longer give the logits
-# one-token decodes give (measured on SmolLM2 with this llama.cpp: identical
-# up to position 208, up to 0.6 apart at positions 250-258 and 370-378). Drafts
-# and the prompt tail only use positions below this, so replies stay exactly
-# those of plain decoding; past it a stream decodes one token per step.
 EXACT_ROWS_BELOW = 256
 MAX_LOGPROBS = 20  # alternatives per token a request may ask for
 # Infill prompts are laid out as llama-server lays them out. The window around
@@ -182,9 +182,24 @@ class LlamaEngine(toolkit.EngineCore[Request]):
             )
         self._slots = [Slot(seq=i) for i in range(n_seq)]
         self._layout_changed = False  # a request started or ended since the last compaction
-        # on a GPU, batched rows may be computed differently: the last token alone
-        self._tail_rows = TAIL_ROWS if spec.device in ("", "cpu") else 1
-        self._exact_below = EXACT_ROWS_BELOW if spec.device in ("", "cpu") else 0
+        # How many rows of a sequence one step may hold, and up to which position,
+        # while they still give the logits one-token decodes give (what the prompt
+        # tail and speculation rely on): with edged's batch-invariant build any
+        # number anywhere; with a stock build few, below EXACT_ROWS_BELOW; on a GPU
+        # nothing is relied on (the last prompt token is decoded alone).
+        self._tail_rows = 1
+        self._exact_below = 0
+        if spec.device in ("", "cpu"):
+            level = batch_invariance()
+            self._tail_rows = PREFILL_CHUNK if level >= 2 else TAIL_ROWS
+            self._exact_below = self._n_ctx_seq if level >= 1 else EXACT_ROWS_BELOW
+            if level == 0:
+                log.warning(
+                    "llama.cpp without batch-invariant attention (not built by edged's "
+                    "installer, or EDGED_BATCH_INVARIANT=0): speculation and the prompt "
+                    "tail only below position %d",
+                    EXACT_ROWS_BELOW,
+                )
         self._fim = self._model.fim_tokens()
         can_infill = all(k in self._fim for k in FIM_NEEDED)
         caps = Capabilities(
@@ -530,10 +545,10 @@ class LlamaEngine(toolkit.EngineCore[Request]):
             # The last prompt token's logits must come from the same computation
             # whether the rest of the prompt was prefilled now or found in the
             # cache, so that an identical request at temperature 0 gives
-            # identical tokens. A short rest (at most TAIL_ROWS tokens, on the
-            # CPU) is computed row by row exactly as one-token decodes are, so
-            # the last token goes with it; after a longer one it is decoded on
-            # its own, one step later.
+            # identical tokens. Where rows in a step are computed exactly as
+            # one-token decodes (TAIL_ROWS on the CPU, any number with
+            # EDGED_BATCH_INVARIANT=2, none on a GPU) the last token goes with
+            # the rest; otherwise it is decoded on its own, one step later.
             last_index = len(r.prompt) - 1
             short = (
                 len(r.prompt) - start <= min(self._tail_rows, budget)

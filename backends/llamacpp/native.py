@@ -287,6 +287,18 @@ def kv_ggml_type(kv_type: str) -> int:
         ) from None
 
 
+def batch_invariance() -> int:
+    """How far this llama.cpp computes a sequence's rows alike whatever the batch
+    (edged's installer patches, EDGED_BATCH_INVARIANT, read by ggml itself):
+    0 = stock; 1 = up to 63 rows of a sequence in a step give the logits
+    one-token decodes give, at any position; 2 = any number of rows."""
+    patches = getattr(lc, "EDGED_PATCHES", ())
+    if "fa-no-split-kv" not in patches or "fa-no-tiles" not in patches:
+        return 0
+    raw = os.environ.get("EDGED_BATCH_INVARIANT", "") or "1"
+    return min(max(int(raw), 0), 2) if raw.isdigit() else 1
+
+
 def _context_params(*, n_ctx: int, n_seq: int, n_batch: int, threads: int) -> Any:
     """llama.cpp context parameters both context kinds share: the micro-batch is
     the whole batch, one thread count for decode and prefill, no perf counters."""

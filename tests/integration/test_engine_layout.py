@@ -24,6 +24,11 @@ QUESTIONS = [
 ]
 FOLLOW_UP = "Say it again in one short sentence."
 SAMPLING = Sampling(temperature=0.0, max_tokens=20)
+# Speculation lets a stream finish steps earlier than the others (and the
+# engine then moves sequences); the first turns run without it so that the
+# three sessions end together and sit on sequences 0, 1 and 2, as the test
+# sets up. Everything after runs with the default (speculation on).
+IN_STEP = Sampling(temperature=0.0, max_tokens=20, speculative="off")
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +106,7 @@ def test_a_gap_is_closed_and_every_answer_stays_its_own(gguf: str, engine: Llama
     # Three sessions take sequences 0, 1 and 2.
     first = run(
         engine,
-        [Job(i, SAMPLING, messages=first_turn(i), session_id=f"s{i}") for i in range(3)],
+        [Job(i, IN_STEP, messages=first_turn(i), session_id=f"s{i}") for i in range(3)],
     )
     assert [s.session_id for s in engine._slots[:3]] == ["s0", "s1", "s2"]
 
@@ -158,9 +163,12 @@ def test_a_request_that_ends_mid_run_leaves_no_gap(gguf: str, engine: LlamaEngin
     seen = watch_batches(engine)
     got = run(engine, jobs)
     assert all(one_graph(b) for b in seen), f"split batches: {seen}"
-    # request 2 ended first, between the other two; they went on together
-    assert [len(set(b)) for b in seen[:3]] == [3, 3, 3]
-    assert [len(set(b)) for b in seen[-3:]] == [2, 2, 2]
+    # request 2 ended first (after its two tokens), between the other two;
+    # from then on they went on together
+    sizes = [len(set(b)) for b in seen]
+    ended = sizes.index(2)
+    assert ended >= 2, sizes
+    assert sizes[:ended] == [3] * ended and sizes[ended:] == [2] * (len(sizes) - ended), sizes
     for job in jobs:
         e = new_engine(gguf)
         try:

@@ -227,3 +227,34 @@ def test_rpc_backend_is_built_unless_turned_off(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("EDGED_LLAMA_RPC", "yes")
     with pytest.raises(SystemExit, match="EDGED_LLAMA_RPC must be 0 or 1"):
         llama_build.cmake_args(CPUINFO_AMX, "x86_64")
+
+
+def test_source_patches_apply_exactly_once_or_stop_the_build(tmp_path: Path) -> None:
+    patch = llama_build.SourcePatch("p", "src/a.cpp", "nek1 >= 512;", "nek1 >= 512 && false;")
+    (tmp_path / "src").mkdir()
+    target = tmp_path / "src" / "a.cpp"
+    target.write_text("x; nek1 >= 512; y;\n")
+    llama_build.apply_patches(tmp_path, (patch,))
+    assert target.read_text() == "x; nek1 >= 512 && false; y;\n"
+    # applied again it matches nothing: a moved or already changed source stops
+    with pytest.raises(SystemExit, match=r"'p' does not apply to src/a\.cpp \(found 0"):
+        llama_build.apply_patches(tmp_path, (patch,))
+    target.write_text("nek1 >= 512; nek1 >= 512;\n")
+    with pytest.raises(SystemExit, match="found 2 matches"):
+        llama_build.apply_patches(tmp_path, (patch,))
+
+
+def test_the_patches_are_in_the_cache_key_and_marked_in_the_package() -> None:
+    args = llama_build.cmake_args(CPUINFO_AMX, "x86_64")
+    key = llama_build.build_key(args)
+    names = [p.name for p in llama_build.SOURCE_PATCHES]
+    assert "fa-no-split-kv" in names
+    marker = next(p for p in llama_build.SOURCE_PATCHES if p.path == "llama_cpp/__init__.py")
+    # the marker edged reads at run time names the attention patches
+    assert '"fa-no-split-kv", "fa-no-tiles"' in marker.new
+    saved = llama_build.SOURCE_PATCHES
+    try:
+        llama_build.SOURCE_PATCHES = ()
+        assert llama_build.build_key(args) != key
+    finally:
+        llama_build.SOURCE_PATCHES = saved

@@ -92,3 +92,14 @@ def test_model_setting_speculative() -> None:
         ModelSettings(speculative="draft:")
     with pytest.raises(InvalidArgument, match="wrong type"):
         ModelSettings.from_json({"speculative": 1})
+
+
+def test_edged_batch_invariant_is_checked_at_start() -> None:
+    from edged.daemon.config import load_engine
+
+    assert load_engine({}).batch_invariance == 1
+    assert load_engine({"EDGED_BATCH_INVARIANT": "2"}).batch_invariance == 2
+    with pytest.raises(ValueError, match="EDGED_BATCH_INVARIANT must be between 0 and 2"):
+        load_engine({"EDGED_BATCH_INVARIANT": "3"})
+    with pytest.raises(ValueError, match="EDGED_BATCH_INVARIANT must be an integer"):
+        load_engine({"EDGED_BATCH_INVARIANT": "yes"})
