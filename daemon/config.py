@@ -51,7 +51,7 @@ EDGED_RPC_LAYERS       layers of a model placed on the RPC         -1 (all)
                        rest stay on this machine's CPU
 EDGED_SPECULATIVE      speculative decoding for greedy requests    auto
                        that do not say: auto (prompt-lookup
-                       drafts, paused where they do not pay),
+                       drafts, only as long as they pay),
                        ngram (always), off, or draft:MODEL (a
                        draft model sharing the target's vocab)
 EDGED_BATCH_INVARIANT  llama.cpp on the CPU (edged's build): 1 =     1

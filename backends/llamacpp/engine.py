@@ -181,6 +181,7 @@ class LlamaEngine(toolkit.EngineCore[Request]):
                 threads=spec.threads,
             )
         self._slots = [Slot(seq=i) for i in range(n_seq)]
+        self._row_cost = speculative.RowCost()
         self._layout_changed = False  # a request started or ended since the last compaction
         # How many rows of a sequence one step may hold, and up to which position,
         # while they still give the logits one-token decodes give (what the prompt
@@ -571,12 +572,16 @@ class LlamaEngine(toolkit.EngineCore[Request]):
             self._finish(r, "context_full", events)
         if not entries:
             return
+        decode_only = len(entries) == sum(1 + len(r.draft) for r in decoding)
         entries, outputs = in_sequence_order(entries, outputs)
+        started = time.perf_counter()
         try:
             self._ctx.decode(entries)
         except EdgedError as exc:
             self._fail_all(exc, events)
             return
+        if decode_only:  # what a row costs, for speculation's auto mode
+            self._row_cost.observe(len(entries), time.perf_counter() - started)
         for slot, toks in appended:
             slot.tokens.extend(toks)
         now = time.perf_counter()
@@ -591,6 +596,7 @@ class LlamaEngine(toolkit.EngineCore[Request]):
         gets at most what the batch, its context and its ``max_tokens`` leave
         room for (a verified draft of k gives up to k + 1 tokens)."""
         spare = self._ctx.n_batch - len(decoding)
+        row_cost = self._row_cost.relative(len(decoding))
         wants: list[tuple[Request, int]] = []
         for r in decoding:
             if r.spec is None:
@@ -601,9 +607,9 @@ class LlamaEngine(toolkit.EngineCore[Request]):
             if max_tokens:
                 limit = min(limit, max_tokens - r.t.completion - 1)
             if r.spec.drafter is not None:
-                r.draft = r.spec.propose(limit)
+                r.draft = r.spec.propose(limit, row_cost)
                 spare -= len(r.draft)
-            elif (k := r.spec.length(limit)) > 0:
+            elif (k := r.spec.length(limit, row_cost)) > 0:
                 wants.append((r, k))
                 spare -= k
         if wants and self._draft is not None:

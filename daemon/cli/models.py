@@ -133,8 +133,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--speculative",
         metavar="MODE",
-        help="speculative decoding for greedy requests: auto (prompt-lookup drafts, paused "
-        "where they do not pay), ngram (always), off, or draft:MODEL (a draft model sharing "
+        help="speculative decoding for greedy requests: auto (prompt-lookup drafts, only as "
+        "long as they pay for their rows), ngram (always), off, or draft:MODEL (a draft model sharing "
         "this model's vocabulary); 'default' clears it (EDGED_SPECULATIVE)",
     )
     p.add_argument("--reset", action="store_true", help="clear every setting first")

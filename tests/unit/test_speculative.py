@@ -32,27 +32,58 @@ def test_draft_respects_k_and_single_tokens_do_not_match() -> None:
     assert spec.NgramDrafter([4, 1, 7, 1]).draft(3) == []  # a 1-gram is not enough
 
 
-def test_speculator_adapts_length_and_pauses_in_auto() -> None:
+def test_speculator_adapts_its_longest_draft() -> None:
     s = spec.Speculator(spec.NgramDrafter([1, 2, 3, 1, 2]), adaptive=True)
     assert s.propose(8) == [3, 1, 2][: s.k]
     s.verified(4, 4)
     assert s.k == spec.K_START + 2
     s.verified(4, 1)
     assert s.k == 2
+
+
+def test_best_length_weighs_acceptance_against_what_rows_cost() -> None:
+    assert spec.best_length(0.9, 0.05, 8) == 8  # memory-bound: long drafts pay
+    assert spec.best_length(0.6, 0.85, 8) == 0  # compute-bound: nothing pays
+    assert 0 < spec.best_length(0.95, 0.85, 8) < 8
+    assert spec.best_length(1.0, 0.85, 8) == 8
+    assert spec.expected_accepted(0.5, 3) == pytest.approx(0.875)
+
+
+def test_auto_pauses_while_nothing_pays_then_probes() -> None:
     s = spec.Speculator(spec.NgramDrafter([1, 2, 3, 1, 2]), adaptive=True)
-    for _ in range(spec.WINDOW):  # drafts that keep failing pause drafting
-        s.verified(1, 0)
-    assert s.paused_for == spec.PAUSE and s.propose(8) == []
+    assert s.length(8, row_cost=0.9) == 0  # the prior rate does not pay
+    assert s.paused_for == spec.PAUSE and s.propose(8, 0.9) == []
     for _ in range(spec.PAUSE):
         s.push(1)
-    assert s.propose(8) != []
+    assert s.probe and s.length(8, row_cost=0.9) == 1  # one token to learn from
+    s.verified(1, 0)
+    assert s.length(8, row_cost=0.9) == 0 and s.paused_for == 2 * spec.PAUSE
+    # drafts that keep being accepted raise the estimate until they pay
+    for _ in range(20):
+        s.verified(4, 4)
+    assert s.rate > 0.95
+    s.paused_for = 0
+    assert s.length(8, row_cost=0.9) > 0
+    assert s.length(8, row_cost=0.05) == min(s.k, 8)
 
 
 def test_ngram_mode_never_pauses() -> None:
     s = spec.Speculator(spec.NgramDrafter([1, 2, 3, 1, 2]), adaptive=False)
-    for _ in range(4 * spec.WINDOW):
+    for _ in range(64):
         s.verified(1, 0)
-    assert s.paused_for == 0 and s.propose(8) == [3]
+    assert s.paused_for == 0 and s.propose(8, row_cost=2.0) == [3]
+
+
+def test_row_cost_is_fitted_from_steps_of_different_sizes() -> None:
+    cost = spec.RowCost()
+    assert cost.relative(1) == spec.PRIOR_ROW_COST
+    for _ in range(10):  # steps of one size say nothing about a row's cost
+        cost.observe(1, 0.010)
+    assert cost.relative(1) == spec.PRIOR_ROW_COST
+    for rows in (1, 3, 5, 2, 9, 1, 4) * 3:  # seconds = 0.002 + 0.008 * rows
+        cost.observe(rows, 0.002 + 0.008 * rows)
+    assert cost.relative(1) == pytest.approx(0.8, rel=0.05)
+    assert cost.relative(4) == pytest.approx(0.008 / 0.034, rel=0.05)
 
 
 def test_modes() -> None:
