@@ -134,8 +134,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--speculative",
         metavar="MODE",
         help="speculative decoding for greedy requests: auto (prompt-lookup drafts, only as "
-        "long as they pay for their rows), ngram (always), off, or draft:MODEL (a draft model sharing "
-        "this model's vocabulary); 'default' clears it (EDGED_SPECULATIVE)",
+        "long as they pay for their rows), ngram (always), off, or draft:MODEL (a draft "
+        "model sharing this model's vocabulary); 'default' clears it (EDGED_SPECULATIVE)",
     )
     p.add_argument("--reset", action="store_true", help="clear every setting first")
     p.add_argument("--json", action="store_true", help="machine-readable output")
