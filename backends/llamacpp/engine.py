@@ -598,8 +598,15 @@ class LlamaEngine(toolkit.EngineCore[Request]):
         spare = self._ctx.n_batch - len(decoding)
         row_cost = self._row_cost.relative(len(decoding))
         wants: list[tuple[Request, int]] = []
+        # With several streams in the step, a draft would split it: llama.cpp
+        # evaluates equal rows per sequence in one graph (per-sequence KV
+        # streams), so a stream's extra rows become a second graph, which costs
+        # about a whole step where decoding is memory-bound and its rows where
+        # it is compute-bound (measured at 4 streams: 0.86-0.89x with drafts).
+        # No draft pays for that, so auto only drafts for a stream decoding alone.
+        crowded = len(decoding) > 1
         for r in decoding:
-            if r.spec is None:
+            if r.spec is None or (crowded and r.spec.adaptive):
                 continue
             room = min(self._n_ctx_seq, self._exact_below) - len(r.slot.tokens) - 1
             limit = min(spare, room)
