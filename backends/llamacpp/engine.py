@@ -359,9 +359,15 @@ class LlamaEngine(toolkit.EngineCore[Request]):
         if free:
             busy = self._busy()
 
+            # a slot holding a long part of the prompt saves its prefill; a
+            # short one is not worth a gap in the layout, unless it is the
+            # whole prompt (a short prompt asked again: its first token then
+            # needs one row, not the prompt's)
+            enough = min(MIN_SHARED_PREFIX, len(prompt) - 1)
+
             def preference(s: Slot) -> tuple[int, bool, float]:
                 cached = toolkit.common_prefix(s.tokens, prompt)
-                useful = cached if cached >= MIN_SHARED_PREFIX else 0
+                useful = cached if cached >= enough else 0
                 return (useful, keeps_one_run(busy, s.seq), -s.last_used)
 
             return max(free, key=preference)

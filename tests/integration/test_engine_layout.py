@@ -175,3 +175,17 @@ def test_a_request_that_ends_mid_run_leaves_no_gap(gguf: str, engine: LlamaEngin
             assert got[job.request_id] == run(e, [job])[job.request_id]
         finally:
             e.close()
+
+
+def test_a_short_prompt_asked_again_reuses_the_slot_that_holds_it(
+    gguf: str, engine: LlamaEngine
+) -> None:
+    """A prompt under MIN_SHARED_PREFIX tokens, asked again with other slots
+    free: the slot that holds it whole is taken, so its first token needs one
+    row (the time to first token of a repeated short prompt is one step)."""
+    job = Job(1, SAMPLING, prompt="Once upon a time")
+    first = run(engine, [job])
+    seen = watch_batches(engine)
+    again = run(engine, [Job(2, SAMPLING, prompt="Once upon a time")])
+    assert again[2] == first[1]
+    assert len(seen[0]) == 1, seen[0]
