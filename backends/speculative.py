@@ -18,7 +18,7 @@ none would.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from edged.backends.base import DEFAULT_SPECULATIVE, DRAFT_PREFIX, Sampling
 
@@ -41,7 +41,8 @@ K_START = 4
 # drafted as a probe.
 PRIOR_RATE = 0.6
 PRIOR_WEIGHT = 2.0  # as many draft tokens' worth of evidence
-RATE_DECAY = 0.9  # per verification step
+RATE_DECAY = 0.9  # per verification step (a stream's estimate)
+ENGINE_RATE_DECAY = 0.98  # the engine's, over all its streams: a new stream's prior
 PRIOR_ROW_COST = 0.2  # until the engine has measured steps of different sizes
 PAUSE = 32
 MAX_PAUSE = 512
@@ -150,32 +151,56 @@ class NgramDrafter:
 
 
 @dataclass
+class AcceptanceRate:
+    """The chance a draft token is accepted (given the ones before it were):
+    decayed counts of verified draft tokens, starting from ``prior``."""
+
+    prior: float = PRIOR_RATE
+    decay: float = RATE_DECAY  # per verification step
+    accepted_w: float = 0.0
+    trials_w: float = 0.0
+
+    def add(self, drafted: int, accepted: int) -> None:
+        """One verification: ``accepted`` of ``drafted`` tokens kept."""
+        judged = accepted + (1 if accepted < drafted else 0)
+        self.accepted_w = self.accepted_w * self.decay + accepted
+        self.trials_w = self.trials_w * self.decay + judged
+
+    @property
+    def rate(self) -> float:
+        prior = self.prior * PRIOR_WEIGHT
+        return (self.accepted_w + prior) / (self.trials_w + PRIOR_WEIGHT)
+
+
+@dataclass
 class Speculator:
     """One stream's drafting: the drafter, its draft length and its pauses."""
 
     drafter: NgramDrafter | None  # None: a draft model drafts (the engine's)
     adaptive: bool = True  # auto: draft only what pays, pause while nothing does
     k: int = K_START  # the longest draft for the next step
-    accepted_w: float = 0.0  # recent accepted draft tokens (decayed)
-    trials_w: float = 0.0  # recent draft tokens that were judged (decayed)
+    acceptance: AcceptanceRate = field(default_factory=AcceptanceRate)  # this stream's
     paused_for: int = 0  # generated tokens left before drafting again
     pause: int = PAUSE
     probe: bool = False  # the first draft after a pause: one token
 
     @classmethod
-    def for_prompt(cls, prompt: Sequence[int], mode: str) -> Speculator | None:
-        """The speculator for a stream whose mode is ``mode`` (None when off)."""
+    def for_prompt(
+        cls, prompt: Sequence[int], mode: str, prior: float = PRIOR_RATE
+    ) -> Speculator | None:
+        """The speculator for a stream whose mode is ``mode`` (None when off);
+        ``prior`` is its acceptance rate before it has drafted (the engine's
+        recent streams' rate: how drafts fare on this model and workload)."""
         if mode.startswith(DRAFT_PREFIX):  # asked for by name: it always drafts
             return cls(None, adaptive=False)
         if mode not in ("auto", "ngram"):
             return None
-        return cls(NgramDrafter(prompt), adaptive=mode == "auto")
+        return cls(NgramDrafter(prompt), adaptive=mode == "auto", acceptance=AcceptanceRate(prior))
 
     @property
     def rate(self) -> float:
         """The estimated chance a draft token is accepted (given the ones before)."""
-        prior = PRIOR_RATE * PRIOR_WEIGHT
-        return (self.accepted_w + prior) / (self.trials_w + PRIOR_WEIGHT)
+        return self.acceptance.rate
 
     def push(self, token: int) -> None:
         """A token the stream generated (its text now includes it)."""
@@ -219,8 +244,6 @@ class Speculator:
             self.k = min(K_MAX, self.k + 2)
         else:
             self.k = max(1, accepted + 1)
-        judged = accepted + (1 if accepted < drafted else 0)
-        self.accepted_w = self.accepted_w * RATE_DECAY + accepted
-        self.trials_w = self.trials_w * RATE_DECAY + judged
+        self.acceptance.add(drafted, accepted)
         if self.adaptive and accepted > 0:
             self.pause = PAUSE

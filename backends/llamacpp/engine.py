@@ -182,6 +182,8 @@ class LlamaEngine(toolkit.EngineCore[Request]):
             )
         self._slots = [Slot(seq=i) for i in range(n_seq)]
         self._row_cost = speculative.RowCost()
+        # how drafts fared on this model lately: a new stream's starting estimate
+        self._acceptance = speculative.AcceptanceRate(decay=speculative.ENGINE_RATE_DECAY)
         self._layout_changed = False  # a request started or ended since the last compaction
         # How many rows of a sequence one step may hold, and up to which position,
         # while they still give the logits one-token decodes give (what the prompt
@@ -471,7 +473,7 @@ class LlamaEngine(toolkit.EngineCore[Request]):
             slot=slot,
             next_prefill=cached,
             sampler=sampler,
-            spec=speculative.Speculator.for_prompt(prompt, mode),
+            spec=speculative.Speculator.for_prompt(prompt, mode, self._acceptance.rate),
         )
 
     # ------------------------------------------------------------ layout
@@ -658,6 +660,7 @@ class LlamaEngine(toolkit.EngineCore[Request]):
                 break
         if not draft:
             return
+        self._acceptance.add(len(draft), accepted)
         if r.spec is not None:
             r.spec.verified(len(draft), accepted)
         slot = r.slot

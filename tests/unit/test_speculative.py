@@ -134,3 +134,16 @@ def test_edged_batch_invariant_is_checked_at_start() -> None:
         load_engine({"EDGED_BATCH_INVARIANT": "3"})
     with pytest.raises(ValueError, match="EDGED_BATCH_INVARIANT must be an integer"):
         load_engine({"EDGED_BATCH_INVARIANT": "yes"})
+
+
+def test_a_new_stream_starts_from_how_drafts_fared_lately() -> None:
+    engine = spec.AcceptanceRate(decay=spec.ENGINE_RATE_DECAY)
+    assert engine.rate == pytest.approx(spec.PRIOR_RATE)
+    for _ in range(50):  # recent streams' drafts rarely held
+        engine.add(4, 0)
+    low = spec.Speculator.for_prompt([1, 2, 3, 1, 2], "auto", engine.rate)
+    assert low is not None and low.rate < 0.1 and low.length(8, row_cost=0.3) == 0
+    for _ in range(200):  # ... then nearly always
+        engine.add(4, 4)
+    high = spec.Speculator.for_prompt([1, 2, 3, 1, 2], "auto", engine.rate)
+    assert high is not None and high.rate > 0.9 and high.length(8, row_cost=0.3) > 0
