@@ -62,6 +62,10 @@ class BackendInfo:
     greedy: str = ""
     # "module:function" (path, text) -> token ids: a reference reads the text with it
     tokenizer: str = ""
+    # "module:function" (source, dest, max_bytes) -> bytes: writes an exact-arithmetic
+    # copy of a variant (its own weights, unquantized) that this backend can use as
+    # the fidelity reference; run in the fidelity child process; "" when it has none
+    exact_reference: str = ""
     # it can place layers on llama.cpp RPC workers (EDGED_RPC)
     rpc: bool = False
 

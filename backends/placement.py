@@ -55,6 +55,8 @@ class Choice:
     streams: int = 0  # the parallelism of the aggregate figure (0 = not calibrated)
     # within the fidelity threshold (daemon.hardware.ranking); None = not measured
     faithful: bool | None = None
+    # the top-1 agreement `faithful` was judged against (0 = not measured)
+    fidelity_bar: float = 0.0
     tier: int = field(default=TIER_CPU, compare=False, repr=False)
 
 

@@ -11,11 +11,15 @@ One run, per model, in a private daemon:
 2. calibrate (``System.Hardware`` with ``calibrate``, what ``edged hw
    --calibrate`` does): per CPU backend and the variant it runs, decode tokens/s
    at 1 stream and at ``--streams`` together, and fidelity against the
-   reference (top-1 agreement, KL, perplexity, or greedy agreement where a
-   backend has no logits);
-3. per extra KV cache type (llama.cpp): fidelity against the f16 cache
-   (:mod:`edged.backends.llamacpp.fidelity`, over the same evaluation text) and
-   the KV bytes per token;
+   reference (exact arithmetic: the GGUF's weights in F32 on llama.cpp; top-1
+   agreement, KL, perplexity, or greedy agreement where a backend has no
+   logits);
+3. llama.cpp's own rows against the same exact reference, over the same
+   evaluation text (:mod:`edged.backends.llamacpp.fidelity`): the GGUF evaluated
+   one token at a time (the path decoding takes; calibration's teacher-forced
+   figure is the prefill path), and per extra KV cache type its fidelity
+   against the exact reference and against the f16 cache, with the KV bytes
+   per token;
 4. the automatic choice (no backend asked for) against llama.cpp's own tools on
    the same GGUF, side by side over ``--runs`` rounds: one stream of
    ``--tokens`` against ``llama-bench`` tg, and ``--streams`` streams against
@@ -46,8 +50,10 @@ from bench.batching import (
     prompt,
     server_aggregate,
 )
-from edged.backends.fidelity import eval_text
-from edged.backends.llamacpp.fidelity import Side, measure, tokenize
+from edged.backends import fidelity
+from edged.backends.fidelity import Fidelity, eval_text
+from edged.backends.llamacpp.exact import write_exact
+from edged.backends.llamacpp.fidelity import LlamaTeacherForced, Side, measure, tokenize
 from edged.common.model_facts import model_facts
 from edged.v1 import edged_pb2 as pb
 from harness.daemon import Daemon, start_daemon
@@ -87,7 +93,8 @@ def calibrated_rows(d: Daemon, name: str) -> tuple[list[dict[str, Any]], dict[st
                 "variant": b.variant,
                 "kv_type": "f16",
                 "decode_tps_1": round(b.calibrated_tokens_per_second, 1),
-                f"decode_tps_{b.streams}": round(b.aggregate_tokens_per_second, 1),
+                "decode_tps_streams": round(b.aggregate_tokens_per_second, 1),
+                "streams": b.streams,  # 0: its calibration failed (see the notes)
                 "fidelity_measure": f.measure,
                 "top1_agreement": round(f.agreement, 4),
                 "mean_kl": round(f.mean_kl, 5),
@@ -105,27 +112,73 @@ def calibrated_rows(d: Daemon, name: str) -> tuple[list[dict[str, Any]], dict[st
     }
 
 
-def kv_rows(name: str, gguf: Path, kv_types: list[str], threads: int) -> list[dict[str, Any]]:
+class OneAtATime:
+    """A GGUF on llama.cpp fed one token per decode: the attention path decoding
+    takes (teacher-forced batches take the tiled one)."""
+
+    def __init__(self, path: str, window: int, threads: int) -> None:
+        self._src = LlamaTeacherForced(Side(path), window=window, batch=1, threads=threads)
+
+    def n_vocab(self) -> int:
+        return self._src.n_vocab()
+
+    def logits(self, piece: Any, batch: int) -> Any:
+        import numpy as np
+
+        rows = np.concatenate([np.array(x, copy=True) for x in self._src.logits(piece, 1)])
+        for off in range(0, len(piece), batch):
+            yield rows[off : off + batch]
+
+    def close(self) -> None:
+        self._src.close()
+
+
+def figures(got: Fidelity, prefix: str = "") -> dict[str, Any]:
+    return {
+        f"{prefix}top1_agreement": round(got.agreement, 4),
+        f"{prefix}mean_kl": round(got.mean_kl, 5),
+        f"{prefix}perplexity": round(got.perplexity_candidate, 3),
+        f"{prefix}perplexity_reference": round(got.perplexity_reference, 3),
+    }
+
+
+def llama_rows(
+    name: str, gguf: Path, exact: Path, kv_types: list[str], threads: int
+) -> list[dict[str, Any]]:
     facts = model_facts(gguf, "gguf")
     per_token_f16 = facts.n_layer * facts.n_head_kv * (facts.head_dim_k + facts.head_dim_v) * 2
     tokens = tokenize(str(gguf), eval_text())[:FIDELITY_TOKENS]
-    rows = []
+    window = 512
+    base = {"model": name, "backend": "llama.cpp", "variant": "gguf"}
+    ref = LlamaTeacherForced(Side(str(exact)), window=window, batch=window, threads=threads)
+    cand = OneAtATime(str(gguf), window, threads)
+    try:
+        decode = fidelity.measure(ref, cand, tokens, window=window, batch=window)
+    finally:
+        cand.close()
+        ref.close()
+    rows = [
+        {
+            **base,
+            "kv_type": "f16",
+            "path": "one token per decode (as decoding runs)",
+            "fidelity_measure": "logits (against exact F32 arithmetic)",
+            **figures(decode),
+        }
+    ]
     for kv in kv_types:
-        got = measure(Side(str(gguf)), Side(str(gguf), kv), tokens, threads=threads)
+        got = measure(Side(str(exact)), Side(str(gguf), kv), tokens, threads=threads)
+        vs_f16 = measure(Side(str(gguf)), Side(str(gguf), kv), tokens, threads=threads)
         scale = {"f16": 1.0, "q8_0": 34 / 64, "q4_0": 18 / 64}[kv]
         rows.append(
             {
-                "model": name,
-                "backend": "llama.cpp",
-                "variant": "gguf",
+                **base,
                 "kv_type": kv,
                 "kv_bytes_per_token": int(per_token_f16 * scale),
                 "kv_bytes_per_token_f16": per_token_f16,
-                "fidelity_measure": "logits (against the f16 KV cache)",
-                "top1_agreement": round(got.agreement, 4),
-                "mean_kl": round(got.mean_kl, 5),
-                "perplexity": round(got.perplexity_candidate, 3),
-                "perplexity_reference": round(got.perplexity_reference, 3),
+                "fidelity_measure": "logits (against exact F32 arithmetic, and the f16 KV cache)",
+                **figures(got),
+                **figures(vs_f16, "vs_f16_"),
             }
         )
     return rows
@@ -222,7 +275,10 @@ def main(argv: list[str] | None = None) -> int:
                 info.update(chosen)
                 out["table"] += rows
                 kvs = [k for k in ns.kv_types.split(",") if k]
-                out["table"] += kv_rows(name, gguf, kvs, ns.threads)
+                exact = Path(tmp) / "exact.f32.gguf"
+                write_exact(str(gguf), str(exact))
+                out["table"] += llama_rows(name, gguf, exact, kvs, ns.threads)
+                exact.unlink()
                 if bin_dir is not None and (Path(bin_dir) / "llama-server").exists():
                     info["auto_vs_llama_cpp"] = against_llama_cpp(d, name, gguf, Path(bin_dir), ns)
                 else:

@@ -87,6 +87,7 @@ class Calibration:
     streams: int = 1  # requests at once for the aggregate figure
     aggregate_tokens_per_second: float = 0.0  # decode tokens/s of `streams` together
     fidelity: Fidelity | None = None
+    kv_type: str = "f16"  # the KV cache it ran with (part of the cache key)
 
     def fidelity_holds(self, threshold: float) -> bool | None:
         """Whether the measured fidelity reaches ``threshold`` (None: not measured)."""
@@ -117,11 +118,13 @@ MeasureFidelity = Callable[["Target"], Awaitable[Fidelity]]
 
 @dataclass(frozen=True)
 class Target:
-    """One (backend, device) to measure, with the backend library's version."""
+    """One (backend, device) to measure, with the backend library's version and the
+    KV cache type a load of it gets (speed and fidelity both depend on it)."""
 
     backend: str
     device: str
     version: str
+    kv_type: str = "f16"
 
 
 def machine_key(hw: HardwareProfile) -> str:
@@ -131,8 +134,8 @@ def machine_key(hw: HardwareProfile) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-def _key(machine: str, digest: str, backend: str, version: str, device: str) -> str:
-    return "|".join((machine, digest, backend, version, device))
+def _key(machine: str, digest: str, backend: str, version: str, device: str, kv: str) -> str:
+    return "|".join((machine, digest, backend, version, device, kv))
 
 
 class CalibrationCache:
@@ -161,7 +164,7 @@ class CalibrationCache:
         return out
 
     def get(self, machine: str, digest: str, target: Target) -> Calibration | None:
-        key = _key(machine, digest, target.backend, target.version, target.device)
+        key = _key(machine, digest, target.backend, target.version, target.device, target.kv_type)
         return self._read().get(key)
 
     def put(self, result: Calibration) -> None:
@@ -171,6 +174,7 @@ class CalibrationCache:
             result.backend,
             result.backend_version,
             result.device,
+            result.kv_type,
         )
         with self._lock:
             entries = self._read()
@@ -315,4 +319,5 @@ async def measure(
         machine=machine,
         streams=streams,
         aggregate_tokens_per_second=round(aggregate, 2),
+        kv_type=t.kv_type,
     )

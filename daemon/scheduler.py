@@ -770,22 +770,31 @@ class Scheduler:
 
     @contextlib.asynccontextmanager
     async def dedicated(
-        self, model: ResolvedModel, *, context_length: int, purpose: str, sequences: int = 1
+        self,
+        model: ResolvedModel,
+        *,
+        context_length: int,
+        purpose: str,
+        sequences: int = 1,
+        kv_type: str = "",
     ) -> AsyncIterator[Worker]:
         """A worker for ``model`` that no request shares (a calibration run).
 
-        The model's loaded worker is used when it already runs this backend on
-        this device; otherwise a worker of ``sequences`` sequences (each of
-        ``context_length`` tokens) is loaded like any model
+        ``kv_type`` (default: EDGED_KV_TYPE where the backend offers it) is the
+        KV cache it runs with. The model's loaded worker is used when it already
+        runs this backend on this device with that KV type; otherwise a worker of
+        ``sequences`` sequences (each of ``context_length`` tokens) is loaded like any model
         (memory admission, EDGED_MAX_LOADED, idle models unloaded LRU first),
         counts as loaded while it runs, and is stopped afterwards.
         """
+        kv = self._kv_type(model, LoadOptions(kv_type=kv_type))
         entry = self._loaded.get(model.digest)
         if (
             entry is not None
             and entry.worker.alive
             and entry.worker.backend == model.backend
             and entry.worker.spec.device == model.device
+            and entry.worker.spec.kv_type == kv
         ):
             self._inflight[model.digest] = self._inflight.get(model.digest, 0) + 1
             try:
@@ -799,7 +808,7 @@ class Scheduler:
                 model,
                 context_length,
                 sequences,
-                kv_type=self._kv_type(model, LoadOptions()),
+                kv_type=kv,
             ),
             kv_dir=None,
             kv_ram_budget=16 << 20,

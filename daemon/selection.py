@@ -178,7 +178,7 @@ class Selection:
             VariantInfo(v.name, v.format, v.size, self.facts(manifest, v))
             for v in manifest.variants
         ]
-        cals = self.cached_calibrations(manifest, hw)
+        cals = self.cached_calibrations(manifest, hw, name)
         overrides = self.overrides(name, backend, device)
         choices = rank_backends(
             hw,
@@ -238,10 +238,7 @@ class Selection:
         facts = self.facts(ranking.manifest, v) if v is not None else None
         if facts is None:
             return None
-        # the KV type a load would get (f16 where the backend does not offer it)
-        kv = self.model_settings(ranking.name).kv_type or self.config.engine.kv_type
-        if kv not in registry.backend_info(c.backend).kv_types:
-            kv = "f16"
+        kv = self.kv_type_for(ranking.name, c.backend)  # the KV type a load would get
         return estimate_memory(
             facts,
             context_length=ranking.context_length,
@@ -282,9 +279,17 @@ class Selection:
     def versions(self) -> dict[str, str]:
         return {b.name: b.version for b in self.backends()}
 
+    def kv_type_for(self, name: str, backend: str) -> str:
+        """The KV cache type a load of ``name`` on ``backend`` gets: the model's
+        setting, else EDGED_KV_TYPE, where the backend offers it, else f16."""
+        kv = self.model_settings(name).kv_type or self.config.engine.kv_type
+        return kv if kv in registry.backend_info(backend).kv_types else "f16"
+
     def cached_calibrations(
-        self, manifest: Manifest, hw: HardwareProfile
+        self, manifest: Manifest, hw: HardwareProfile, name: str
     ) -> list[calibration.Calibration]:
+        """The cached figures that still describe a load of ``name`` here: same
+        machine, variant, backend version and KV cache type."""
         machine = calibration.machine_key(hw)
         out = []
         for b in self.backends():
@@ -293,7 +298,7 @@ class Selection:
             v = next((v for v in manifest.variants if v.format in b.info.formats), None)
             if v is None:
                 continue
-            t = calibration.Target(b.name, "cpu", b.version)
+            t = calibration.Target(b.name, "cpu", b.version, self.kv_type_for(name, b.name))
             found = self.calibrations.get(machine, variant_digest(v), t)
             if found is not None:
                 out.append(found)

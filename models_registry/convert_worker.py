@@ -33,9 +33,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-Emit = Callable[[str, int, int], None]
+from edged.common.gguf_rewrite import F16_FILE_TYPE, rewrite_gguf
 
-F16_FILE_TYPE = 1  # LLAMA_FTYPE_MOSTLY_F16
+__all__ = ["F16_FILE_TYPE", "convert", "dequantize_to_f16", "main", "rewrite_gguf"]
+
+Emit = Callable[[str, int, int], None]
 F16_NAME = "model-f16.gguf"
 # Architectures the builder's own GGUF reader lacks: transformers reads the GGUF
 # (it needs accelerate for that) and writes HF safetensors, which the builder reads.
@@ -114,76 +116,6 @@ def dequantize_to_f16(src: Path, dest: Path, emit: Emit) -> None:
         return np.float32 if ndim == 1 or name.endswith("norm.weight") else np.float16
 
     rewrite_gguf(src, dest, target, emit, F16_FILE_TYPE)
-
-
-def rewrite_gguf(
-    src: Path,
-    dest: Path,
-    target: Callable[[str, int], Any],
-    emit: Emit | None = None,
-    file_type: int = F16_FILE_TYPE,
-) -> None:
-    """Copy the GGUF ``src`` (all metadata) to ``dest`` with each tensor dequantized
-    to the numpy dtype ``target(name, ndim)``, or kept as it is where that is None."""
-    import numpy as np
-    from gguf import GGUFReader, GGUFValueType, GGUFWriter
-    from gguf.quants import dequantize
-
-    reader = GGUFReader(src)
-    arch = _field_value(reader.fields["general.architecture"], GGUFValueType)
-    writer = GGUFWriter(dest, str(arch))
-    for name, field in reader.fields.items():
-        if name.startswith("GGUF.") or name in ("general.architecture", "general.file_type"):
-            continue
-        value = _field_value(field, GGUFValueType)
-        if name == "general.alignment":
-            writer.add_custom_alignment(int(value))
-            continue
-        vtype = field.types[0]
-        sub_type = field.types[-1] if vtype == GGUFValueType.ARRAY else None
-        writer.add_key_value(name, value, vtype, sub_type=sub_type)
-    writer.add_file_type(file_type)
-
-    tensors = list(reader.tensors)
-    shapes = [tuple(int(x) for x in reversed(t.shape)) for t in tensors]
-    dtypes = [target(t.name, len(shape)) for t, shape in zip(tensors, shapes, strict=True)]
-    for t, shape, dt in zip(tensors, shapes, dtypes, strict=True):
-        if dt is None:  # the raw blocks, as they are
-            raw = np.asarray(t.data)
-            writer.add_tensor_info(t.name, raw.shape, raw.dtype, raw.nbytes, t.tensor_type)
-        else:
-            dtype = np.dtype(dt)
-            writer.add_tensor_info(t.name, shape, dtype, int(np.prod(shape)) * dtype.itemsize)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    total = len(tensors)
-    status = "dequantizing the GGUF to F16"
-    if emit is not None:
-        emit(status, 0, total)
-    for i, (t, shape, dt) in enumerate(zip(tensors, shapes, dtypes, strict=True)):
-        if dt is None:
-            writer.write_tensor_data(np.asarray(t.data))
-        else:
-            data = dequantize(t.data, t.tensor_type).reshape(shape)
-            writer.write_tensor_data(np.ascontiguousarray(data, dtype=dt))
-        if emit is not None:
-            emit(status, i + 1, total)
-    writer.close()
-
-
-def _field_value(field: Any, value_types: Any) -> Any:
-    """A GGUFReader field's value as a Python scalar, string or list."""
-    vtype = field.types[0]
-    if vtype == value_types.ARRAY:
-        if len(field.types) > 2:
-            raise ValueError(f"nested arrays are not supported ({field.name})")
-        if field.types[-1] == value_types.STRING:
-            return [bytes(field.parts[i]).decode("utf-8", errors="replace") for i in field.data]
-        return [field.parts[i].tolist()[0] for i in field.data]
-    if vtype == value_types.STRING:
-        return bytes(field.parts[field.data[0]]).decode("utf-8", errors="replace")
-    return field.parts[field.data[0]].tolist()[0]
 
 
 def write_hf_config(gguf_dir: Path, gguf_file: str, dest: Path, hf_architecture: str) -> None:

@@ -69,10 +69,10 @@ class LlamaTeacherForced:
 
 
 def open_teacher_forced(
-    path: str, *, window: int, batch: int = BATCH, threads: int = 2
+    path: str, *, window: int, batch: int = BATCH, threads: int = 2, kv_type: str = "f16"
 ) -> LlamaTeacherForced:
-    """The backend's ``teacher_forced`` hook: a GGUF with the default KV cache."""
-    return LlamaTeacherForced(Side(path), window=window, batch=batch, threads=threads)
+    """The backend's ``teacher_forced`` hook: a GGUF with a ``kv_type`` KV cache."""
+    return LlamaTeacherForced(Side(path, kv_type), window=window, batch=batch, threads=threads)
 
 
 class LlamaGreedy:

@@ -23,4 +23,5 @@ INFO = BackendInfo(
     teacher_forced="edged.backends.llamacpp.fidelity:open_teacher_forced",
     greedy="edged.backends.llamacpp.fidelity:LlamaGreedy",
     tokenizer="edged.backends.llamacpp.fidelity:tokenize",
+    exact_reference="edged.backends.llamacpp.exact:write_exact",
 )

@@ -148,7 +148,7 @@ def _choice_line(b: pb.BackendChoice) -> str:
     if b.HasField("fidelity"):
         facts.append(_fidelity_text(b.fidelity))
         if b.fidelity.measure and not b.fidelity.within_threshold:
-            facts.append(f"BELOW the fidelity threshold ({b.fidelity.threshold:.2f})")
+            facts.append(f"BELOW the fidelity threshold ({b.fidelity.threshold:.3f})")
     return f"{b.backend} on {b.device or '-'}" + (f": {', '.join(facts)}" if facts else "")
 
 

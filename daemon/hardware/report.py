@@ -34,11 +34,13 @@ def choice_pb(c: Choice, calibrations: Iterable[Calibration] = ()) -> pb.Backend
         streams=c.streams,
     )
     if cal is not None and cal.fidelity is not None:
-        out.fidelity.CopyFrom(fidelity_pb(cal.fidelity, within=c.faithful is True))
+        out.fidelity.CopyFrom(
+            fidelity_pb(cal.fidelity, within=c.faithful is True, bar=c.fidelity_bar)
+        )
     return out
 
 
-def fidelity_pb(f: Fidelity, *, within: bool = False) -> pb.Fidelity:
+def fidelity_pb(f: Fidelity, *, within: bool = False, bar: float = 0.0) -> pb.Fidelity:
     return pb.Fidelity(
         measure=f.measure,
         agreement=f.agreement,
@@ -49,7 +51,7 @@ def fidelity_pb(f: Fidelity, *, within: bool = False) -> pb.Fidelity:
         reference=f.reference,
         error=f.error,
         within_threshold=within,
-        threshold=FIDELITY_THRESHOLD,
+        threshold=bar or FIDELITY_THRESHOLD,
     )
 
 

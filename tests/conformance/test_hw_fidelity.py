@@ -1,7 +1,8 @@
 """`edged hw --model smollm2` after `edged convert smollm2 --to onnx`, through a real
 daemon: every CPU backend and variant is calibrated for speed at 1 and at the
-daemon's parallelism and for fidelity against the reference (the GGUF on
-llama.cpp), and the choice is within the fidelity threshold."""
+daemon's parallelism and for fidelity against the reference (exact arithmetic:
+the GGUF's own weights in F32 on llama.cpp, which llama.cpp on the GGUF is
+measured against too), and the choice is within the fidelity threshold."""
 
 from __future__ import annotations
 
@@ -55,14 +56,17 @@ def test_hw_shows_speed_and_fidelity_per_backend_and_picks_a_faithful_one(
         assert c["decode_tokens_per_second"] > 0 and c["streams"] == 4
         assert c["aggregate_tokens_per_second"] > 0
         assert c["fidelity"]["measure"], c["fidelity"]  # measured, no error
-    ref = cals["llama.cpp"]["fidelity"]
-    assert ref["measure"] == "reference"  # the GGUF on llama.cpp is the most faithful
+    gguf = cals["llama.cpp"]["fidelity"]
+    # the GGUF on llama.cpp is measured too: its 8-bit activations are not exact
+    assert gguf["measure"] == "logits" and 0.9 < gguf["agreement"] < 1, gguf
+    assert gguf["reference"].startswith("exact arithmetic"), gguf
+    assert gguf["perplexity"] != gguf["perplexity_reference"]
     if "onnxruntime" in cals:
         onnx = cals["onnxruntime"]["fidelity"]
         assert onnx["measure"] == "logits" and onnx["tokens"] > 500
         assert 0 < onnx["agreement"] <= 1 and onnx["mean_kl"] > 0
         assert onnx["perplexity"] > 1 and onnx["perplexity_reference"] > 1
-        assert "variant" in onnx["reference"]
+        assert onnx["reference"] == gguf["reference"]
     if "openvino" in cals:
         ov = cals["openvino"]["fidelity"]
         assert ov["measure"] == "greedy" and ov["tokens"] > 0 and 0 < ov["agreement"] <= 1
@@ -83,7 +87,7 @@ def test_hw_shows_speed_and_fidelity_per_backend_and_picks_a_faithful_one(
     text = edged(hw_daemon, "hw", "--model", "smollm2")
     assert text.returncode == 0, text.stderr
     assert "at 4 streams together" in text.stdout
-    assert "fidelity: the reference" in text.stdout
+    assert "fidelity: the reference" not in text.stdout
     assert "top-1 agreement" in text.stdout
     for b in cpu:
         if not b["fidelity"].get("within_threshold", False):

@@ -93,6 +93,13 @@ def test_key_includes_machine_model_and_backend_version(tmp_path: Path) -> None:
     assert cache.get("m2", DIGEST, TARGETS[0]) is None
     assert cache.get("m1", "sha256:" + "b" * 64, TARGETS[0]) is None
     assert cache.get("m1", DIGEST, replace(TARGETS[0], version="0.3.37")) is None
+    # a KV cache type changes both speed and fidelity: figures for f16 say nothing of q8_0
+    assert cache.get("m1", DIGEST, replace(TARGETS[0], kv_type="q8_0")) is None
+    q8 = replace(TARGETS[0], kv_type="q8_0")
+    run(calibrate(runner, [q8], model_digest=DIGEST, machine="m1", cache=cache))
+    found = cache.get("m1", DIGEST, q8)
+    assert found is not None and found.kv_type == "q8_0"
+    assert cache.get("m1", DIGEST, TARGETS[0]).kv_type == "f16"  # type: ignore[union-attr]
 
 
 def test_a_failing_backend_is_reported_not_cached(tmp_path: Path) -> None:

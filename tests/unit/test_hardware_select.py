@@ -20,7 +20,14 @@ from edged.daemon.hardware import (
     pick_overrides,
     rank_backends,
 )
-from edged.daemon.hardware.ranking import Measured, device_matches, faithful
+from edged.daemon.hardware.ranking import (
+    FIDELITY_MARGIN,
+    FIDELITY_THRESHOLD,
+    Measured,
+    device_matches,
+    faithful,
+    fidelity_bar,
+)
 
 NONE = Overrides()
 FIXTURES = Path(__file__).parent / "fixtures" / "hardware"
@@ -175,6 +182,47 @@ def test_when_no_choice_reaches_the_threshold_the_most_faithful_counts_as_within
         "a": True,
         "b": None,
     }
+
+
+def test_against_exact_arithmetic_a_choice_within_the_margin_of_the_best_is_faithful() -> None:
+    # The figures bench.choice measured against the exact F32 reference. SmolLM2:
+    # llama.cpp 0.954, the transcoded ONNX model 0.968 -> both within 0.02, so
+    # speed decides (llama.cpp: 1.6x ONNX's aggregate).
+    smol = {
+        "llama.cpp": Measured(123.3, 164.7, 4, agreement=0.954),
+        "onnxruntime": Measured(121.6, 99.9, 4, agreement=0.968),
+    }
+    assert fidelity_bar(smol) == pytest.approx(0.968 - FIDELITY_MARGIN)
+    assert faithful(smol) == {"llama.cpp": True, "onnxruntime": True}
+    # Gemma 3: llama.cpp 0.939, ONNX 0.967 -> llama.cpp is below, whatever its speed
+    gemma = {
+        "llama.cpp": Measured(64.8, 118.8, 4, agreement=0.939),
+        "onnxruntime": Measured(76.2, 56.9, 4, agreement=0.967),
+        "openvino": Measured(200.0, 300.0, 4, agreement=0.677),
+    }
+    assert faithful(gemma) == {"llama.cpp": False, "onnxruntime": True, "openvino": False}
+    # 0.99 is always within, however close the best comes to 1
+    assert faithful({"a": Measured(1.0, is_reference=True), "b": Measured(1.0, agreement=0.99)})[
+        "b"
+    ]
+    assert not faithful(
+        {"a": Measured(1.0, is_reference=True), "b": Measured(1.0, agreement=0.979)}
+    )["b"]
+    assert fidelity_bar({}) == FIDELITY_THRESHOLD
+
+
+def test_the_ranking_says_which_bar_a_choice_was_held_to() -> None:
+    cals = {
+        ("llama.cpp", "cpu"): Measured(64.8, 118.8, 4, agreement=0.939),
+        ("openvino", "cpu"): Measured(76.2, 56.9, 4, agreement=0.967),
+    }
+    choices = rank(profile("cpu_only"), calibrations=cals)
+    assert first(choices) == ("openvino", "cpu", True)
+    lc = find(choices, "llama.cpp", "cpu")
+    assert lc.faithful is False and lc.fidelity_bar == pytest.approx(0.947)
+    assert any("top-1 agreement 0.947 with the reference" in r for r in lc.reasons)
+    # not calibrated: no bar
+    assert find(rank(profile("cpu_only")), "llama.cpp", "cpu").fidelity_bar == 0.0
 
 
 def test_an_unmeasured_fidelity_ranks_between_within_and_below() -> None:
