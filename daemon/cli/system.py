@@ -110,8 +110,9 @@ def _hw_text(hw: pb.HardwareResponse) -> str:
                 else ""
             )
             fid = _fidelity_text(c.fidelity) if c.HasField("fidelity") else "fidelity not measured"
+            kv = f", {c.kv_type} KV cache" if c.kv_type else ""
             lines.append(
-                f"  {c.backend} {c.backend_version} on {c.device}: "
+                f"  {c.backend} {c.backend_version} on {c.device}{kv}: "
                 f"decode {c.decode_tokens_per_second:.1f}{together}, prefill "
                 f"{c.prefill_tokens_per_second:.1f}; {fid} "
                 f"(measured {render.ago(c.measured_unix_ms)})"

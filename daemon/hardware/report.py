@@ -78,6 +78,7 @@ def calibration_pb(c: Calibration) -> pb.Calibration:
         measured_unix_ms=c.measured_unix_ms,
         streams=max(0, c.streams),
         aggregate_tokens_per_second=c.aggregate_tokens_per_second,
+        kv_type=c.kv_type,
     )
     if c.fidelity is not None:
         out.fidelity.CopyFrom(fidelity_pb(c.fidelity))

@@ -99,3 +99,31 @@ def test_show_prints_the_same_figures(hw_daemon: Daemon) -> None:
     out = edged(hw_daemon, "show", "smollm2")
     assert out.returncode == 0, out.stderr
     assert "tokens/s at 1 stream" in out.stdout and "top-1 agreement" in out.stdout
+
+
+def test_a_kv_cache_type_setting_is_calibrated_apart(hw_daemon: Daemon) -> None:
+    """Speed and fidelity depend on the KV cache type a load gets: with the model's
+    kv_type set to q8_0, llama.cpp is measured again with that cache (against the
+    same exact reference); the backends without q8_0 run their own cache; and
+    going back to f16 finds llama.cpp's f16 figures still cached."""
+    before = json.loads(edged(hw_daemon, "hw", "--model", "smollm2", "--json").stdout)
+    f16 = {c["backend"]: c for c in before["calibrations"]}
+    assert f16["llama.cpp"]["kv_type"] == "f16"
+    assert edged(hw_daemon, "config", "smollm2", "--kv-type", "q8_0").returncode == 0
+    try:
+        out = edged(hw_daemon, "hw", "--model", "smollm2", "--calibrate", "--json")
+        assert out.returncode == 0, out.stderr
+        cals = {c["backend"]: c for c in json.loads(out.stdout)["calibrations"]}
+        q8 = cals["llama.cpp"]
+        assert q8["kv_type"] == "q8_0" and q8["fidelity"]["measure"] == "logits", q8
+        assert q8["fidelity"]["reference"] == f16["llama.cpp"]["fidelity"]["reference"]
+        assert q8["fidelity"]["mean_kl"] != f16["llama.cpp"]["fidelity"]["mean_kl"]
+        for name, c in cals.items():
+            if name != "llama.cpp":  # no q8_0 there: measured with their own cache
+                assert c["kv_type"] == "f16", name
+        text = edged(hw_daemon, "hw", "--model", "smollm2").stdout
+        assert "on cpu, q8_0 KV cache: decode" in text
+    finally:
+        assert edged(hw_daemon, "config", "smollm2", "--kv-type", "auto").returncode == 0
+    again = json.loads(edged(hw_daemon, "hw", "--model", "smollm2", "--json").stdout)
+    assert {c["backend"]: c for c in again["calibrations"]}["llama.cpp"] == f16["llama.cpp"]

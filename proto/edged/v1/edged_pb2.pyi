@@ -932,7 +932,7 @@ class AcceleratorDevice(_message.Message):
     def __init__(self, name: _Optional[str] = ..., full_name: _Optional[str] = ..., type: _Optional[str] = ..., properties: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Calibration(_message.Message):
-    __slots__ = ("model_digest", "backend", "device", "backend_version", "decode_tokens_per_second", "prefill_tokens_per_second", "measured_unix_ms", "streams", "aggregate_tokens_per_second", "fidelity")
+    __slots__ = ("model_digest", "backend", "device", "backend_version", "decode_tokens_per_second", "prefill_tokens_per_second", "measured_unix_ms", "streams", "aggregate_tokens_per_second", "fidelity", "kv_type")
     MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -943,6 +943,7 @@ class Calibration(_message.Message):
     STREAMS_FIELD_NUMBER: _ClassVar[int]
     AGGREGATE_TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     FIDELITY_FIELD_NUMBER: _ClassVar[int]
+    KV_TYPE_FIELD_NUMBER: _ClassVar[int]
     model_digest: str
     backend: str
     device: str
@@ -953,7 +954,8 @@ class Calibration(_message.Message):
     streams: int
     aggregate_tokens_per_second: float
     fidelity: Fidelity
-    def __init__(self, model_digest: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., backend_version: _Optional[str] = ..., decode_tokens_per_second: _Optional[float] = ..., prefill_tokens_per_second: _Optional[float] = ..., measured_unix_ms: _Optional[int] = ..., streams: _Optional[int] = ..., aggregate_tokens_per_second: _Optional[float] = ..., fidelity: _Optional[_Union[Fidelity, _Mapping]] = ...) -> None: ...
+    kv_type: str
+    def __init__(self, model_digest: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., backend_version: _Optional[str] = ..., decode_tokens_per_second: _Optional[float] = ..., prefill_tokens_per_second: _Optional[float] = ..., measured_unix_ms: _Optional[int] = ..., streams: _Optional[int] = ..., aggregate_tokens_per_second: _Optional[float] = ..., fidelity: _Optional[_Union[Fidelity, _Mapping]] = ..., kv_type: _Optional[str] = ...) -> None: ...
 
 class HardwareResponse(_message.Message):
     __slots__ = ("os", "arch", "cpu", "cpu_cores", "cpu_threads", "cpu_features", "memory_total_bytes", "memory_available_bytes", "gpus", "backends", "isa", "nvidia_gpus", "openvino_devices", "onnx_providers", "llama_gpu_offload", "notes", "model", "calibrations")
