@@ -9,15 +9,17 @@ up to the aggregate figure. Generations run through a callable
 tests on anything.
 
 Fidelity: how closely the backend's next-token choices follow the reference
-(the most faithful variant of the model on llama.cpp), measured by a callable
+(the most faithful computation of the model: :mod:`edged.daemon.calibrator`
+says which), measured by a callable
 (:data:`MeasureFidelity`; the daemon runs :mod:`edged.backends.fidelity_run`
 in a child process). Selection never picks a choice below the threshold
 (:mod:`edged.daemon.hardware.ranking`) unless asked for it.
 
 Results are cached in one JSON file (``<cache dir>/calibration.json``) keyed by
-(machine, model digest, backend, backend version, device): the machine key is
-a hash of the CPU model, core counts and usable ISA extensions, so a changed
-CPU, a new backend release or a different model each measure again.
+(machine, model digest, backend, backend version, device, KV cache type): the
+machine key is a hash of the CPU model, core counts and usable ISA extensions,
+so a changed CPU, a new backend release, a different model or another KV cache
+type each measure again.
 Calibration runs only on demand (``edged hw --calibrate``) or the first time
 ``edged hw`` ranks a model that has none, never at daemon start.
 """
@@ -88,13 +90,6 @@ class Calibration:
     aggregate_tokens_per_second: float = 0.0  # decode tokens/s of `streams` together
     fidelity: Fidelity | None = None
     kv_type: str = "f16"  # the KV cache it ran with (part of the cache key)
-
-    def fidelity_holds(self, threshold: float) -> bool | None:
-        """Whether the measured fidelity reaches ``threshold`` (None: not measured)."""
-        f = self.fidelity
-        if f is None or f.measure == "":
-            return None
-        return f.measure == "reference" or f.agreement >= threshold
 
 
 @dataclass(frozen=True)

@@ -198,7 +198,6 @@ def test_fidelity_is_measured_kept_and_checked_against_the_reference(tmp_path: P
     )
     got = out[0].result  # type: ignore[index]
     assert asked == ["llama.cpp"] and got.fidelity.agreement == 0.9
-    assert got.fidelity_holds(0.99) is False and got.fidelity_holds(0.8) is True
     # kept in the cache file, read back whole
     assert cache.get("m", DIGEST, TARGETS[0]) == got
     # same reference: cached; a new reference (a more faithful variant arrived): measured again
