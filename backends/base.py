@@ -49,6 +49,13 @@ def check_speculative(mode: str) -> str:
     )
 
 
+def kv_type_offered(preferred: str, offered: tuple[str, ...]) -> str:
+    """The KV cache type a load gets when ``preferred`` is a preference (EDGED_KV_TYPE,
+    a model's setting as the ranking reads it): it where the backend offers it, else
+    the backend's own (f16)."""
+    return preferred if preferred in offered else DEFAULT_KV_TYPE
+
+
 def check_kv_type(kv_type: str) -> str:
     """``kv_type`` if it is one edged knows; else InvalidArgument listing them."""
     if kv_type not in KV_TYPES:

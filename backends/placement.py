@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from edged.backends.base import kv_type_offered
 from edged.backends.memory import MemoryEstimate, estimate_memory
 from edged.backends.registry import Survey
 from edged.common.hardware_profile import HardwareProfile
@@ -109,8 +110,7 @@ class PlacementContext:
     def kv_type_for(self, backend: str) -> str:
         """The KV cache type a load on ``backend`` gets (the scheduler's rule)."""
         spec = self.backends.get(backend)
-        offered = spec.info.kv_types if spec is not None else ("f16",)
-        return self.kv_type if self.kv_type in offered else "f16"
+        return kv_type_offered(self.kv_type, spec.info.kv_types if spec is not None else ())
 
     def estimate(self, backend: str, v: VariantInfo, device: str) -> MemoryEstimate:
         return estimate_memory(

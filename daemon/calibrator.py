@@ -38,6 +38,7 @@ from typing import Any
 from edged.backends import registry
 from edged.backends.base import Done, Job, Stats
 from edged.common.errors import Internal
+from edged.common.hardware_profile import HardwareProfile
 from edged.daemon import calibration
 from edged.daemon.request_ids import next_request_id
 from edged.daemon.scheduler import ResolvedModel, Scheduler
@@ -183,7 +184,7 @@ class Calibrator:
         self,
         model: str,
         plain: Ranking,
-        hw: Any,
+        hw: HardwareProfile,
         ref: ExactReference | None,
         *,
         force: bool,

@@ -48,6 +48,7 @@ from edged.backends.base import (
     Job,
     LoadSpec,
     ModelDescription,
+    kv_type_offered,
     refuse_kv_type,
 )
 from edged.backends.memory import MemoryEstimate, compute_bytes, estimate_memory
@@ -63,7 +64,7 @@ from edged.common.errors import (
     QueueFull,
     ResourceExhausted,
 )
-from edged.common.model_facts import model_facts
+from edged.common.model_facts import ModelFacts, model_facts
 from edged.daemon.config import EngineConfig
 from edged.daemon.units import human_bytes
 from edged.models_registry.remote import FORMAT_REMOTE
@@ -149,25 +150,22 @@ def estimate_model(model: ResolvedModel, backend: str, spec: LoadSpec) -> Memory
     with a draft model (speculative ``draft:MODEL``) loaded beside it: its
     weights, its own f16 KV cache for the same sequences and context, and its
     scratch buffers (the runtime is shared)."""
-    facts = model_facts(Path(spec.model_path), model.format)
-    need = estimate_memory(
-        facts,
-        context_length=spec.context_length,
-        sequences=spec.max_sequences,
-        backend=backend,
-        device=spec.device,
-        kv_type=spec.kv_type,
-    )
+
+    def estimate(facts: ModelFacts, kv_type: str) -> MemoryEstimate:
+        return estimate_memory(
+            facts,
+            context_length=spec.context_length,
+            sequences=spec.max_sequences,
+            backend=backend,
+            device=spec.device,
+            kv_type=kv_type,
+        )
+
+    need = estimate(model_facts(Path(spec.model_path), model.format), spec.kv_type)
     if not spec.draft_model_path:
         return need
     draft_facts = model_facts(Path(spec.draft_model_path), "gguf")
-    draft = estimate_memory(
-        draft_facts,
-        context_length=spec.context_length,
-        sequences=spec.max_sequences,
-        backend=backend,
-        device=spec.device,
-    )
+    draft = estimate(draft_facts, DEFAULT_KV_TYPE)
     return MemoryEstimate(
         need.weights_bytes + draft.weights_bytes,
         need.kv_bytes + draft.kv_bytes,
@@ -351,7 +349,7 @@ class Scheduler:
         if options.kv_type:
             refuse_kv_type(model.backend, offered, options.kv_type)
             return options.kv_type
-        return self._cfg.kv_type if self._cfg.kv_type in offered else DEFAULT_KV_TYPE
+        return kv_type_offered(self._cfg.kv_type, offered)
 
     def _serves(self, entry: _Loaded, model: ResolvedModel, options: LoadOptions) -> str:
         """Why ``entry`` cannot serve this request ("" when it can)."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edged.backends import registry
+from edged.backends.base import kv_type_offered
 from edged.backends.memory import MemoryEstimate, estimate_memory
 from edged.common.errors import EdgedError, FailedPrecondition, Internal
 from edged.common.hardware_profile import HardwareProfile
@@ -178,7 +179,8 @@ class Selection:
             VariantInfo(v.name, v.format, v.size, self.facts(manifest, v))
             for v in manifest.variants
         ]
-        cals = self.cached_calibrations(manifest, hw, name)
+        kv_pref = settings.kv_type or self.config.engine.kv_type
+        cals = self.cached_calibrations(manifest, hw, kv_pref)
         overrides = self.overrides(name, backend, device)
         choices = rank_backends(
             hw,
@@ -188,7 +190,7 @@ class Selection:
             sequences=seqs,
             overrides=overrides,
             calibrations={(c.backend, c.device): measured(c) for c in cals},
-            kv_type=settings.kv_type or self.config.engine.kv_type,
+            kv_type=kv_pref,
         )
         choices = [self._with_rpc(name, c, settings.rpc) for c in choices]
         return Ranking(name, manifest, tuple(choices), overrides, ctx, seqs, tuple(cals))
@@ -283,13 +285,14 @@ class Selection:
         """The KV cache type a load of ``name`` on ``backend`` gets: the model's
         setting, else EDGED_KV_TYPE, where the backend offers it, else f16."""
         kv = self.model_settings(name).kv_type or self.config.engine.kv_type
-        return kv if kv in registry.backend_info(backend).kv_types else "f16"
+        return kv_type_offered(kv, registry.backend_info(backend).kv_types)
 
     def cached_calibrations(
-        self, manifest: Manifest, hw: HardwareProfile, name: str
+        self, manifest: Manifest, hw: HardwareProfile, kv_pref: str
     ) -> list[calibration.Calibration]:
-        """The cached figures that still describe a load of ``name`` here: same
-        machine, variant, backend version and KV cache type."""
+        """The cached figures that still describe a load here: same machine,
+        variant, backend version and KV cache type (``kv_pref``, the model's
+        setting or EDGED_KV_TYPE, where each backend offers it)."""
         machine = calibration.machine_key(hw)
         out = []
         for b in self.backends():
@@ -298,7 +301,8 @@ class Selection:
             v = next((v for v in manifest.variants if v.format in b.info.formats), None)
             if v is None:
                 continue
-            t = calibration.Target(b.name, "cpu", b.version, self.kv_type_for(name, b.name))
+            kv = kv_type_offered(kv_pref, b.info.kv_types)
+            t = calibration.Target(b.name, "cpu", b.version, kv)
             found = self.calibrations.get(machine, variant_digest(v), t)
             if found is not None:
                 out.append(found)
